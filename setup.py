@@ -1,0 +1,69 @@
+"""Build harpy's optional compiled core.
+
+``src/harpy/protocol/_core.py`` is plain Python. When Cython and a C compiler are present, the
+same file is compiled as ``harpy.protocol._ccore`` (typed by ``_ccore.pxd``); otherwise, or with
+``HARPY_NO_EXTENSIONS=1``, the pure-Python module is used as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).parent
+PROTO = HERE / "src" / "harpy" / "protocol"
+
+
+class OptionalBuildExt(build_ext):
+    """A failed compile leaves the pure-Python core in place instead of failing the install."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001
+            print(f"harpy: compiled core not built ({exc}); using pure Python", file=sys.stderr)
+
+    def build_extension(self, ext):  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            print(f"harpy: {ext.name} not built ({exc}); using pure Python", file=sys.stderr)
+
+
+def extensions() -> list[object]:
+    if os.environ.get("HARPY_NO_EXTENSIONS"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    # The compiled module needs its own name so the pure-Python one stays importable beside it.
+    shutil.copyfile(PROTO / "_core.py", PROTO / "_ccore.py")
+    try:
+        return _cythonize(cythonize)
+    except Exception as exc:  # noqa: BLE001
+        print(f"harpy: Cython failed ({exc}); using pure Python", file=sys.stderr)
+        return []
+
+
+def _cythonize(cythonize: object) -> list[object]:
+    return list(
+        cythonize(  # type: ignore[operator]
+            ["src/harpy/protocol/_ccore.py"],
+            compiler_directives={
+                "language_level": "3",
+                "boundscheck": False,
+                "wraparound": False,
+                "annotation_typing": False,  # the .pxd alone gives the C types
+            },
+            quiet=True,
+        )
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,57 @@
+"""harpy: a fast, strict WebSocket server framework.
+
+```python
+import harpy
+
+app = harpy.App()
+
+@app.ws("/echo")
+class Echo:
+    def message(self, ws: harpy.WebSocket[dict], message: str | bytes) -> None:
+        ws.send(message)
+
+app.run(port=3000)
+```
+"""
+
+from __future__ import annotations
+
+from .app import App, Connections, Route
+from .exceptions import (
+    ConfigurationError,
+    ConnectionClosed,
+    HandshakeError,
+    HarpyError,
+    InvalidState,
+    PayloadTooBig,
+    ProtocolError,
+    Reject,
+    RouteError,
+)
+from .handlers import Handlers
+from .router import Router
+from .server import ReadyState
+from .websocket import Headers, WebSocket
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "ConfigurationError",
+    "ConnectionClosed",
+    "Connections",
+    "HandshakeError",
+    "Handlers",
+    "HarpyError",
+    "Headers",
+    "InvalidState",
+    "PayloadTooBig",
+    "ProtocolError",
+    "ReadyState",
+    "Reject",
+    "Route",
+    "RouteError",
+    "Router",
+    "WebSocket",
+    "__version__",
+]

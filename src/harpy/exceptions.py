@@ -1,0 +1,82 @@
+"""The exceptions harpy raises, in one tree.
+
+Everything derives from :class:`HarpyError`.  None of these messages is ever sent to a peer:
+a peer only sees a close code and a short, fixed reason.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectionClosed",
+    "HandshakeError",
+    "HarpyError",
+    "InvalidState",
+    "PayloadTooBig",
+    "ProtocolError",
+    "Reject",
+    "RouteError",
+]
+
+
+class HarpyError(Exception):
+    """Base class of every harpy exception."""
+
+
+class ConfigurationError(HarpyError, ValueError):
+    """An option or argument given by the application is invalid."""
+
+
+class RouteError(ConfigurationError):
+    """A route pattern is malformed, or the same pattern is registered twice."""
+
+
+class InvalidState(HarpyError):
+    """An action is not allowed in the connection's current state; the message names it."""
+
+
+class ConnectionClosed(HarpyError):
+    """The connection is closed; carries the close code and reason."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"connection closed with code {code}" + (f": {reason}" if reason else ""))
+        self.code = code
+        self.reason = reason
+
+
+class ProtocolError(HarpyError):
+    """The peer broke RFC 6455; ``code`` is the close code the connection fails with."""
+
+    def __init__(self, message: str, code: int = 1002) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PayloadTooBig(ProtocolError):
+    """A message exceeds ``max_message_size`` (close code 1009)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 1009)
+
+
+class HandshakeError(HarpyError):
+    """The opening handshake is refused with an HTTP status."""
+
+    def __init__(
+        self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(f"{status} {reason}".strip())
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
+
+
+class Reject(HandshakeError):
+    """Raised by an ``authenticate`` hook to refuse an upgrade with an HTTP status (401, 403...)."""
+
+    def __init__(
+        self, status: int = 403, reason: str = "", headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        if not 400 <= status <= 599:
+            raise ConfigurationError(f"Reject status must be 4xx or 5xx, not {status}")
+        super().__init__(status, reason, headers)

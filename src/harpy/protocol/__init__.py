@@ -1,0 +1,88 @@
+"""The RFC 6455 core: no I/O, no routes, no app; bytes in, events and bytes out.
+
+The frame codec is compiled when harpy was installed with a C compiler; ``HARPY_NO_EXTENSIONS=1``
+selects the pure-Python source of the same module (``COMPILED`` tells which one is in use).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import TYPE_CHECKING
+
+from .handshake import (
+    Request,
+    accept_key,
+    build_accept,
+    build_refusal,
+    check_upgrade,
+    parse_request,
+)
+
+_CORE_NAMES = (
+    "EV_ERROR",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameReader",
+    "build_close",
+    "build_frame",
+    "frame_header",
+    "is_valid_close_code",
+)
+
+
+def _load_core() -> tuple[object, bool]:
+    if not os.environ.get("HARPY_NO_EXTENSIONS"):
+        try:
+            return importlib.import_module(f"{__name__}._ccore"), True
+        except ImportError:
+            pass
+    return importlib.import_module(f"{__name__}._core"), False
+
+
+_impl, COMPILED = _load_core()
+
+if TYPE_CHECKING:
+    from ._core import (
+        EV_ERROR,
+        OP_BINARY,
+        OP_CLOSE,
+        OP_CONT,
+        OP_PING,
+        OP_PONG,
+        OP_TEXT,
+        FrameReader,
+        build_close,
+        build_frame,
+        frame_header,
+        is_valid_close_code,
+    )
+else:
+    globals().update({name: getattr(_impl, name) for name in _CORE_NAMES})
+
+
+__all__ = [
+    "COMPILED",
+    "EV_ERROR",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameReader",
+    "Request",
+    "accept_key",
+    "build_accept",
+    "build_close",
+    "build_frame",
+    "build_refusal",
+    "check_upgrade",
+    "frame_header",
+    "is_valid_close_code",
+    "parse_request",
+]

@@ -1,0 +1,30 @@
+# C types for _core.py when Cython compiles it as harpy.protocol._ccore (see setup.py).
+import cython
+
+@cython.locals(n=Py_ssize_t)
+cdef bytes _unmask(bytes data, bytes mask)
+
+cdef class FrameReader:
+    cdef public object inflater
+    cdef public Py_ssize_t max_message_size
+    cdef public bint peer_closed
+    cdef list _buf
+    cdef Py_ssize_t _have
+    cdef Py_ssize_t _need
+    cdef bint _failed
+    cdef int _frag_opcode
+    cdef list _frag_parts
+    cdef Py_ssize_t _frag_size
+    cdef bint _frag_compressed
+    cdef object _frag_decoder
+
+    @cython.locals(end=Py_ssize_t, pos=Py_ssize_t, need=Py_ssize_t, b0=int, b1=int,
+                   length=Py_ssize_t, hlen=Py_ssize_t, opcode=int, mstart=Py_ssize_t,
+                   pstart=Py_ssize_t, fin=int, rsv=int, compressed=bint, max_size=Py_ssize_t,
+                   events=list, payload=bytes, op_text=int, op_binary=int,
+                   op_cont=int, op_close=int, op_ping=int, op_pong=int)
+    cpdef list feed(self, bytes data)
+    cdef list _close_event(self, list events, bytes payload)
+    cdef list _too_big(self, list events)
+    cdef list _fail(self, list events, str message, int code=*)
+    cdef list _error(self, list events, object exc)

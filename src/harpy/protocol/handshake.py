@@ -1,0 +1,163 @@
+"""The opening handshake (RFC 6455 section 4): parse the upgrade request, check it, answer it.
+
+Pure functions over bytes.  The server decides *when* to answer (it may first await an
+``authenticate`` hook); this module only decides *what* the request says and the answer's bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from http import HTTPStatus
+
+from ..exceptions import HandshakeError
+
+__all__ = [
+    "GUID",
+    "Request",
+    "accept_key",
+    "build_accept",
+    "build_refusal",
+    "check_upgrade",
+    "parse_request",
+]
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TOKEN_CHARS = frozenset(  # RFC 9110 5.6.2
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+
+class Request:
+    """An HTTP/1.1 upgrade request: method, target split into path and query, headers.
+
+    Header names are lower-cased; values are decoded as Latin-1 (RFC 9110 5.5) and stripped.
+    """
+
+    __slots__ = ("headers", "method", "path", "query_string", "target")
+
+    def __init__(self, method: str, target: str, headers: list[tuple[str, str]]) -> None:
+        self.method = method
+        self.target = target
+        path, _, query = target.partition("?")
+        self.path = path
+        self.query_string = query
+        self.headers = headers
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (lower case), or ``default``."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of header ``name`` (lower case), in order."""
+        return [value for key, value in self.headers if key == name]
+
+    def tokens(self, name: str) -> list[str]:
+        """The comma-separated, lower-cased tokens of every ``name`` header (Connection...)."""
+        out: list[str] = []
+        for key, value in self.headers:
+            if key == name:
+                out.extend(t.strip().lower() for t in value.split(",") if t.strip())
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target}>"
+
+
+def parse_request(head: bytes) -> Request:
+    """Parse the request line and headers (``head`` ends before the blank line).
+
+    Raises HandshakeError(400) for anything RFC 9112 does not allow.
+    """
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise HandshakeError(400, "Malformed request line")
+    method, target, version = parts
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") and not version.startswith(b"HTTP/1."):
+        raise HandshakeError(400, "Unsupported HTTP version")
+    if not method or not set(method) <= _TOKEN_CHARS:
+        raise HandshakeError(400, "Malformed method")
+    if not target.startswith(b"/"):
+        raise HandshakeError(400, "Malformed request target")
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or not set(name) <= _TOKEN_CHARS:
+            raise HandshakeError(400, "Malformed header")
+        headers.append((name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1")))
+    return Request(method.decode("ascii"), target.decode("latin-1"), headers)
+
+
+def check_upgrade(request: Request) -> str:
+    """Check the WebSocket-specific headers (RFC 6455 4.2.1); return Sec-WebSocket-Key.
+
+    A request that is not an upgrade at all gets 426 with ``Upgrade: websocket``; a wrong
+    version 426 with ``Sec-WebSocket-Version: 13`` (4.4); any other defect 400.
+    """
+    if "websocket" not in request.tokens("upgrade"):
+        raise HandshakeError(
+            426,
+            "This resource only speaks WebSocket",
+            [("Upgrade", "websocket")],
+        )
+    if request.method != "GET":
+        raise HandshakeError(405, "WebSocket upgrades use GET", [("Allow", "GET")])
+    if "upgrade" not in request.tokens("connection"):
+        raise HandshakeError(400, "Missing Connection: Upgrade")
+    versions = request.get_all("sec-websocket-version")
+    if versions != ["13"]:
+        raise HandshakeError(
+            426, "Unsupported WebSocket version", [("Sec-WebSocket-Version", "13")]
+        )
+    keys = request.get_all("sec-websocket-key")
+    if len(keys) != 1:
+        raise HandshakeError(400, "Missing or repeated Sec-WebSocket-Key")
+    key = keys[0]
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise HandshakeError(400, "Malformed Sec-WebSocket-Key") from None
+    if len(raw) != 16:
+        raise HandshakeError(400, "Malformed Sec-WebSocket-Key")
+    return key
+
+
+def accept_key(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2 step 5.4)."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + GUID).digest()).decode("ascii")
+
+
+def build_accept(key: str, headers: list[tuple[str, str]] | None = None) -> bytes:
+    """The 101 response, with optional extra headers (subprotocol, extensions)."""
+    out = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n"
+    )
+    if headers:
+        out += "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return (out + "\r\n").encode("latin-1")
+
+
+def build_refusal(
+    status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
+) -> bytes:
+    """A complete HTTP refusal that closes the connection; the body is ``reason`` as text."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = ((reason or phrase) + "\n").encode("utf-8")
+    out = f"HTTP/1.1 {status} {phrase}\r\n"
+    names = set()
+    for name, value in headers or ():
+        out += f"{name}: {value}\r\n"
+        names.add(name.lower())
+    if "connection" not in names:
+        out += "Connection: close\r\n"
+    out += f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
+    return out.encode("latin-1") + body

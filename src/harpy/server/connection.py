@@ -1,0 +1,422 @@
+"""The asyncio glue of one connection: handshake bytes, frame events, writes, closing, deadlines.
+
+:class:`Connection` is an ``asyncio.Protocol`` that owns the transport.  It knows nothing of
+routes or handlers: the application layer subclasses it and implements the ``_handle_*`` hooks.
+Writes made while a batch of events is being handled are corked and leave in one
+``transport.write`` at the end of the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import HandshakeError, ProtocolError
+from ..protocol import (
+    EV_ERROR,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    Request,
+    build_accept,
+    build_close,
+    build_frame,
+    build_refusal,
+    parse_request,
+)
+
+if TYPE_CHECKING:
+    from .listener import Server
+
+__all__ = ["Connection", "Limits", "ReadyState"]
+
+logger = logging.getLogger("harpy")
+
+
+class ReadyState(enum.IntEnum):
+    """As the browser's and Bun's ``readyState``."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+_CONNECTING = ReadyState.CONNECTING
+_OPEN = ReadyState.OPEN
+_CLOSING = ReadyState.CLOSING
+_CLOSED = ReadyState.CLOSED
+
+
+class Limits:
+    """Per-route limits the connection enforces once upgraded (see ``App.ws`` for the docs)."""
+
+    __slots__ = (
+        "backpressure_limit",
+        "close_on_backpressure_limit",
+        "close_timeout",
+        "idle_timeout",
+        "max_message_size",
+        "write_high_water",
+        "write_low_water",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = 16 * 1024 * 1024,
+        idle_timeout: float = 120.0,
+        close_timeout: float = 5.0,
+        backpressure_limit: int = 16 * 1024 * 1024,
+        close_on_backpressure_limit: bool = False,
+        write_high_water: int = 64 * 1024,
+        write_low_water: int = 16 * 1024,
+    ) -> None:
+        self.max_message_size = max_message_size
+        self.idle_timeout = idle_timeout
+        self.close_timeout = close_timeout
+        self.backpressure_limit = backpressure_limit
+        self.close_on_backpressure_limit = close_on_backpressure_limit
+        self.write_high_water = write_high_water
+        self.write_low_water = write_low_water
+
+
+_DEFAULT_LIMITS = Limits()
+
+
+class Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection, from the first request byte to the closed socket."""
+
+    __slots__ = (
+        "_close_code",
+        "_close_reason",
+        "_close_sent",
+        "_corked",
+        "_deadline",
+        "_head",
+        "_last_seen",
+        "_limits",
+        "_out",
+        "_reader",
+        "_server",
+        "_timer_slot",
+        "_write_paused",
+        "dropped",
+        "ready_state",
+        "transport",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.transport: asyncio.Transport | None = None
+        self.ready_state = _CONNECTING
+        self._reader: Any = None
+        self._head = b""
+        self._out: list[bytes] = []
+        self._corked = False
+        self._write_paused = False
+        self._close_sent = False
+        self._close_code = 1006
+        self._close_reason = ""
+        self._limits = _DEFAULT_LIMITS
+        self._timer_slot = -1
+        self._deadline = 0.0
+        self._last_seen = 0.0
+        self.dropped = 0
+
+    # ----------------------------------------------------------------- hooks (app layer)
+
+    def _handle_request(self, request: Request) -> None:
+        """Decide on the upgrade: call :meth:`_accept` or :meth:`_refuse`, now or later."""
+        self._refuse(404, "Not Found")
+
+    def _handle_open(self) -> None:
+        """The 101 is on the wire."""
+
+    def _handle_message(self, message: str | bytes) -> None:
+        """A whole text (``str``) or binary (``bytes``) message arrived."""
+
+    def _handle_ping(self, data: bytes) -> None:
+        """A ping arrived (the pong is already queued)."""
+
+    def _handle_pong(self, data: bytes) -> None:
+        """A pong arrived."""
+
+    def _handle_drain(self) -> None:
+        """The write buffer fell below the low watermark after having passed the high one."""
+
+    def _handle_closed(self, code: int, reason: str) -> None:
+        """The socket is closed; ``code`` is the peer's close code, or 1006 if it sent none."""
+
+    def _handle_protocol_error(self, exc: ProtocolError) -> None:
+        """The peer broke the protocol; the connection is failing with ``exc.code``."""
+
+    def _handle_timer(self, now: float) -> float:
+        """Application deadlines (heartbeat); return the next one or 0.0."""
+        return 0.0
+
+    # ----------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        server = self._server
+        server.connections.add(self)
+        now = server.loop.time()
+        self._deadline = now + server.handshake_timeout
+        server.wheel.schedule(self, self._deadline)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is not None:
+            self._last_seen = self._server.loop.time()
+            events = reader.feed(data)
+            if events:
+                self._handle_events(events)
+            return
+        if self.ready_state is _CONNECTING:
+            self._receive_head(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: a half-closed WebSocket is of no use
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self._server
+        server.connections.discard(self)
+        server.wheel.cancel(self)
+        was = self.ready_state
+        self.ready_state = _CLOSED
+        self._reader = None
+        self._out.clear()
+        if was is not _CONNECTING:
+            self._handle_closed(self._close_code, self._close_reason)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.ready_state is _OPEN:
+            self._handle_drain()
+
+    # ----------------------------------------------------------------- handshake
+
+    def _receive_head(self, data: bytes) -> None:
+        head = self._head + data if self._head else data
+        end = head.find(b"\r\n\r\n")
+        limit = self._server.max_header_size
+        if end < 0:
+            if len(head) > limit:
+                self._refuse(431, "Request Header Fields Too Large")
+            else:
+                self._head = head
+            return
+        if end > limit:
+            self._refuse(431, "Request Header Fields Too Large")
+            return
+        self._head = head[end + 4 :]  # bytes sent ahead of the 101: fed once open
+        try:
+            request = parse_request(head[:end])
+        except HandshakeError as exc:
+            self._refuse(exc.status, exc.reason, exc.headers)
+            return
+        self._handle_request(request)
+
+    def _accept(
+        self,
+        key: str,
+        headers: list[tuple[str, str]] | None,
+        limits: Limits,
+        inflater: Any = None,
+    ) -> None:
+        """Answer 101 and start reading frames; the ``_handle_open`` hook runs before any."""
+        transport = self.transport
+        if self.ready_state is not _CONNECTING or transport is None or transport.is_closing():
+            return
+        self._limits = limits
+        transport.write(build_accept(key, headers))
+        transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
+        self.ready_state = _OPEN
+        self._reader = FrameReader(limits.max_message_size, inflater)
+        server = self._server
+        self._last_seen = now = server.loop.time()
+        self._deadline = 0.0
+        server.wheel.schedule(self, self._next_deadline(now))
+        early = self._head
+        self._head = b""
+        self._handle_open()
+        if early and self._reader is not None:
+            self.data_received(early)
+
+    def _refuse(
+        self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Answer an HTTP error and close: no upgrade happens."""
+        transport = self.transport
+        self._head = b""
+        if self.ready_state is not _CONNECTING or transport is None or transport.is_closing():
+            return
+        self.ready_state = _CLOSED
+        transport.write(build_refusal(status, reason, headers))
+        transport.close()
+
+    # ----------------------------------------------------------------- frames
+
+    def _handle_events(self, events: list[tuple[int, Any]]) -> None:
+        self._corked = True
+        try:
+            for kind, value in events:
+                if kind == OP_TEXT or kind == OP_BINARY:
+                    if self.ready_state is _OPEN:
+                        self._handle_message(value)
+                elif kind == OP_PING:
+                    if self.ready_state is _OPEN:
+                        self._out.append(build_frame(OP_PONG, value))
+                        self._handle_ping(value)
+                elif kind == OP_PONG:
+                    self._handle_pong(value)
+                elif kind == OP_CLOSE:
+                    self._receive_close(value[0], value[1])
+                elif kind == EV_ERROR:
+                    self._handle_protocol_error(value)
+                    self._fail(value.code)
+        finally:
+            self._corked = False
+            self._flush()
+
+    def _receive_close(self, code: int, reason: str) -> None:
+        # RFC 6455 5.5.1 and 7.1.1: answer the close (echoing its code), then the server closes TCP.
+        self._close_code = code
+        self._close_reason = reason
+        transport = self.transport
+        if not self._close_sent:
+            self._close_sent = True
+            self.ready_state = _CLOSING
+            self._out.append(build_close(code if code != 1005 else 1005, ""))
+        self._flush()
+        if transport is not None:
+            transport.close()
+
+    def _fail(self, code: int) -> None:
+        """Fail the connection (RFC 6455 7.1.7): send a close, then read only the peer's close."""
+        if self._close_sent or self.transport is None:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        reason = {1007: "Invalid payload data", 1009: "Message too big"}.get(code, "Protocol error")
+        self._start_close(code, reason)
+        if self._reader is not None and self._reader.peer_closed:
+            # The bad frame was the peer's close: the handshake is over on its side.
+            self._flush()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        # The failed reader accepts nothing more; a fresh one finds the peer's close frame.
+        self._reader = FrameReader(self._limits.max_message_size, None)
+
+    def _start_close(self, code: int, reason: str) -> None:
+        self._close_sent = True
+        self.ready_state = _CLOSING
+        frame = build_close(code, reason)
+        if self._corked:
+            self._out.append(frame)
+        elif self.transport is not None:
+            self.transport.write(frame)
+        now = self._server.loop.time()
+        self._deadline = now + self._limits.close_timeout
+        self._server.wheel.schedule(self, self._deadline)
+
+    # ----------------------------------------------------------------- writes
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _write(self, frame: bytes) -> int:
+        """Write (or cork) one frame; Bun's status: bytes, -1 under backpressure, 0 dropped."""
+        if self.ready_state is not _OPEN:
+            return 0
+        if self._write_paused:
+            transport = self.transport
+            assert transport is not None
+            limits = self._limits
+            if transport.get_write_buffer_size() + len(frame) > limits.backpressure_limit:
+                self.dropped += 1
+                if limits.close_on_backpressure_limit:
+                    self._start_close(1008, "Backpressure limit exceeded")
+                return 0
+            if self._corked:
+                self._out.append(frame)
+            else:
+                transport.write(frame)
+            return -1
+        if self._corked:
+            self._out.append(frame)
+        else:
+            self.transport.write(frame)  # type: ignore[union-attr]
+        return len(frame)
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes accepted by ``send`` and not yet handed to the kernel."""
+        transport = self.transport
+        size = sum(len(f) for f in self._out)
+        if transport is not None and not transport.is_closing():
+            size += transport.get_write_buffer_size()
+        return size
+
+    # ----------------------------------------------------------------- deadlines
+
+    def _next_deadline(self, now: float) -> float:
+        deadline = self._deadline
+        idle = self._limits.idle_timeout
+        if self.ready_state is _OPEN and idle > 0:
+            idle_at = self._last_seen + idle
+            deadline = idle_at if deadline <= 0 else min(deadline, idle_at)
+        app = self._handle_timer(now) if self.ready_state is _OPEN else 0.0
+        if app > 0:
+            deadline = app if deadline <= 0 else min(deadline, app)
+        return deadline
+
+    def _on_timer(self, now: float) -> float:
+        state = self.ready_state
+        transport = self.transport
+        if transport is None or state is _CLOSED:
+            return 0.0
+        if state is _CONNECTING:
+            if now >= self._deadline:
+                self._refuse(408, "Request Timeout")
+                return 0.0
+            return self._deadline
+        if state is _CLOSING:
+            if now >= self._deadline:
+                transport.abort()  # the peer never answered our close
+                return 0.0
+            return self._deadline
+        idle = self._limits.idle_timeout
+        if idle > 0 and now >= self._last_seen + idle:
+            self._start_close(1001, "Idle timeout")
+            return self._deadline
+        return self._next_deadline(now)
+
+    # ----------------------------------------------------------------- closing (public)
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.ready_state is _CONNECTING:
+            self._refuse(503 if code == 1001 else 500, "Closing")
+            return
+        if self.ready_state is not _OPEN:
+            return
+        self._start_close(code, reason)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

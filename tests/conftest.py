@@ -1,0 +1,34 @@
+"""Test set-up: coroutine tests run on uvloop (the loop harpy serves on), each bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import pytest
+import uvloop
+
+from harpy import protocol
+
+#: No test may run longer than this (seconds): a hang fails instead of blocking the suite.
+TEST_TIMEOUT = 60.0
+
+
+def pytest_report_header() -> str:
+    return f"harpy core: {'compiled' if protocol.COMPILED else 'pure Python'}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests in a fresh uvloop event loop with a timeout."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs: dict[str, Any] = {name: pyfuncitem.funcargs[name] for name in names}
+
+    async def main() -> None:
+        await asyncio.wait_for(pyfuncitem.obj(**kwargs), TEST_TIMEOUT)
+
+    uvloop.run(main())
+    return True

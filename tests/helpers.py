@@ -1,0 +1,115 @@
+"""Helpers for tests: a real harpy server on 127.0.0.1 port 0, and a byte-level client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import harpy
+
+
+@contextlib.asynccontextmanager
+async def serve(app: harpy.App, **kwargs: Any) -> AsyncIterator[str]:
+    """Listen on 127.0.0.1 port 0; yield the ``ws://host:port`` base URL; shut down after."""
+    await app.listen("127.0.0.1", 0, **kwargs)
+    try:
+        assert app.url is not None
+        yield app.url
+    finally:
+        await app.shutdown(timeout=2)
+
+
+class RawClient:
+    """A byte-level client for what a well-behaved library will not send."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, url: str) -> RawClient:
+        host, port = url.removeprefix("ws://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer)
+
+    async def request(self, head: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send a raw request head; return (status, headers, rest of the response head)."""
+        self.writer.write(head)
+        await self.writer.drain()
+        return await self.read_response()
+
+    async def read_response(self) -> tuple[int, dict[str, str], bytes]:
+        data = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        lines = data.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        return status, headers, data
+
+    async def upgrade(self, path: str = "/", extra: str = "") -> int:
+        head = (
+            f"GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"{extra}\r\n"
+        )
+        status, _, _ = await self.request(head.encode())
+        return status
+
+    def send_frame(
+        self, opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
+    ) -> None:
+        self.writer.write(client_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
+
+    async def read_frame(self, timeout: float = 5) -> tuple[int, bytes]:
+        """(opcode, payload) of the next server frame."""
+        head = await asyncio.wait_for(self.reader.readexactly(2), timeout)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await self.reader.readexactly(8), "big")
+        payload = await asyncio.wait_for(self.reader.readexactly(length), timeout)
+        return head[0] & 0x0F, payload
+
+    async def read_close(self, timeout: float = 5) -> int:
+        """Read frames up to the close frame; return its code (1005 when empty)."""
+        for _ in range(1000):
+            opcode, payload = await self.read_frame(timeout)
+            if opcode == 0x8:
+                return int.from_bytes(payload[:2], "big") if payload else 1005
+        raise AssertionError("no close frame")
+
+    async def at_eof(self, timeout: float = 5) -> bool:
+        data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        return data == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+def client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
+    """A client frame, masked with a random key unless ``mask`` is False."""
+    b0 = (0x80 if fin else 0) | rsv | opcode
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head = bytes((b0, mbit | n))
+    elif n < 65536:
+        head = bytes((b0, mbit | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((b0, mbit | 127)) + n.to_bytes(8, "big")
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + key + masked
