@@ -16,7 +16,9 @@ app.run(port=3000)
 
 from __future__ import annotations
 
+from . import auth
 from .app import App, Connections, Route
+from .auth import Deny, FirstMessageAuth, UpgradeRequest
 from .exceptions import (
     ConfigurationError,
     ConnectionClosed,
@@ -40,6 +42,8 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "Connections",
+    "Deny",
+    "FirstMessageAuth",
     "HandshakeError",
     "Handlers",
     "HarpyError",
@@ -52,6 +56,8 @@ __all__ = [
     "Route",
     "RouteError",
     "Router",
+    "UpgradeRequest",
     "WebSocket",
     "__version__",
+    "auth",
 ]

@@ -11,9 +11,12 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from ._routing import RouteTable
+from .auth import resolve_authenticate
 from .exceptions import ConfigurationError, HarpyError
 from .handlers import Handlers, resolve_handlers
 from .options import ROUTE_DEFAULTS, check_options
+from .protocol.deflate import DeflateOptions
+from .pubsub import Groups, Message, fan_out
 from .router import Routes, RouteSpec
 from .server import Limits, Server, make_ssl_context
 from .websocket import WebSocket
@@ -29,12 +32,22 @@ class Route:
     """A resolved route: handlers, data factory, and options merged with the app's defaults."""
 
     __slots__ = (
+        "allowed_origins",
+        "authenticate",
         "auto_broadcast",
         "data_factory",
+        "default_room",
+        "deflate",
+        "first_message_auth",
         "handlers",
         "limits",
         "max_pending_messages",
         "pattern",
+        "publish_to_self",
+        "rate_burst",
+        "rate_limit",
+        "require_subprotocol",
+        "subprotocols",
     )
 
     def __init__(self, spec: RouteSpec, defaults: dict[str, Any]) -> None:
@@ -43,6 +56,21 @@ class Route:
         self.handlers: Handlers = resolve_handlers(spec.handlers)
         self.data_factory = spec.data
         self.auto_broadcast: bool = options["auto_broadcast"]
+        self.publish_to_self: bool = options["publish_to_self"]
+        self.default_room: str | None = options["default_room"]
+        self.deflate = DeflateOptions.from_value(options["compression"])
+        self.authenticate, self.first_message_auth = resolve_authenticate(options["authenticate"])
+        origins = options["allowed_origins"]
+        self.allowed_origins = (
+            None if origins is None else frozenset(o.rstrip("/").lower() for o in origins)
+        )
+        protocols = options["subprotocols"]
+        self.subprotocols: tuple[str, ...] = tuple(protocols) if protocols else ()
+        self.require_subprotocol: bool = options["require_subprotocol"]
+        if self.require_subprotocol and not self.subprotocols:
+            raise ConfigurationError("require_subprotocol needs a list of subprotocols")
+        self.rate_limit = float(options["rate_limit"])
+        self.rate_burst = float(options["rate_burst"] or max(1.0, self.rate_limit))
         self.max_pending_messages: int = options["max_pending_messages"]
         if options["write_low_water"] > options["write_high_water"]:
             raise ConfigurationError("write_low_water must not exceed write_high_water")
@@ -54,6 +82,11 @@ class Route:
             close_on_backpressure_limit=options["close_on_backpressure_limit"],
             write_high_water=options["write_high_water"],
             write_low_water=options["write_low_water"],
+            ping_interval=float(options["ping_interval"]),
+            pong_timeout=float(options["pong_timeout"]),
+            max_missed_pongs=options["max_missed_pongs"],
+            inactivity_timeout=float(options["inactivity_timeout"]),
+            send_pings=options["send_pings"],
         )
 
     def make_data(self, ws: WebSocket[Any]) -> Any:
@@ -91,6 +124,12 @@ class Connections:
     def count(self, pattern: str | None = None) -> int:
         return len(self._all) if pattern is None else len(self._by_route.get(pattern, ()))
 
+    def _members(self) -> list[WebSocket[Any]]:
+        return list(self._all)
+
+    def _route_members(self, pattern: str) -> list[WebSocket[Any]]:
+        return list(self._by_route.get(pattern, ()))
+
     def _add(self, ws: WebSocket[Any], pattern: str) -> None:
         self._all[ws] = None
         self._by_route.setdefault(pattern, {})[ws] = None
@@ -118,6 +157,8 @@ class App(Routes):
         handshake_timeout: float = 10.0,
         max_header_size: int = 8192,
         shutdown_timeout: float = 5.0,
+        max_connections: int = 0,
+        max_connections_per_ip: int = 0,
         **route_defaults: Any,
     ) -> None:
         super().__init__()
@@ -126,6 +167,17 @@ class App(Routes):
             raise ConfigurationError(
                 "handshake_timeout must be > 0, max_header_size >= 256, shutdown_timeout >= 0"
             )
+        for name, value in (
+            ("max_connections", max_connections),
+            ("max_connections_per_ip", max_connections_per_ip),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(f"{name} must be a whole number >= 0 (0: no limit)")
+        #: Open connections past which an upgrade is refused with 503 (0: no limit).
+        self.max_connections = max_connections
+        #: Open connections from one address past which an upgrade gets 429 (0: no limit).
+        self.max_connections_per_ip = max_connections_per_ip
+        self._per_ip: dict[str, int] = {}
         self._defaults = {name: d for name, (d, _) in ROUTE_DEFAULTS.items()}
         self._defaults.update(route_defaults)
         self.handshake_timeout = handshake_timeout
@@ -133,12 +185,15 @@ class App(Routes):
         self.shutdown_timeout = shutdown_timeout
         self._table: RouteTable[Route] = RouteTable()
         self.connections = Connections()
+        self._topics = Groups("_topics")
+        self._rooms = Groups("_rooms")
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._server: Server | None = None
         self._stopping: asyncio.Event | None = None
         self.port: int | None = None
         self.url: str | None = None
+        self._dropped_before = 0
 
     # ----------------------------------------------------------------- routes
 
@@ -149,6 +204,58 @@ class App(Routes):
     @property
     def routes(self) -> list[Route]:
         return [route for _, route in self._table]
+
+    # ----------------------------------------------------------------- one message to many
+
+    def publish(self, topic: str, data: Any, compress: bool | None = None) -> int:
+        """Send ``data`` (str: text, bytes: binary, else JSON) to every subscriber of
+        ``topic``; returns how many connections it reached."""
+        return self._publish(topic, Message.from_data(data, compress), None)
+
+    def _publish(self, topic: str, message: Message, skip: object) -> int:
+        return fan_out(self._topics.members(topic), message, skip)
+
+    def subscriber_count(self, topic: str) -> int:
+        return self._topics.count(topic)
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics with at least one subscriber."""
+        return self._topics.names()
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms with at least one member."""
+        return self._rooms.names()
+
+    def room_members(self, room: str) -> list[WebSocket[Any]]:
+        return self._rooms.members(room)
+
+    def broadcast(
+        self,
+        data: Any,
+        rooms: list[str] | tuple[str, ...] | None = None,
+        route: str | None = None,
+    ) -> int:
+        """Send ``data`` to the members of ``rooms`` (each once), or to every connection of
+        ``route``, or to every open connection; returns how many it reached."""
+        message = Message.from_data(data)
+        if rooms is not None:
+            if isinstance(rooms, str):
+                raise TypeError("rooms must be a list of room names, not a string")
+            receivers: Any = self._rooms.union(rooms)
+            if route is not None:
+                receivers = [ws for ws in receivers if ws.route == route]
+        elif route is not None:
+            receivers = self.connections._route_members(route)
+        else:
+            receivers = self.connections._members()
+        return fan_out(receivers, message)
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped at a connection's ``backpressure_limit`` since the server started."""
+        return self._server.dropped if self._server is not None else self._dropped_before
 
     # ----------------------------------------------------------------- lifecycle hooks
 
@@ -206,6 +313,7 @@ class App(Routes):
             return
         self._server = None
         await server.close(self.shutdown_timeout if timeout is None else timeout)
+        self._dropped_before = server.dropped
         for hook in self._shutdown:
             try:
                 await _maybe_await(hook())

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import json
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
-from .exceptions import ConfigurationError, HandshakeError, ProtocolError
+from .auth import Deny, UpgradeRequest, interpret
+from .exceptions import ConfigurationError, HandshakeError, InvalidState, ProtocolError
+from .handlers import Handlers
 from .protocol import (
     OP_BINARY,
     OP_PING,
@@ -23,6 +26,8 @@ from .protocol import (
     check_upgrade,
     is_valid_close_code,
 )
+from .protocol.deflate import negotiate
+from .pubsub import Message, fan_out
 from .server import Connection, ReadyState, Server
 
 if TYPE_CHECKING:
@@ -97,13 +102,19 @@ class WebSocket(Connection, Generic[T]):
 
     __slots__ = (
         "_app",
+        "_auth_timer",
         "_busy",
         "_cookies",
+        "_gated",
         "_handlers",
         "_id",
         "_queue",
         "_reading_paused",
+        "_rooms",
         "_route",
+        "_tokens",
+        "_tokens_at",
+        "_topics",
         "auth",
         "data",
         "params",
@@ -118,9 +129,15 @@ class WebSocket(Connection, Generic[T]):
         self._handlers: Any = None
         self._id = ""
         self._busy = False
+        self._gated = False  # True: messages go through first-message auth or the rate limit
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._tokens = 0.0
+        self._tokens_at = 0.0
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
         self._reading_paused = False
         self._cookies: dict[str, str] | None = None
+        self._topics: set[str] | None = None
+        self._rooms: set[str] | None = None
         self.request: Request | None = None
         self.params: dict[str, str] = {}
         self.data: T = None  # type: ignore[assignment]
@@ -191,26 +208,43 @@ class WebSocket(Connection, Generic[T]):
     # ----------------------------------------------------------------- sending
 
     def send(self, data: str | bytes | bytearray | memoryview, compress: bool | None = None) -> int:
-        """Send text (``str``) or binary data; returns bytes written, -1 queued, 0 dropped."""
+        """Send text (``str``) or binary data; returns bytes written, -1 queued, 0 dropped.
+
+        With permessage-deflate negotiated, ``compress=None`` compresses messages of at least
+        the route's ``threshold`` bytes, True always, False never (as Bun's ``compress``).
+        """
         if type(data) is str:
-            return self._write(build_frame(OP_TEXT, data.encode("utf-8")))
+            return self._send(OP_TEXT, data.encode("utf-8"), compress)
         if isinstance(data, (bytes, bytearray, memoryview)):
-            return self._write(build_frame(OP_BINARY, bytes(data)))
+            return self._send(OP_BINARY, bytes(data), compress)
         raise TypeError(f"send() takes str or bytes-like data, not {type(data).__name__}")
 
-    def send_text(self, data: str) -> int:
+    def send_text(self, data: str, compress: bool | None = None) -> int:
         if not isinstance(data, str):
             raise TypeError(f"send_text() takes str, not {type(data).__name__}")
-        return self._write(build_frame(OP_TEXT, data.encode("utf-8")))
+        return self._send(OP_TEXT, data.encode("utf-8"), compress)
 
-    def send_binary(self, data: bytes | bytearray | memoryview) -> int:
+    def send_binary(
+        self, data: bytes | bytearray | memoryview, compress: bool | None = None
+    ) -> int:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"send_binary() takes bytes-like data, not {type(data).__name__}")
-        return self._write(build_frame(OP_BINARY, bytes(data)))
+        return self._send(OP_BINARY, bytes(data), compress)
 
-    def send_json(self, obj: Any) -> int:
+    def send_json(self, obj: Any, compress: bool | None = None) -> int:
         """Serialise ``obj`` as compact JSON and send it as text."""
-        return self.send_text(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        return self._send(OP_TEXT, text.encode("utf-8"), compress)
+
+    def _send(self, opcode: int, payload: bytes, compress: bool | None) -> int:
+        codec = self._deflate
+        if codec is None or compress is False or (
+            compress is None and len(payload) < codec.threshold
+        ):
+            return self._write(build_frame(opcode, payload))
+        if self.ready_state is not _OPEN:
+            return 0  # do not advance a compressor's context for a frame never sent
+        return self._write(build_frame(opcode, codec.compress(payload), True))
 
     def ping(self, data: bytes | str = b"") -> int:
         return self._write(build_frame(OP_PING, _control_payload(data)))
@@ -242,6 +276,85 @@ class WebSocket(Connection, Generic[T]):
             self._corked = False
             self._flush()
 
+    # ----------------------------------------------------------------- topics (Bun)
+
+    def subscribe(self, topic: str) -> bool:
+        """Receive what is published to ``topic``; False when already subscribed."""
+        if self.ready_state is not _OPEN:
+            raise InvalidState(f"cannot subscribe: the connection is {self._state_name}")
+        return self._app._topics.add(self, _check_name(topic, "topic"))
+
+    def unsubscribe(self, topic: str) -> bool:
+        """Stop receiving ``topic``; False when not subscribed."""
+        return self._app._topics.remove(self, topic)
+
+    def is_subscribed(self, topic: str) -> bool:
+        return self._topics is not None and topic in self._topics
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return sorted(self._topics) if self._topics else []
+
+    def publish(self, topic: str, data: Any, compress: bool | None = None) -> int:
+        """Send ``data`` to every subscriber of ``topic`` but this connection (unless the route
+        sets ``publish_to_self``); returns how many connections it reached."""
+        route = self._route
+        skip = None if route is not None and route.publish_to_self else self
+        return self._app._publish(topic, Message.from_data(data, compress), skip)
+
+    def publish_text(self, topic: str, data: str, compress: bool | None = None) -> int:
+        if not isinstance(data, str):
+            raise TypeError(f"publish_text() takes str, not {type(data).__name__}")
+        return self.publish(topic, data, compress)
+
+    def publish_binary(
+        self, topic: str, data: bytes | bytearray | memoryview, compress: bool | None = None
+    ) -> int:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"publish_binary() takes bytes-like data, not {type(data).__name__}")
+        return self.publish(topic, data, compress)
+
+    # ----------------------------------------------------------------- rooms (Vite plugin)
+
+    def join(self, room: str) -> bool:
+        """Join ``room``; False when already in it."""
+        if self.ready_state is not _OPEN:
+            raise InvalidState(f"cannot join a room: the connection is {self._state_name}")
+        return self._app._rooms.add(self, _check_name(room, "room"))
+
+    def leave(self, room: str) -> bool:
+        """Leave ``room``; False when not in it."""
+        return self._app._rooms.remove(self, room)
+
+    def in_room(self, room: str) -> bool:
+        return self._rooms is not None and room in self._rooms
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        return frozenset(self._rooms) if self._rooms else frozenset()
+
+    def broadcast(
+        self,
+        data: Any,
+        rooms: list[str] | tuple[str, ...] | None = None,
+        include_self: bool = False,
+    ) -> int:
+        """Send ``data`` to the members of ``rooms`` (each once), or without rooms to every
+        connection of this route; the sender only with ``include_self``. Returns the count."""
+        app = self._app
+        message = Message.from_data(data)
+        skip = None if include_self else self
+        receivers: Iterable[WebSocket[Any]]
+        if rooms is None:
+            receivers = app.connections._route_members(self.route)
+        else:
+            receivers = app._rooms.union(_room_list(rooms))
+        return fan_out(receivers, message, skip)
+
+    @property
+    def _state_name(self) -> str:
+        return ReadyState(self.ready_state).name
+
     # ----------------------------------------------------------------- handshake hook
 
     def _handle_request(self, request: Request) -> None:
@@ -260,29 +373,146 @@ class WebSocket(Connection, Generic[T]):
         self.params = params
         self._route = route
         self._handlers = route.handlers
-        try:
-            self.data = route.make_data(self)
-        except Exception:
-            logger.exception("harpy: data factory of route %s failed", route.pattern)
-            self._refuse(500, "Internal Server Error")
+        if app.max_connections and len(app.connections) >= app.max_connections:
+            self._refuse(503, "Too many connections", [("Retry-After", "5")])
             return
-        self._accept(key, None, route.limits, None)
+        per_ip = app.max_connections_per_ip
+        if per_ip and app._per_ip.get(self.remote_address, 0) >= per_ip:
+            self._refuse(429, "Too many connections from this address")
+            return
+        if route.allowed_origins is not None:
+            origin = request.get("origin")
+            if origin is not None and origin.rstrip("/").lower() not in route.allowed_origins:
+                self._refuse(403, "Origin not allowed")
+                return
+        if route.subprotocols:
+            offered = request.tokens_cased("sec-websocket-protocol")
+            self.subprotocol = next((p for p in offered if p in route.subprotocols), None)
+            if self.subprotocol is None and route.require_subprotocol:
+                self._refuse(400, "No supported subprotocol")
+                return
+        hook = route.authenticate
+        if hook is None:
+            self._upgrade(key, None)
+            return
+        try:
+            result = hook(UpgradeRequest(self))
+        except Exception as exc:  # noqa: BLE001
+            self._auth_failed(exc, key)
+            return
+        if inspect.isawaitable(result):
+            # The upgrade waits for the hook: stop reading meanwhile (the handshake timeout
+            # still bounds it).
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self._server.loop.create_task(self._await_auth(result, key))
+            return
+        self._auth_done(result, key)
+
+    async def _await_auth(self, awaitable: Any, key: str) -> None:
+        try:
+            result = await awaitable
+        except Exception as exc:  # noqa: BLE001
+            self._auth_failed(exc, key)
+            return
+        if self.transport is not None and self.ready_state is ReadyState.CONNECTING:
+            self.transport.resume_reading()
+        self._auth_done(result, key)
+
+    def _auth_done(self, result: Any, key: str) -> None:
+        try:
+            accepted, data, deny = interpret(result)
+        except ConfigurationError as exc:
+            self._auth_failed(exc, key)
+            return
+        if not accepted:
+            self._refuse(401, "Unauthorized")
+            return
+        self.auth = data
+        self._upgrade(key, deny)
+
+    def _auth_failed(self, exc: BaseException, key: str) -> None:
+        if isinstance(exc, HandshakeError):  # Reject(status, reason)
+            self._refuse(exc.status, exc.reason, exc.headers)
+        elif isinstance(exc, Deny):
+            self._upgrade(key, exc)
+        else:
+            logger.error(
+                "harpy: authenticate hook of route %s raised",
+                self.route,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+            self._refuse(500, "Internal Server Error")
+
+    def _upgrade(self, key: str, deny: Deny | None) -> None:
+        """Answer 101; a denied connection is closed at once, without its handlers."""
+        route = self._route
+        assert route is not None
+        request = self.request
+        assert request is not None
+        if deny is None:
+            try:
+                self.data = route.make_data(self)
+            except Exception:
+                logger.exception("harpy: data factory of route %s failed", route.pattern)
+                self._refuse(500, "Internal Server Error")
+                return
+        else:
+            self._handlers = _NO_HANDLERS
+        headers: list[tuple[str, str]] = []
+        if self.subprotocol is not None:
+            headers.append(("Sec-WebSocket-Protocol", self.subprotocol))
+        codec = None
+        if route.deflate is not None and deny is None:
+            offers = request.get_all("sec-websocket-extensions")
+            if offers:
+                agreed = negotiate(offers, route.deflate)
+                if agreed is not None:
+                    headers.append(("Sec-WebSocket-Extensions", agreed[0]))
+                    codec = agreed[1]
+        self._accept(key, headers, route.limits, codec)
+        if deny is not None:
+            self._close(deny.code, deny.reason)
 
     # ----------------------------------------------------------------- event hooks
 
     def _handle_open(self) -> None:
         route = self._route
         assert route is not None
-        self._app.connections._add(self, route.pattern)
+        if self._handlers is _NO_HANDLERS:
+            return  # denied by authenticate: closing at once
+        app = self._app
+        app.connections._add(self, route.pattern)
+        if app.max_connections_per_ip:
+            ip = self.remote_address
+            app._per_ip[ip] = app._per_ip.get(ip, 0) + 1
+        if route.rate_limit > 0:
+            self._gated = True
+            self._tokens = route.rate_burst
+            self._tokens_at = self._last_seen
+        verifier = route.first_message_auth
+        if verifier is not None:
+            self._gated = True
+            self._auth_timer = self._server.loop.call_later(verifier.timeout, self._auth_timeout)
+            return  # open() runs once the first message authenticated
+        self._opened()
+
+    def _opened(self) -> None:
+        route = self._route
+        assert route is not None
+        if route.default_room is not None:
+            self._app._rooms.add(self, route.default_room)
         fn = self._handlers.open
         if fn is not None:
             self._call(fn, ())
 
     def _handle_message(self, message: str | bytes) -> None:
+        if self._gated and not self._pass_gate(message):
+            return
         fn = self._handlers.message
         if fn is not None:
             if self._busy:
-                self._enqueue(fn, (message,))
+                self._enqueue(_deliver, (message,))
             else:
                 try:
                     result = fn(self, message)
@@ -291,6 +521,35 @@ class WebSocket(Connection, Generic[T]):
                     return
                 if result is not None and inspect.isawaitable(result):
                     self._start_async(result)
+            if self._route.auto_broadcast:  # type: ignore[union-attr]
+                self._call(_auto_broadcast, (message,))
+
+    def _pass_gate(self, message: str | bytes) -> bool:
+        """Rate limit, then first-message authentication; False: the message stops here."""
+        route = self._route
+        assert route is not None
+        if route.rate_limit > 0:
+            # Token bucket: rate_limit tokens a second, at most rate_burst saved up.
+            now = self._last_seen
+            refill = (now - self._tokens_at) * route.rate_limit
+            tokens = min(route.rate_burst, self._tokens + refill)
+            self._tokens_at = now
+            if tokens < 1.0:
+                self._close(1008, "Rate limit exceeded")
+                return False
+            self._tokens = tokens - 1.0
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+            self._gated = route.rate_limit > 0
+            self._call(_verify_first_message, (message,))
+            return False
+        return True
+
+    def _auth_timeout(self) -> None:
+        self._auth_timer = None
+        self._handlers = _NO_HANDLERS
+        self._close(1008, "Auth Timeout")
 
     def _handle_ping(self, data: bytes) -> None:
         fn = self._handlers.ping
@@ -308,7 +567,24 @@ class WebSocket(Connection, Generic[T]):
             self._call(fn, ())
 
     def _handle_closed(self, code: int, reason: str) -> None:
-        self._app.connections._discard(self)
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        app = self._app
+        if self not in app.connections:
+            return  # never opened (denied)
+        app.connections._discard(self)
+        if app.max_connections_per_ip:
+            ip = self.remote_address
+            left = app._per_ip.get(ip, 1) - 1
+            if left > 0:
+                app._per_ip[ip] = left
+            else:
+                app._per_ip.pop(ip, None)
+        if self._topics:
+            app._topics.remove_all(self)
+        if self._rooms:
+            app._rooms.remove_all(self)
         fn = self._handlers.close if self._handlers is not None else None
         if fn is not None:
             self._call(fn, (code, reason))
@@ -410,6 +686,54 @@ class WebSocket(Connection, Generic[T]):
     def __repr__(self) -> str:
         state = ReadyState(self.ready_state).name
         return f"<WebSocket {self.id} {self.path or '-'} {state}>"
+
+
+def _deliver(ws: WebSocket[Any], message: str | bytes) -> Any:
+    """A queued message: the handler is looked up when its turn comes (auth may have failed)."""
+    fn = ws._handlers.message
+    return fn(ws, message) if fn is not None else None
+
+
+async def _verify_first_message(ws: WebSocket[Any], message: str | bytes) -> None:
+    """First-message auth: keep the verifier's result on ``ws.auth``, then run ``open``."""
+    route = ws._route
+    assert route is not None and route.first_message_auth is not None
+    try:
+        result = route.first_message_auth.verify(message)
+        if inspect.isawaitable(result):
+            result = await result
+    except Deny as exc:
+        ws._handlers = _NO_HANDLERS
+        ws._close(exc.code, exc.reason)
+        return
+    except Exception:
+        logger.exception("harpy: first-message verifier of route %s raised", ws.route)
+        ws._handlers = _NO_HANDLERS
+        ws._close(1011, "Internal error")
+        return
+    ws.auth = result
+    if ws.ready_state is _OPEN:
+        ws._opened()
+
+
+def _auto_broadcast(ws: WebSocket[Any], message: str | bytes) -> None:
+    """Harpia's automatic broadcast: after the handler, to every other open connection."""
+    fan_out(ws._app.connections._members(), Message.from_data(message), ws)
+
+
+def _check_name(name: str, kind: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"a {kind} name must be a non-empty string, not {name!r}")
+    return name
+
+
+def _room_list(rooms: Any) -> list[str]:
+    if isinstance(rooms, str):
+        raise TypeError("rooms must be a list of room names, not a string")
+    return list(rooms)
+
+
+_NO_HANDLERS = Handlers(None, {})
 
 
 class _ErrorHandlerFailed(Exception):

@@ -58,10 +58,14 @@ class Request:
 
     def tokens(self, name: str) -> list[str]:
         """The comma-separated, lower-cased tokens of every ``name`` header (Connection...)."""
+        return [token.lower() for token in self.tokens_cased(name)]
+
+    def tokens_cased(self, name: str) -> list[str]:
+        """The comma-separated tokens of every ``name`` header, case kept (subprotocols)."""
         out: list[str] = []
         for key, value in self.headers:
             if key == name:
-                out.extend(t.strip().lower() for t in value.split(",") if t.strip())
+                out.extend(t.strip() for t in value.split(",") if t.strip())
         return out
 
     def __repr__(self) -> str:

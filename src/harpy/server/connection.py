@@ -61,7 +61,12 @@ class Limits:
         "close_on_backpressure_limit",
         "close_timeout",
         "idle_timeout",
+        "inactivity_timeout",
         "max_message_size",
+        "max_missed_pongs",
+        "ping_interval",
+        "pong_timeout",
+        "send_pings",
         "write_high_water",
         "write_low_water",
     )
@@ -76,6 +81,11 @@ class Limits:
         close_on_backpressure_limit: bool = False,
         write_high_water: int = 64 * 1024,
         write_low_water: int = 16 * 1024,
+        ping_interval: float = 0.0,
+        pong_timeout: float = 0.0,
+        max_missed_pongs: int = 3,
+        inactivity_timeout: float = 0.0,
+        send_pings: bool = True,
     ) -> None:
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
@@ -84,9 +94,19 @@ class Limits:
         self.close_on_backpressure_limit = close_on_backpressure_limit
         self.write_high_water = write_high_water
         self.write_low_water = write_low_water
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.max_missed_pongs = max_missed_pongs
+        self.inactivity_timeout = inactivity_timeout
+        self.send_pings = send_pings
 
 
 _DEFAULT_LIMITS = Limits()
+_PING = build_frame(OP_PING, b"")
+
+
+def _earliest(a: float, b: float) -> float:
+    return b if a <= 0 or (0 < b < a) else a
 
 
 class Connection(asyncio.Protocol):
@@ -98,10 +118,16 @@ class Connection(asyncio.Protocol):
         "_close_sent",
         "_corked",
         "_deadline",
+        "_deflate",
         "_head",
+        "_last_active",
         "_last_seen",
         "_limits",
+        "_missed_pongs",
         "_out",
+        "_out_size",
+        "_ping_at",
+        "_ping_sent",
         "_reader",
         "_server",
         "_timer_slot",
@@ -118,6 +144,7 @@ class Connection(asyncio.Protocol):
         self._reader: Any = None
         self._head = b""
         self._out: list[bytes] = []
+        self._out_size = 0
         self._corked = False
         self._write_paused = False
         self._close_sent = False
@@ -127,6 +154,11 @@ class Connection(asyncio.Protocol):
         self._timer_slot = -1
         self._deadline = 0.0
         self._last_seen = 0.0
+        self._last_active = 0.0  # last message or ping (inactivity_timeout)
+        self._ping_at = 0.0  # when the next heartbeat ping is due
+        self._ping_sent = 0.0  # when the unanswered ping went out; 0.0: none outstanding
+        self._missed_pongs = 0
+        self._deflate: Any = None  # the negotiated permessage-deflate codec, if any
         self.dropped = 0
 
     # ----------------------------------------------------------------- hooks (app layer)
@@ -155,10 +187,6 @@ class Connection(asyncio.Protocol):
 
     def _handle_protocol_error(self, exc: ProtocolError) -> None:
         """The peer broke the protocol; the connection is failing with ``exc.code``."""
-
-    def _handle_timer(self, now: float) -> float:
-        """Application deadlines (heartbeat); return the next one or 0.0."""
-        return 0.0
 
     # ----------------------------------------------------------------- asyncio.Protocol
 
@@ -192,6 +220,7 @@ class Connection(asyncio.Protocol):
         self.ready_state = _CLOSED
         self._reader = None
         self._out.clear()
+        self._out_size = 0
         if was is not _CONNECTING:
             self._handle_closed(self._close_code, self._close_reason)
 
@@ -241,10 +270,13 @@ class Connection(asyncio.Protocol):
         transport.write(build_accept(key, headers))
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
         self.ready_state = _OPEN
+        self._deflate = inflater
         self._reader = FrameReader(limits.max_message_size, inflater)
         server = self._server
-        self._last_seen = now = server.loop.time()
+        self._last_seen = self._last_active = now = server.loop.time()
         self._deadline = 0.0
+        if limits.ping_interval > 0:
+            self._ping_at = now + limits.ping_interval
         server.wheel.schedule(self, self._next_deadline(now))
         early = self._head
         self._head = b""
@@ -272,12 +304,16 @@ class Connection(asyncio.Protocol):
             for kind, value in events:
                 if kind == OP_TEXT or kind == OP_BINARY:
                     if self.ready_state is _OPEN:
+                        self._last_active = self._last_seen
                         self._handle_message(value)
                 elif kind == OP_PING:
                     if self.ready_state is _OPEN:
+                        self._last_active = self._last_seen
                         self._out.append(build_frame(OP_PONG, value))
                         self._handle_ping(value)
                 elif kind == OP_PONG:
+                    self._ping_sent = 0.0
+                    self._missed_pongs = 0
                     self._handle_pong(value)
                 elif kind == OP_CLOSE:
                     self._receive_close(value[0], value[1])
@@ -322,8 +358,10 @@ class Connection(asyncio.Protocol):
         self._close_sent = True
         self.ready_state = _CLOSING
         frame = build_close(code, reason)
-        if self._corked:
+        if self._corked or self._out:
             self._out.append(frame)
+            if not self._corked:
+                self._flush()
         elif self.transport is not None:
             self.transport.write(frame)
         now = self._server.loop.time()
@@ -339,36 +377,56 @@ class Connection(asyncio.Protocol):
             if transport is not None and not transport.is_closing():
                 transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            self._out_size = 0
 
     def _write(self, frame: bytes) -> int:
         """Write (or cork) one frame; Bun's status: bytes, -1 under backpressure, 0 dropped."""
         if self.ready_state is not _OPEN:
             return 0
-        if self._write_paused:
-            transport = self.transport
-            assert transport is not None
-            limits = self._limits
-            if transport.get_write_buffer_size() + len(frame) > limits.backpressure_limit:
-                self.dropped += 1
-                if limits.close_on_backpressure_limit:
-                    self._start_close(1008, "Backpressure limit exceeded")
-                return 0
-            if self._corked:
-                self._out.append(frame)
-            else:
-                transport.write(frame)
-            return -1
-        if self._corked:
+        if self._write_paused and self._over_limit(len(frame)):
+            return 0
+        if self._corked or self._out:  # behind queued frames: keep the order
             self._out.append(frame)
+            self._out_size += len(frame)
         else:
             self.transport.write(frame)  # type: ignore[union-attr]
-        return len(frame)
+        return -1 if self._write_paused else len(frame)
+
+    def _write_later(self, frame: bytes) -> bool:
+        """Queue a frame shared with other connections; every queue leaves once per loop tick.
+
+        Returns False when the frame was dropped (closing, or past the backpressure limit).
+        """
+        if self.ready_state is not _OPEN:
+            return False
+        if self._write_paused and self._over_limit(len(frame)):
+            return False
+        out = self._out
+        if not out and not self._corked:
+            self._server.flush_later(self)
+        out.append(frame)
+        self._out_size += len(frame)
+        return True
+
+    def _over_limit(self, size: int) -> bool:
+        """Past ``backpressure_limit``: count the drop, or close with 1008 when asked."""
+        transport = self.transport
+        limits = self._limits
+        if transport is None:
+            return True
+        if transport.get_write_buffer_size() + self._out_size + size <= limits.backpressure_limit:
+            return False
+        self.dropped += 1
+        self._server.dropped += 1
+        if limits.close_on_backpressure_limit:
+            self._start_close(1008, "Backpressure limit exceeded")
+        return True
 
     @property
     def buffered_amount(self) -> int:
         """Bytes accepted by ``send`` and not yet handed to the kernel."""
         transport = self.transport
-        size = sum(len(f) for f in self._out)
+        size = self._out_size
         if transport is not None and not transport.is_closing():
             size += transport.get_write_buffer_size()
         return size
@@ -376,15 +434,20 @@ class Connection(asyncio.Protocol):
     # ----------------------------------------------------------------- deadlines
 
     def _next_deadline(self, now: float) -> float:
-        deadline = self._deadline
-        idle = self._limits.idle_timeout
-        if self.ready_state is _OPEN and idle > 0:
-            idle_at = self._last_seen + idle
-            deadline = idle_at if deadline <= 0 else min(deadline, idle_at)
-        app = self._handle_timer(now) if self.ready_state is _OPEN else 0.0
-        if app > 0:
-            deadline = app if deadline <= 0 else min(deadline, app)
-        return deadline
+        """The earliest of the open connection's deadlines (0.0: none)."""
+        limits = self._limits
+        due = 0.0
+        if limits.idle_timeout > 0:
+            due = self._last_seen + limits.idle_timeout
+            if limits.send_pings and not self._ping_sent and limits.ping_interval <= 0:
+                due = self._last_seen + limits.idle_timeout * 0.75
+        if limits.inactivity_timeout > 0:
+            due = _earliest(due, self._last_active + limits.inactivity_timeout)
+        if limits.ping_interval > 0:
+            due = _earliest(due, self._ping_at)
+        if limits.pong_timeout > 0 and self._ping_sent:
+            due = _earliest(due, self._ping_sent + limits.pong_timeout)
+        return due
 
     def _on_timer(self, now: float) -> float:
         state = self.ready_state
@@ -401,11 +464,39 @@ class Connection(asyncio.Protocol):
                 transport.abort()  # the peer never answered our close
                 return 0.0
             return self._deadline
-        idle = self._limits.idle_timeout
-        if idle > 0 and now >= self._last_seen + idle:
+        limits = self._limits
+        if limits.idle_timeout > 0 and now >= self._last_seen + limits.idle_timeout:
             self._start_close(1001, "Idle timeout")
             return self._deadline
+        if limits.inactivity_timeout > 0 and now >= self._last_active + limits.inactivity_timeout:
+            self._start_close(1000, "Inactivity timeout")
+            return self._deadline
+        ping_sent = self._ping_sent
+        if ping_sent and limits.pong_timeout > 0 and now >= ping_sent + limits.pong_timeout:
+            self._start_close(1000, "No pong received")
+            return self._deadline
+        if limits.ping_interval > 0:
+            if now >= self._ping_at:
+                if self._ping_sent:
+                    self._missed_pongs += 1
+                    if self._missed_pongs >= limits.max_missed_pongs:
+                        self._start_close(1000, "No pong received")
+                        return self._deadline
+                self._send_ping(now)
+                self._ping_at = now + limits.ping_interval
+        elif (
+            limits.idle_timeout > 0
+            and limits.send_pings
+            and not self._ping_sent
+            and now >= self._last_seen + limits.idle_timeout * 0.75
+        ):
+            self._send_ping(now)  # a live peer answers, and its pong counts as activity
         return self._next_deadline(now)
+
+    def _send_ping(self, now: float) -> None:
+        if not self._ping_sent:
+            self._ping_sent = now
+        self._write(_PING)
 
     # ----------------------------------------------------------------- closing (public)
 

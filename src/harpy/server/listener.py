@@ -41,7 +41,10 @@ class Server:
         self.connections: set[Connection] = set()
         self.wheel = TimerWheel(loop)
         self._servers: list[asyncio.base_events.Server] = []
+        self._dirty: list[Connection] = []
         self.closing = False
+        #: Frames dropped at a connection's backpressure limit, over all connections.
+        self.dropped = 0
 
     async def listen(
         self,
@@ -61,6 +64,19 @@ class Server:
             reuse_port=reuse_port or None,
         )
         self._servers.append(server)
+
+    def flush_later(self, conn: Connection) -> None:
+        """Write ``conn``'s queued frames at the end of this loop tick, with everyone else's."""
+        if not self._dirty:
+            self.loop.call_soon(self._flush_dirty)
+        self._dirty.append(conn)
+
+    def _flush_dirty(self) -> None:
+        dirty = self._dirty
+        self._dirty = []
+        for conn in dirty:
+            if not conn._corked:
+                conn._flush()
 
     @property
     def sockets(self) -> list[tuple[str, int]]:

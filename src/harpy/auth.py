@@ -1,0 +1,181 @@
+"""Authentication at the upgrade: the ``authenticate`` hook, its short forms, first-message auth.
+
+A route's ``authenticate=`` takes:
+
+* a callable ``hook(request) -> result`` (plain or ``async``), called before the 101 with an
+  :class:`UpgradeRequest`.  The result decides:
+
+  - ``True``: accept (``ws.auth`` stays None);
+  - ``False`` or ``None``: refuse with 401 (safe by default: a hook that forgets to return
+    refuses);
+  - a mapping with a ``"success"`` key (the Vite plugin's form): ``{"success": True, "data": x}``
+    accepts with ``ws.auth = x``; ``{"success": False, "code": 4001, "reason": "..."}`` accepts
+    and closes at once with that code and reason;
+  - anything else: accept, and keep it on ``ws.auth``.
+
+  The hook may also raise :class:`harpy.Reject` (``Reject(403, "Forbidden")``) for an HTTP
+  refusal without upgrade, or :class:`Deny` to accept and close at once with a code.  A hook
+  that crashes gives 500; the traceback is logged on the server, nothing reaches the client.
+* ``True``: a non-empty ``Authorization`` header is required (401 otherwise); ``ws.auth`` is
+  its value.
+* a header name (``"x-api-key"``): that header is required; ``ws.auth`` is its value.
+* a :class:`FirstMessageAuth` (such as ``harpy.auth.jwt(..., source="first_message")``): the
+  upgrade is accepted, and the first message must authenticate within a timeout.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import ConfigurationError, HarpyError, Reject
+
+if TYPE_CHECKING:
+    from .websocket import Headers, WebSocket
+
+__all__ = [
+    "Deny",
+    "FirstMessageAuth",
+    "UpgradeRequest",
+    "resolve_authenticate",
+]
+
+Hook = Callable[["UpgradeRequest"], Any]
+
+
+class Deny(HarpyError):
+    """Accept the upgrade, then close at once with ``code`` and ``reason`` (the plugin's form).
+
+    ``code`` is 1008 (policy violation) or an application code of 3000-4999.
+    """
+
+    def __init__(self, code: int = 1008, reason: str = "") -> None:
+        if code != 1008 and not 3000 <= code <= 4999:
+            raise ConfigurationError(f"Deny code must be 1008 or 3000-4999, not {code}")
+        if len(reason.encode("utf-8")) > 123:
+            raise ConfigurationError("Deny reason is longer than 123 bytes of UTF-8")
+        super().__init__(f"{code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+class UpgradeRequest:
+    """What an ``authenticate`` hook sees of the upgrade request, before any 101."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: WebSocket[Any]) -> None:
+        self._ws = ws
+
+    @property
+    def path(self) -> str:
+        return self._ws.path
+
+    @property
+    def route(self) -> str:
+        return self._ws.route
+
+    @property
+    def params(self) -> dict[str, str]:
+        return self._ws.params
+
+    @property
+    def query(self) -> dict[str, str]:
+        return self._ws.query
+
+    @property
+    def query_string(self) -> str:
+        return self._ws.query_string
+
+    @property
+    def headers(self) -> Headers:
+        return self._ws.headers
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        return self._ws.cookies
+
+    @property
+    def remote_address(self) -> str:
+        return self._ws.remote_address
+
+    @property
+    def url(self) -> str:
+        return self._ws.url
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols the client offered, in its order."""
+        request = self._ws.request
+        return request.tokens_cased("sec-websocket-protocol") if request is not None else []
+
+    def __repr__(self) -> str:
+        return f"<UpgradeRequest {self.path}>"
+
+
+class FirstMessageAuth(ABC):
+    """Authentication carried by the first message after the upgrade (seed 002's pattern).
+
+    The route's ``open`` handler runs only once :meth:`verify` accepted; the first message is
+    consumed by it.  No message within ``timeout`` seconds closes with 1008 "Auth Timeout".
+    """
+
+    timeout: float = 5.0
+
+    @abstractmethod
+    def verify(self, message: str | bytes) -> Any:
+        """Return what goes on ``ws.auth`` (plain or awaitable); raise :class:`Deny` to refuse."""
+
+
+def resolve_authenticate(value: object) -> tuple[Hook | None, FirstMessageAuth | None]:
+    """Turn a route's ``authenticate=`` into (a pre-upgrade hook, a first-message verifier)."""
+    if value is None or value is False:
+        return None, None
+    if isinstance(value, FirstMessageAuth):
+        return None, value
+    if value is True:
+        return _header_hook("authorization"), None
+    if isinstance(value, str):
+        if not value:
+            raise ConfigurationError("authenticate header name must not be empty")
+        return _header_hook(value.lower()), None
+    if callable(value):
+        return value, None
+    raise ConfigurationError(
+        "authenticate must be a callable, True, a header name, or a FirstMessageAuth, "
+        f"not {type(value).__name__}"
+    )
+
+
+def _header_hook(name: str) -> Hook:
+    def require_header(request: UpgradeRequest) -> Any:
+        value = request.headers.get(name, "").strip()
+        if not value:
+            raise Reject(401, "Unauthorized", [("WWW-Authenticate", "Bearer")])
+        return {"success": True, "data": value}
+
+    require_header.__name__ = f"require_{name.replace('-', '_')}"
+    return require_header
+
+
+def interpret(result: Any) -> tuple[bool, Any, Deny | None]:
+    """(accepted, auth data, deny-after-accept) for what a hook returned."""
+    if result is True:
+        return True, None, None
+    if result is False or result is None:
+        return False, None, None
+    if isinstance(result, Mapping) and "success" in result:
+        if result["success"]:
+            return True, result.get("data"), None
+        code = result.get("code", 1008)
+        reason = result.get("reason", "")
+        if not isinstance(code, int) or not isinstance(reason, str):
+            raise ConfigurationError("authenticate result: code must be int, reason str")
+        return True, None, Deny(code, reason)
+    return True, result, None
+
+
+def is_awaitable(value: Any) -> bool:
+    return inspect.isawaitable(value)
