@@ -35,7 +35,16 @@ class OptionalBuildExt(build_ext):
             print(f"harpy: {ext.name} not built ({exc}); using pure Python", file=sys.stderr)
 
 
+def _remove_stale_builds() -> None:
+    """A compiled module left from an older source must never shadow the new source."""
+    for path in PROTO.glob("_ccore*.so"):
+        path.unlink()
+    for path in PROTO.glob("_ccore*.pyd"):
+        path.unlink()
+
+
 def extensions() -> list[object]:
+    _remove_stale_builds()
     if os.environ.get("HARPY_NO_EXTENSIONS"):
         return []
     try:

@@ -214,10 +214,19 @@ class WebSocket(Connection, Generic[T]):
         the route's ``threshold`` bytes, True always, False never (as Bun's ``compress``).
         """
         if type(data) is str:
-            return self._send(OP_TEXT, data.encode("utf-8"), compress)
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            return self._send(OP_BINARY, bytes(data), compress)
-        raise TypeError(f"send() takes str or bytes-like data, not {type(data).__name__}")
+            payload = data.encode("utf-8")
+            opcode = OP_TEXT
+        elif type(data) is bytes:
+            payload = data
+            opcode = OP_BINARY
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            payload = bytes(data)
+            opcode = OP_BINARY
+        else:
+            raise TypeError(f"send() takes str or bytes-like data, not {type(data).__name__}")
+        if self._deflate is None:
+            return self._write(build_frame(opcode, payload))
+        return self._send(opcode, payload, compress)
 
     def send_text(self, data: str, compress: bool | None = None) -> int:
         if not isinstance(data, str):

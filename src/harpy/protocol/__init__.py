@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import TYPE_CHECKING
 
 from .handshake import (
@@ -38,9 +39,13 @@ _CORE_NAMES = (
 def _load_core() -> tuple[object, bool]:
     if not os.environ.get("HARPY_NO_EXTENSIONS"):
         try:
-            return importlib.import_module(f"{__name__}._ccore"), True
+            module = importlib.import_module(f"{__name__}._ccore")
         except ImportError:
             pass
+        else:
+            # Only a real extension counts: a leftover copy of the source is not compiled.
+            if str(getattr(module, "__file__", "")).endswith(tuple(EXTENSION_SUFFIXES)):
+                return module, True
     return importlib.import_module(f"{__name__}._core"), False
 
 

@@ -1,8 +1,10 @@
 # C types for _core.py when Cython compiles it as harpy.protocol._ccore (see setup.py).
 import cython
 
-@cython.locals(n=Py_ssize_t)
-cdef bytes _unmask(bytes data, bytes mask)
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, words=Py_ssize_t, out=bytes, dst="unsigned char*",
+               src="unsigned char*", key="unsigned char*", kb="unsigned char*",
+               d8="unsigned long long*", s8="unsigned long long*")
+cdef bytes _unmask(bytes data, Py_ssize_t start, Py_ssize_t end)
 
 cdef class FrameReader:
     cdef public object inflater
@@ -19,10 +21,10 @@ cdef class FrameReader:
     cdef object _frag_decoder
 
     @cython.locals(end=Py_ssize_t, pos=Py_ssize_t, need=Py_ssize_t, b0=int, b1=int,
-                   length=Py_ssize_t, hlen=Py_ssize_t, opcode=int, mstart=Py_ssize_t,
+                   length=Py_ssize_t, hlen=Py_ssize_t, opcode=int,
                    pstart=Py_ssize_t, fin=int, rsv=int, compressed=bint, max_size=Py_ssize_t,
                    events=list, payload=bytes, op_text=int, op_binary=int,
-                   op_cont=int, op_close=int, op_ping=int, op_pong=int)
+                   op_cont=int, op_close=int)
     cpdef list feed(self, bytes data)
     cdef list _close_event(self, list events, bytes payload)
     cdef list _too_big(self, list events)

@@ -24,9 +24,8 @@ __all__ = [
 ]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_TOKEN_CHARS = frozenset(  # RFC 9110 5.6.2
-    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-)
+# RFC 9110 5.6.2: what a method or header name may contain (deleted by translate() to check).
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class Request:
@@ -77,21 +76,28 @@ def parse_request(head: bytes) -> Request:
 
     Raises HandshakeError(400) for anything RFC 9112 does not allow.
     """
+    # RFC 9110 5.5: a CR, LF or NUL inside a line is an error, not part of a value.
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or b"\x00" in head:
+        raise HandshakeError(400, "Malformed header")
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3:
         raise HandshakeError(400, "Malformed request line")
     method, target, version = parts
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") and not version.startswith(b"HTTP/1."):
-        raise HandshakeError(400, "Unsupported HTTP version")
-    if not method or not set(method) <= _TOKEN_CHARS:
+    # RFC 6455 4.2.1: an HTTP/1.1 or later GET request.
+    if version != b"HTTP/1.1" and not (
+        len(version) == 8 and version[:7] == b"HTTP/1." and version[7:8] in b"23456789"
+    ):
+        raise HandshakeError(400, "Unsupported HTTP version: WebSocket needs HTTP/1.1")
+    if not method or method.translate(None, _TOKEN_CHARS):
         raise HandshakeError(400, "Malformed method")
     if not target.startswith(b"/"):
         raise HandshakeError(400, "Malformed request target")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or not set(name) <= _TOKEN_CHARS:
+        if not sep or not name or name.translate(None, _TOKEN_CHARS):
             raise HandshakeError(400, "Malformed header")
         headers.append((name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1")))
     return Request(method.decode("ascii"), target.decode("latin-1"), headers)

@@ -201,8 +201,15 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         if reader is not None:
-            self._last_seen = self._server.loop.time()
+            self._last_seen = now = self._server.loop.time()
             events = reader.feed(data)
+            if len(events) == 1:
+                # The common case, one message in one read: no corking, sends go straight out.
+                kind, value = events[0]
+                if (kind == OP_TEXT or kind == OP_BINARY) and self.ready_state is _OPEN:
+                    self._last_active = now
+                    self._handle_message(value)
+                    return
             if events:
                 self._handle_events(events)
             return
@@ -383,6 +390,9 @@ class Connection(asyncio.Protocol):
         """Write (or cork) one frame; Bun's status: bytes, -1 under backpressure, 0 dropped."""
         if self.ready_state is not _OPEN:
             return 0
+        if not (self._write_paused or self._corked or self._out):
+            self.transport.write(frame)  # type: ignore[union-attr]
+            return len(frame)
         if self._write_paused and self._over_limit(len(frame)):
             return 0
         if self._corked or self._out:  # behind queued frames: keep the order
