@@ -93,5 +93,8 @@ class TimerWheel:
                 nxt = item._on_timer(now)
                 if nxt > 0 and item._timer_slot < 0:
                     self.schedule(item, max(nxt, now + self.resolution))
-        if self._slots and self._handle is None:
-            self._arm(min(self._slots))
+        # Items moved while walking may have armed the timer for a far slot: the earliest wins.
+        if self._slots:
+            first = min(self._slots)
+            if self._handle is None or first < self._handle_slot:
+                self._arm(first)
