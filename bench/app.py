@@ -1,15 +1,48 @@
-"""The app the benchmarks drive: ``python -m harpy bench.app:app --host 127.0.0.1 --port N``."""
+"""The app the benchmarks drive: ``python -m harpy bench.app:app --host 127.0.0.1 --port N``.
+
+- ``/echo``: every message back to its sender.
+- ``/sub``: subscribe to the topic ``bench``, then send the text ``ok``; ``/pub``: publish each
+  received message to ``bench``.
+- ``/subz`` and ``/pubz``: the same with permessage-deflate on (the topic ``benchz``).
+- ``/hb``: heartbeat every ``HARPY_BENCH_PING`` seconds (default 5), nothing else.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import harpy
 
 app = harpy.App()
+WS = harpy.WebSocket[Any]
 
 
 @app.ws("/echo")
 class Echo:
-    def message(self, ws: harpy.WebSocket[Any], message: str | bytes) -> None:
+    def message(self, ws: WS, message: str | bytes) -> None:
         ws.send(message)
+
+
+class Subscriber:
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+    def open(self, ws: WS) -> None:
+        ws.subscribe(self.topic)
+        ws.send("ok")
+
+
+class Publisher:
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+    def message(self, ws: WS, message: str | bytes) -> None:
+        ws.publish(self.topic, message)
+
+
+app.ws("/sub", Subscriber("bench"))
+app.ws("/pub", Publisher("bench"))
+app.ws("/subz", Subscriber("benchz"), compression=True)
+app.ws("/pubz", Publisher("benchz"), compression=True)
+app.ws("/hb", {}, ping_interval=float(os.environ.get("HARPY_BENCH_PING", "5")))

@@ -33,6 +33,7 @@ from .exceptions import (
 from .handlers import Handlers
 from .router import Router
 from .server import ReadyState
+from .session import MemoryStore, Session, SessionStore
 from .websocket import Headers, WebSocket
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "HarpyError",
     "Headers",
     "InvalidState",
+    "MemoryStore",
     "PayloadTooBig",
     "ProtocolError",
     "ReadyState",
@@ -56,6 +58,8 @@ __all__ = [
     "Route",
     "RouteError",
     "Router",
+    "Session",
+    "SessionStore",
     "UpgradeRequest",
     "WebSocket",
     "__version__",

@@ -178,6 +178,7 @@ class App(Routes):
         #: Open connections from one address past which an upgrade gets 429 (0: no limit).
         self.max_connections_per_ip = max_connections_per_ip
         self._per_ip: dict[str, int] = {}
+        self._counted = 0  # connections holding a place under the two limits above
         self._defaults = {name: d for name, (d, _) in ROUTE_DEFAULTS.items()}
         self._defaults.update(route_defaults)
         self.handshake_timeout = handshake_timeout

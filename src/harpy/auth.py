@@ -39,6 +39,7 @@ __all__ = [
     "Deny",
     "FirstMessageAuth",
     "UpgradeRequest",
+    "jwt",
     "resolve_authenticate",
 ]
 
@@ -179,3 +180,6 @@ def interpret(result: Any) -> tuple[bool, Any, Deny | None]:
 
 def is_awaitable(value: Any) -> bool:
     return inspect.isawaitable(value)
+
+
+from ._jwt import jwt  # noqa: E402  (needs FirstMessageAuth and Deny above)

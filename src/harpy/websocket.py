@@ -105,9 +105,11 @@ class WebSocket(Connection, Generic[T]):
         "_auth_timer",
         "_busy",
         "_cookies",
+        "_counted",
         "_gated",
         "_handlers",
         "_id",
+        "_on_message",
         "_queue",
         "_reading_paused",
         "_rooms",
@@ -127,8 +129,10 @@ class WebSocket(Connection, Generic[T]):
         self._app = app
         self._route: Route | None = None
         self._handlers: Any = None
+        self._on_message: Callable[..., Any] | None = None  # message handler, as dispatched
         self._id = ""
         self._busy = False
+        self._counted = False  # holds a place under max_connections / max_connections_per_ip
         self._gated = False  # True: messages go through first-message auth or the rate limit
         self._auth_timer: asyncio.TimerHandle | None = None
         self._tokens = 0.0
@@ -251,8 +255,10 @@ class WebSocket(Connection, Generic[T]):
             compress is None and len(payload) < codec.threshold
         ):
             return self._write(build_frame(opcode, payload))
+        if not codec.shareable and not self.accepts(len(payload)):
+            return 0  # never advance a compressor's context for a frame not sent
         if self.ready_state is not _OPEN:
-            return 0  # do not advance a compressor's context for a frame never sent
+            return 0
         return self._write(build_frame(opcode, codec.compress(payload), True))
 
     def ping(self, data: bytes | str = b"") -> int:
@@ -382,13 +388,22 @@ class WebSocket(Connection, Generic[T]):
         self.params = params
         self._route = route
         self._handlers = route.handlers
-        if app.max_connections and len(app.connections) >= app.max_connections:
-            self._refuse(503, "Too many connections", [("Retry-After", "5")])
-            return
-        per_ip = app.max_connections_per_ip
-        if per_ip and app._per_ip.get(self.remote_address, 0) >= per_ip:
-            self._refuse(429, "Too many connections from this address")
-            return
+        if app.max_connections or app.max_connections_per_ip:
+            # A place is taken now, before any authenticate hook awaits, so upgrades waiting
+            # at the same time cannot all pass the limit; it is given back when the socket
+            # closes.
+            if app.max_connections and app._counted >= app.max_connections:
+                self._refuse(503, "Too many connections", [("Retry-After", "5")])
+                return
+            ip = self.remote_address
+            per_ip = app.max_connections_per_ip
+            if per_ip and app._per_ip.get(ip, 0) >= per_ip:
+                self._refuse(429, "Too many connections from this address")
+                return
+            self._counted = True
+            app._counted += 1
+            if per_ip:
+                app._per_ip[ip] = app._per_ip.get(ip, 0) + 1
         if route.allowed_origins is not None:
             origin = request.get("origin")
             if origin is not None and origin.rstrip("/").lower() not in route.allowed_origins:
@@ -429,6 +444,9 @@ class WebSocket(Connection, Generic[T]):
         self._auth_done(result, key)
 
     def _auth_done(self, result: Any, key: str) -> None:
+        if isinstance(result, (HandshakeError, Deny)):  # returned instead of raised
+            self._auth_failed(result, key)
+            return
         try:
             accepted, data, deny = interpret(result)
         except ConfigurationError as exc:
@@ -459,6 +477,11 @@ class WebSocket(Connection, Generic[T]):
         assert route is not None
         request = self.request
         assert request is not None
+        transport = self.transport
+        if self.ready_state is not ReadyState.CONNECTING or transport is None:
+            return  # answered meanwhile (408 after a slow hook, or shutting down)
+        if transport.is_closing():
+            return
         if deny is None:
             try:
                 self.data = route.make_data(self)
@@ -490,48 +513,47 @@ class WebSocket(Connection, Generic[T]):
         assert route is not None
         if self._handlers is _NO_HANDLERS:
             return  # denied by authenticate: closing at once
-        app = self._app
-        app.connections._add(self, route.pattern)
-        if app.max_connections_per_ip:
-            ip = self.remote_address
-            app._per_ip[ip] = app._per_ip.get(ip, 0) + 1
         if route.rate_limit > 0:
             self._gated = True
             self._tokens = route.rate_burst
             self._tokens_at = self._last_seen
         verifier = route.first_message_auth
         if verifier is not None:
+            # Not a member of anything (connections, rooms, broadcasts) until authenticated;
+            # open() runs then.
             self._gated = True
             self._auth_timer = self._server.loop.call_later(verifier.timeout, self._auth_timeout)
-            return  # open() runs once the first message authenticated
-        self._opened()
-
-    def _opened(self) -> None:
-        route = self._route
-        assert route is not None
-        if route.default_room is not None:
-            self._app._rooms.add(self, route.default_room)
+            return
+        self._register()
         fn = self._handlers.open
         if fn is not None:
             self._call(fn, ())
 
+    def _register(self) -> None:
+        """Join the app's connections (and the default room): broadcasts reach it from now."""
+        route = self._route
+        assert route is not None
+        self._app.connections._add(self, route.pattern)
+        if route.default_room is not None:
+            self._app._rooms.add(self, route.default_room)
+        message = self._handlers.message
+        self._on_message = _message_and_broadcast if route.auto_broadcast else message
+
     def _handle_message(self, message: str | bytes) -> None:
         if self._gated and not self._pass_gate(message):
             return
-        fn = self._handlers.message
+        if self._busy:  # behind a running async handler (or first-message auth)
+            self._enqueue(_deliver, (message,))
+            return
+        fn = self._on_message
         if fn is not None:
-            if self._busy:
-                self._enqueue(_deliver, (message,))
-            else:
-                try:
-                    result = fn(self, message)
-                except Exception as exc:  # noqa: BLE001
-                    self._handler_failed(exc)
-                    return
-                if result is not None and inspect.isawaitable(result):
-                    self._start_async(result)
-            if self._route.auto_broadcast:  # type: ignore[union-attr]
-                self._call(_auto_broadcast, (message,))
+            try:
+                result = fn(self, message)
+            except Exception as exc:  # noqa: BLE001
+                self._handler_failed(exc)
+                return
+            if result is not None and inspect.isawaitable(result):
+                self._start_async(result)
 
     def _pass_gate(self, message: str | bytes) -> bool:
         """Rate limit, then first-message authentication; False: the message stops here."""
@@ -558,6 +580,7 @@ class WebSocket(Connection, Generic[T]):
     def _auth_timeout(self) -> None:
         self._auth_timer = None
         self._handlers = _NO_HANDLERS
+        self._on_message = None
         self._close(1008, "Auth Timeout")
 
     def _handle_ping(self, data: bytes) -> None:
@@ -583,13 +606,6 @@ class WebSocket(Connection, Generic[T]):
         if self not in app.connections:
             return  # never opened (denied)
         app.connections._discard(self)
-        if app.max_connections_per_ip:
-            ip = self.remote_address
-            left = app._per_ip.get(ip, 1) - 1
-            if left > 0:
-                app._per_ip[ip] = left
-            else:
-                app._per_ip.pop(ip, None)
         if self._topics:
             app._topics.remove_all(self)
         if self._rooms:
@@ -602,6 +618,20 @@ class WebSocket(Connection, Generic[T]):
         fn = self._handlers.error if self._handlers is not None else None
         if fn is not None:
             self._call(fn, (exc,))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._counted:
+            self._counted = False
+            app = self._app
+            app._counted -= 1
+            if app.max_connections_per_ip:
+                ip = self.remote_address
+                left = app._per_ip.get(ip, 1) - 1
+                if left > 0:
+                    app._per_ip[ip] = left
+                else:
+                    app._per_ip.pop(ip, None)
 
     # ----------------------------------------------------------------- dispatch
 
@@ -699,8 +729,23 @@ class WebSocket(Connection, Generic[T]):
 
 def _deliver(ws: WebSocket[Any], message: str | bytes) -> Any:
     """A queued message: the handler is looked up when its turn comes (auth may have failed)."""
-    fn = ws._handlers.message
+    fn = ws._on_message
     return fn(ws, message) if fn is not None else None
+
+
+def _message_and_broadcast(ws: WebSocket[Any], message: str | bytes) -> Any:
+    """The message handler (if any), then, unless it raised, Harpia's automatic broadcast."""
+    fn = ws._handlers.message
+    result = fn(ws, message) if fn is not None else None
+    if result is not None and inspect.isawaitable(result):
+        return _await_then_broadcast(ws, result, message)
+    _auto_broadcast(ws, message)
+    return None
+
+
+async def _await_then_broadcast(ws: WebSocket[Any], awaitable: Any, message: str | bytes) -> None:
+    await awaitable
+    _auto_broadcast(ws, message)
 
 
 async def _verify_first_message(ws: WebSocket[Any], message: str | bytes) -> None:
@@ -713,16 +758,27 @@ async def _verify_first_message(ws: WebSocket[Any], message: str | bytes) -> Non
             result = await result
     except Deny as exc:
         ws._handlers = _NO_HANDLERS
+        ws._on_message = None
         ws._close(exc.code, exc.reason)
         return
     except Exception:
         logger.exception("harpy: first-message verifier of route %s raised", ws.route)
         ws._handlers = _NO_HANDLERS
+        ws._on_message = None
         ws._close(1011, "Internal error")
         return
     ws.auth = result
     if ws.ready_state is _OPEN:
-        ws._opened()
+        # open() runs here, in this queue slot, so messages queued behind the token wait for it.
+        ws._register()
+        fn = ws._handlers.open
+        if fn is not None:
+            try:
+                opened = fn(ws)
+                if inspect.isawaitable(opened):
+                    await opened
+            except Exception as exc:  # noqa: BLE001
+                ws._handler_failed(exc)
 
 
 def _auto_broadcast(ws: WebSocket[Any], message: str | bytes) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from ..exceptions import PayloadTooBig, ProtocolError
 
 try:  # Cython's pure-Python mode: ``cython.compiled`` is True only in the compiled module.
-    import cython
+    import cython  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     _COMPILED = cython.compiled
 except ImportError:  # Cython is a build dependency only

@@ -56,6 +56,18 @@ class Message:
             return self.frame
         if not codec.shareable:  # its own compressor keeps context: compress for it alone
             return build_frame(self.opcode, codec.compress(payload), True)
+        return self.shared_frame(codec)
+
+    def compresses_for(self, codec: Any) -> bool:
+        """True when the frame for ``codec`` is made by the receiver's own compressor."""
+        return not codec.shareable and not (
+            self.compress is False
+            or (self.compress is None and len(self.payload) < codec.threshold)
+        )
+
+    def shared_frame(self, codec: Any) -> bytes:
+        """The frame compressed once for every receiver with the same window and level."""
+        payload = self.payload
         key = (codec.window_bits, codec.level, codec.memory_level)
         cache = self._compressed
         if cache is None:
@@ -160,6 +172,15 @@ def fan_out(receivers: Iterable[Connection], message: Message, skip: object = No
         if conn is skip:
             continue
         codec = conn._deflate
-        if conn._write_later(frame if codec is None else message.frame_for(codec)):
+        if codec is None:
+            if conn._write_later(frame):
+                sent += 1
+        elif message.compresses_for(codec):
+            # Its compressor keeps context: compress only what will really be sent.
+            if conn.accepts(len(message.payload)) and conn._write_later(
+                message.frame_for(codec)
+            ):
+                sent += 1
+        elif conn._write_later(message.frame_for(codec)):
             sent += 1
     return sent

@@ -393,7 +393,7 @@ class Connection(asyncio.Protocol):
         if not (self._write_paused or self._corked or self._out):
             self.transport.write(frame)  # type: ignore[union-attr]
             return len(frame)
-        if self._write_paused and self._over_limit(len(frame)):
+        if self._past_limit(len(frame)):
             return 0
         if self._corked or self._out:  # behind queued frames: keep the order
             self._out.append(frame)
@@ -407,9 +407,7 @@ class Connection(asyncio.Protocol):
 
         Returns False when the frame was dropped (closing, or past the backpressure limit).
         """
-        if self.ready_state is not _OPEN:
-            return False
-        if self._write_paused and self._over_limit(len(frame)):
+        if not self.accepts(len(frame)):
             return False
         out = self._out
         if not out and not self._corked:
@@ -417,6 +415,21 @@ class Connection(asyncio.Protocol):
         out.append(frame)
         self._out_size += len(frame)
         return True
+
+    def accepts(self, size: int) -> bool:
+        """Whether a frame of about ``size`` bytes would be queued now (a refusal is counted).
+
+        Callers that must not do work for a dropped frame (advancing a compressor's context)
+        ask first, with the uncompressed size.
+        """
+        return self.ready_state is _OPEN and not self._past_limit(size)
+
+    def _past_limit(self, size: int) -> bool:
+        # Cheap test first: the kernel side only matters once writing is paused, and the
+        # queue of this tick only once it nears the limit.
+        if self._write_paused or self._out_size + size > self._limits.backpressure_limit:
+            return self._over_limit(size)
+        return False
 
     def _over_limit(self, size: int) -> bool:
         """Past ``backpressure_limit``: count the drop, or close with 1008 when asked."""

@@ -30,7 +30,7 @@ class TimerWheel:
 
     __slots__ = ("_handle", "_handle_slot", "_loop", "_slots", "resolution")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = 0.25) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = 0.05) -> None:
         self._loop = loop
         self.resolution = resolution
         self._slots: dict[int, set[Timed]] = {}
