@@ -26,7 +26,7 @@ from .protocol import (
     check_upgrade,
     is_valid_close_code,
 )
-from .protocol.deflate import negotiate
+from .protocol.deflate import deflate_bound, negotiate
 from .pubsub import Message, fan_out
 from .server import Connection, ReadyState, Server
 
@@ -255,7 +255,7 @@ class WebSocket(Connection, Generic[T]):
             compress is None and len(payload) < codec.threshold
         ):
             return self._write(build_frame(opcode, payload))
-        if not codec.shareable and not self.accepts(len(payload)):
+        if not codec.shareable and not self.accepts(deflate_bound(len(payload))):
             return 0  # never advance a compressor's context for a frame not sent
         if self.ready_state is not _OPEN:
             return 0

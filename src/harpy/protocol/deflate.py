@@ -38,6 +38,7 @@ from ..exceptions import ConfigurationError, PayloadTooBig, ProtocolError
 
 __all__ = [
     "EXTENSION_NAME",
+    "deflate_bound",
     "DeflateOptions",
     "PerMessageDeflate",
     "compress_shared",
@@ -388,6 +389,15 @@ def compress_shared(
     data = compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH)
     pool.append(compressor)
     return data[:-4]
+
+
+def deflate_bound(size: int) -> int:
+    """The most a compressed frame of a ``size``-byte message can take, header included.
+
+    Deflate's worst case is stored blocks: 5 bytes per 16 KiB block (zlib's own bound is
+    looser still), plus a sync flush and the frame header.
+    """
+    return size + 5 * ((size >> 14) + 1) + 32
 
 
 class PerMessageDeflate:

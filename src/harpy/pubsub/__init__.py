@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..protocol import OP_BINARY, OP_TEXT, build_frame
-from ..protocol.deflate import compress_shared
+from ..protocol.deflate import compress_shared, deflate_bound
 from ..server import Connection
 
 __all__ = ["Groups", "Message", "fan_out"]
@@ -177,7 +177,7 @@ def fan_out(receivers: Iterable[Connection], message: Message, skip: object = No
                 sent += 1
         elif message.compresses_for(codec):
             # Its compressor keeps context: compress only what will really be sent.
-            if conn.accepts(len(message.payload)) and conn._write_later(
+            if conn.accepts(deflate_bound(len(message.payload))) and conn._write_later(
                 message.frame_for(codec)
             ):
                 sent += 1

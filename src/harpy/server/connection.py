@@ -392,7 +392,9 @@ class Connection(asyncio.Protocol):
             return 0
         if not (self._write_paused or self._corked or self._out):
             self.transport.write(frame)  # type: ignore[union-attr]
-            return len(frame)
+            # The transport calls pause_writing() inside write() when this frame passed the
+            # high watermark: then this send is "queued under backpressure".
+            return -1 if self._write_paused else len(frame)
         if self._past_limit(len(frame)):
             return 0
         if self._corked or self._out:  # behind queued frames: keep the order
@@ -461,7 +463,7 @@ class Connection(asyncio.Protocol):
         limits = self._limits
         due = 0.0
         if limits.idle_timeout > 0:
-            due = self._last_seen + limits.idle_timeout
+            due = self._idle_deadline(limits)
             if limits.send_pings and not self._ping_sent and limits.ping_interval <= 0:
                 due = self._last_seen + limits.idle_timeout * 0.75
         if limits.inactivity_timeout > 0:
@@ -488,7 +490,12 @@ class Connection(asyncio.Protocol):
                 return 0.0
             return self._deadline
         limits = self._limits
-        if limits.idle_timeout > 0 and now >= self._last_seen + limits.idle_timeout:
+        if limits.idle_timeout > 0 and now >= self._idle_deadline(limits):
+            if limits.send_pings and not self._ping_sent and limits.ping_interval <= 0:
+                # The ping due at 3/4 of the timeout was not sent yet (coarse timer slots):
+                # send it now and give the peer a quarter of the timeout to answer.
+                self._send_ping(now)
+                return self._next_deadline(now)
             self._start_close(1001, "Idle timeout")
             return self._deadline
         if limits.inactivity_timeout > 0 and now >= self._last_active + limits.inactivity_timeout:
@@ -515,6 +522,13 @@ class Connection(asyncio.Protocol):
         ):
             self._send_ping(now)  # a live peer answers, and its pong counts as activity
         return self._next_deadline(now)
+
+    def _idle_deadline(self, limits: Limits) -> float:
+        idle = limits.idle_timeout
+        due = self._last_seen + idle
+        if self._ping_sent and limits.send_pings:
+            due = max(due, self._ping_sent + idle * 0.25)
+        return due
 
     def _send_ping(self, now: float) -> None:
         if not self._ping_sent:
