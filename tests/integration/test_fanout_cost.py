@@ -1,0 +1,113 @@
+"""The two promises of fan-out: a message is framed (and compressed) once, and what reaches a
+connection within one loop tick leaves in one write."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+import harpy
+from harpy import pubsub
+from harpy.server.connection import Connection
+from tests.helpers import serve
+
+SUBSCRIBERS = 20
+
+
+def subscriber_app(**options: Any) -> harpy.App:
+    app = harpy.App()
+
+    def open_(ws: harpy.WebSocket[Any]) -> None:
+        ws.subscribe("news")
+        ws.send("ready")
+
+    app.ws("/sub", {"open": open_}, **options)
+    return app
+
+
+async def test_a_published_message_is_framed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[int] = []
+    real = pubsub.build_frame
+
+    def counting(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
+        built.append(len(payload))
+        return real(opcode, payload, rsv1)
+
+    monkeypatch.setattr(pubsub, "build_frame", counting)
+    app = subscriber_app()
+    async with serve(app) as url:
+        clients = [await connect(f"{url}/sub") for _ in range(SUBSCRIBERS)]
+        try:
+            for c in clients:
+                assert await asyncio.wait_for(c.recv(), 5) == "ready"
+            assert app.publish("news", "x" * 100) == SUBSCRIBERS
+            for c in clients:
+                assert await asyncio.wait_for(c.recv(), 5) == "x" * 100
+        finally:
+            for c in clients:
+                await c.close()
+    assert built == [100]
+
+
+async def test_a_published_message_is_compressed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    compressed: list[int] = []
+    real = pubsub.compress_shared
+
+    def counting(payload: bytes, *args: Any) -> bytes:
+        compressed.append(len(payload))
+        return real(payload, *args)
+
+    monkeypatch.setattr(pubsub, "compress_shared", counting)
+    app = subscriber_app(compression=True)
+    text = "the same words again and again " * 40
+    async with serve(app) as url:
+        clients = [await connect(f"{url}/sub") for _ in range(SUBSCRIBERS)]
+        try:
+            for c in clients:
+                assert await asyncio.wait_for(c.recv(), 5) == "ready"
+                assert c.protocol.extensions, "permessage-deflate was negotiated"
+            app.publish("news", text)
+            for c in clients:
+                assert await asyncio.wait_for(c.recv(), 5) == text
+        finally:
+            for c in clients:
+                await c.close()
+    assert compressed == [len(text)]
+
+
+async def test_deliveries_of_one_tick_leave_in_one_write_per_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flushed: Counter[int] = Counter()
+    frames_per_flush: list[int] = []
+    real = Connection._flush
+
+    def counting(self: Connection) -> None:
+        if self._out:
+            flushed[id(self)] += 1
+            frames_per_flush.append(len(self._out))
+        real(self)
+
+    app = subscriber_app()
+    async with serve(app) as url:
+        clients = [await connect(f"{url}/sub") for _ in range(SUBSCRIBERS)]
+        try:
+            for c in clients:
+                assert await asyncio.wait_for(c.recv(), 5) == "ready"
+            monkeypatch.setattr(Connection, "_flush", counting)
+            for i in range(10):  # ten publishes in one tick: no await in between
+                app.publish("news", f"m{i}")
+            for c in clients:
+                got = [await asyncio.wait_for(c.recv(), 5) for _ in range(10)]
+                assert got == [f"m{i}" for i in range(10)]
+            monkeypatch.setattr(Connection, "_flush", real)
+        finally:
+            for c in clients:
+                await c.close()
+    assert len(flushed) == SUBSCRIBERS
+    assert set(flushed.values()) == {1}
+    assert frames_per_flush == [10] * SUBSCRIBERS
