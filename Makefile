@@ -22,7 +22,7 @@ run: $(STAMP)
 test: lint typecheck pytest pytest-pure
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples bench
+	$(VENV)/bin/ruff check src tests examples bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict src
@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/run.py --write
 
 autobahn: $(STAMP)
-	bash docs/autobahn.sh
+	bash scripts/autobahn.sh
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so
