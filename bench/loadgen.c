@@ -5,14 +5,30 @@
  * single core of the generator can saturate a single-core Python server.
  * Speaks just enough RFC 6455 as a client: HTTP upgrade (the
  * Sec-WebSocket-Accept value is verified), masked client frames, server frame
- * parsing with 7/16/64-bit lengths. It never answers pings.
+ * parsing with 7/16/64-bit lengths. Pings on open connections are counted
+ * and answered with a masked pong carrying the same payload.
  *
  * Modes (one JSON object is printed on stdout at the end):
  *   echo      --conns N --size S --duration SEC [--warmup SEC]
  *   handshake --concurrency C --duration SEC
  *   idle      --conns N --hold SEC
  *   fanout    --subs N --messages M --size S [--timeout SEC] [--sync]
+ *             [--payload x|text] [--verify K] [--deflate]
  * Common: --host H --port P --path /echo [--inflight K] [--hs-timeout SEC]
+ *
+ * --deflate: every upgrade offers permessage-deflate
+ * ("permessage-deflate; client_max_window_bits"), frames with RSV1 set are
+ * accepted on connections whose 101 response agreed to the extension, and a
+ * connection is counted as negotiated when that response carries a
+ * permessage-deflate extension. The client's own frames are always sent
+ * uncompressed (allowed by RFC 7692). Compressed messages are counted; their
+ * content is inflated and checked only on the --verify connections and only
+ * when built with -DHAVE_ZLIB -lz.
+ * --payload text: the publisher sends M distinct, compressible JSON-like
+ * lines of exactly S bytes (deterministic: the same bytes for every server);
+ * the default fills every message with 'x'.
+ * --verify K: the first K subscribers keep every message and compare it with
+ * what was published (after inflating it when compressed).
  *
  * handshake: each cycle is connect, upgrade, masked close (1000), then the
  * socket is closed as soon as the server's close frame arrives, so the server
@@ -28,8 +44,11 @@
  *                              fanout); with --sync, fanout waits for one line
  *                              on stdin after each MARK before continuing.
  *   "READY <n>"                idle: all connections attempted, <n> are open.
+ *   "TICK <k> <pings>"         idle: k seconds after READY (k = 0, 1, ...),
+ *                              pings received so far on all connections.
  *
  * Build: gcc -O2 -o bench/.build/loadgen bench/loadgen.c
+ *        (or add -DHAVE_ZLIB ... -lz to inflate and verify compressed messages)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -49,6 +68,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef HAVE_ZLIB
+#include <zlib.h>
+#endif
 
 enum { M_ECHO, M_HANDSHAKE, M_IDLE, M_FANOUT };
 enum { S_FREE, S_CONNECTING, S_UPGRADING, S_OPEN, S_CLOSING };
@@ -78,6 +100,17 @@ typedef struct conn {
     uint64_t pay_left, pay_len, msg_len;
     unsigned char pfx[8];       /* first payload bytes of the current frame */
     int pfx_len;
+    unsigned char ctl[125];     /* payload of the current control frame */
+    int ctl_len;
+    int deflate;                /* the 101 response agreed to permessage-deflate */
+    int msg_rsv1;               /* the current message is compressed */
+    /* whole-message copy, only on --verify subscribers */
+    unsigned char *vbuf;
+    size_t vlen, vcap;
+    int voverflow;
+#ifdef HAVE_ZLIB
+    z_stream *zs;               /* inflater kept across messages (context takeover) */
+#endif
     /* per-role counters */
     uint64_t msgs;
     int got_ok, done;
@@ -87,6 +120,7 @@ static struct {
     int mode;
     const char *host, *path, *sub_path, *pub_path;
     int port, conns, size, concurrency, subs, messages, inflight, sync;
+    int deflate, text, verify;
     double duration, warmup, hold, timeout, hs_timeout;
 } opt = {
     .host = "127.0.0.1", .path = "/echo", .sub_path = "/sub", .pub_path = "/pub",
@@ -100,6 +134,7 @@ static struct {
     uint64_t protocol_errors, size_mismatch, content_mismatch, dropped;
     uint64_t cycles, close_without_frame;
     uint64_t msgs, deliveries, extra, subs_ok, subs_done;
+    uint64_t pings, pongs_sent, compressed_msgs, verified, rx_sub_bytes;
 } st;
 
 static int ep;
@@ -116,6 +151,8 @@ static int upgrading;           /* connections in S_CONNECTING/S_UPGRADING */
 /* echo window */
 static uint64_t t_warm_end, t_end;
 static unsigned char *payload_tpl;
+static unsigned char **payloads;    /* fanout: the M published messages */
+static char deflate_resp[200];      /* first permessage-deflate response value */
 
 /* ------------------------------------------------------------------ utils */
 
@@ -401,6 +438,7 @@ static int conn_open(conn_t *c, int role)
     memset(&c->fh, 0, sizeof c->fh);
     c->fh_len = 0; c->fh_need = 2; c->in_payload = 0;
     c->msg_len = 0; c->msgs = 0; c->got_ok = 0; c->done = 0;
+    c->ctl_len = 0; c->deflate = 0; c->msg_rsv1 = 0; c->vlen = 0; c->voverflow = 0;
     c->woff = c->wlen = 0;
     c->role = role;
     c->t_start = now_ns();
@@ -440,7 +478,7 @@ static void send_upgrade(conn_t *c)
     unsigned char dg[20];
     sha1((unsigned char *)cat, (size_t)cl, dg);
     b64(dg, 20, c->accept);
-    char req[512];
+    char req[640];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\n"
                      "Host: %s:%d\r\n"
@@ -448,8 +486,11 @@ static void send_upgrade(conn_t *c)
                      "Connection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n"
+                     "%s"
                      "\r\n",
-                     path, opt.host, opt.port, key);
+                     path, opt.host, opt.port, key,
+                     opt.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                   "client_max_window_bits\r\n" : "");
     c->hbuf = malloc(HBUF_SIZE);
     if (!c->hbuf)
         die("out of memory");
@@ -490,6 +531,108 @@ static void on_open(conn_t *c)
     }
 }
 
+/* ------------------------------------------------------ permessage-deflate */
+
+#ifdef HAVE_ZLIB
+static unsigned char *zout;
+static size_t zout_cap;
+
+/* Inflates one compressed message (RFC 7692 7.2.2: the 00 00 ff ff tail is
+   appended). With *zsp the inflater persists across messages (the server may
+   keep its context); without, a one-shot inflater is used. Returns the
+   inflated length (the bytes are in zout) or -1. */
+static long inflate_msg(z_stream **zsp, const unsigned char *in, size_t n)
+{
+    static const unsigned char tail[4] = {0x00, 0x00, 0xff, 0xff};
+    z_stream tmp, *zs = &tmp;
+    if (zsp) {
+        if (!*zsp) {
+            *zsp = calloc(1, sizeof **zsp);
+            if (!*zsp || inflateInit2(*zsp, -15) != Z_OK)
+                die("inflateInit2");
+        }
+        zs = *zsp;
+    } else {
+        memset(&tmp, 0, sizeof tmp);
+        if (inflateInit2(&tmp, -15) != Z_OK)
+            die("inflateInit2");
+    }
+    size_t out = 0;
+    long ret = 0;
+    for (int part = 0; part < 2 && ret == 0; part++) {
+        zs->next_in = (Bytef *)(part ? tail : in);
+        zs->avail_in = (uInt)(part ? sizeof tail : n);
+        for (int guard = 0; zs->avail_in > 0 && guard < 64; guard++) {
+            if (out == zout_cap) {
+                size_t cap = zout_cap ? zout_cap * 2 : 65536;
+                if (cap > (64u << 20)) {
+                    ret = -1;
+                    break;
+                }
+                zout = realloc(zout, cap);
+                if (!zout)
+                    die("out of memory");
+                zout_cap = cap;
+            }
+            zs->next_out = zout + out;
+            zs->avail_out = (uInt)(zout_cap - out);
+            int r = inflate(zs, Z_SYNC_FLUSH);
+            out = zout_cap - zs->avail_out;
+            if (r == Z_STREAM_END) {   /* a final block: the next message starts afresh */
+                inflateReset(zs);
+                break;
+            }
+            if (r != Z_OK && !(r == Z_BUF_ERROR && zs->avail_out == 0)) {
+                ret = -1;
+                break;
+            }
+        }
+    }
+    if (!zsp)
+        inflateEnd(&tmp);
+    return ret < 0 ? -1 : (long)out;
+}
+#endif
+
+/* ---------------------------------------------------------------- frames */
+
+/* Fanout subscriber: the first message must be "ok" (possibly compressed). */
+static int is_ok_message(conn_t *c, uint64_t len)
+{
+    if (!c->msg_rsv1)
+        return len == 2 && c->pfx_len >= 2 && c->pfx[0] == 'o' && c->pfx[1] == 'k';
+#ifdef HAVE_ZLIB
+    long n;
+    if (c->vbuf)
+        n = c->voverflow ? -1 : inflate_msg(&c->zs, c->vbuf, c->vlen);
+    else
+        n = len <= sizeof c->pfx ? inflate_msg(NULL, c->pfx, (size_t)len) : -1;
+    return n == 2 && zout[0] == 'o' && zout[1] == 'k';
+#else
+    return 1;   /* cannot look inside without zlib */
+#endif
+}
+
+/* --verify subscriber: the whole message against what was published. */
+static void verify_message(conn_t *c, uint64_t idx)
+{
+    const unsigned char *body = c->vbuf;
+    long n = c->voverflow ? -1 : (long)c->vlen;
+    if (c->msg_rsv1) {
+#ifdef HAVE_ZLIB
+        n = c->voverflow ? -1 : inflate_msg(&c->zs, c->vbuf, c->vlen);
+        body = zout;
+#else
+        return;
+#endif
+    }
+    if (n == (long)opt.size && idx < (uint64_t)opt.messages &&
+        memcmp(body, payloads[idx], (size_t)opt.size) == 0)
+        st.verified++;
+    else
+        st.content_mismatch++;
+}
+
 static void on_message(conn_t *c, uint64_t len, uint64_t t)
 {
     switch (c->role) {
@@ -509,7 +652,7 @@ static void on_message(conn_t *c, uint64_t len, uint64_t t)
         break;
     case R_SUB:
         if (!c->got_ok) {
-            if (len == 2 && c->pfx_len >= 2 && c->pfx[0] == 'o' && c->pfx[1] == 'k') {
+            if (is_ok_message(c, len)) {
                 c->got_ok = 1;
                 st.subs_ok++;
             } else {
@@ -517,8 +660,12 @@ static void on_message(conn_t *c, uint64_t len, uint64_t t)
             }
             break;
         }
-        if (len != (uint64_t)opt.size)
+        if (c->msg_rsv1)
+            st.compressed_msgs++;
+        else if (len != (uint64_t)opt.size)
             st.size_mismatch++;
+        if (c->vbuf)
+            verify_message(c, c->msgs);
         c->msgs++;
         if (c->msgs <= (uint64_t)opt.messages) {
             st.deliveries++;
@@ -551,7 +698,18 @@ static int on_frame(conn_t *c, uint64_t t)
         conn_close(c);
         return -1;
     }
-    if (op == 0x9 || op == 0xA)
+    if (op == 0x9) {
+        if (c->state == S_OPEN) {
+            unsigned char fr[140];
+            st.pings++;
+            conn_send(c, fr, build_frame(fr, 0xA, c->ctl, (size_t)c->ctl_len));
+            if (c->state == S_FREE)
+                return -1;
+            st.pongs_sent++;
+        }
+        return 0;
+    }
+    if (op == 0xA)
         return 0;
     if (op == 0x1 || op == 0x2)
         c->msg_len = c->pay_len;
@@ -565,6 +723,27 @@ static int on_frame(conn_t *c, uint64_t t)
     if (c->fin)
         on_message(c, c->msg_len, t);
     return c->state == S_FREE ? -1 : 0;
+}
+
+/* Checks a complete frame header; returns 0 if acceptable. */
+static int check_header(conn_t *c, int rsv, uint64_t len)
+{
+    int op = c->opcode;
+    if (op >= 0x8)
+        return (rsv || !c->fin || len > 125) ? -1 : 0;
+    if (rsv & 0x30)
+        return -1;
+    if (rsv & 0x40) {
+        /* RSV1 marks a compressed message: first frame only, if negotiated */
+        if (!c->deflate || op == 0x0)
+            return -1;
+    }
+    if (op == 0x1 || op == 0x2) {
+        c->msg_rsv1 = (rsv & 0x40) != 0;
+        c->vlen = 0;
+        c->voverflow = 0;
+    }
+    return 0;
 }
 
 /* Streaming parser: any number of frames (or parts) per call. */
@@ -604,15 +783,34 @@ static void feed(conn_t *c, const unsigned char *p, size_t n)
             }
             c->fin = c->fh[0] >> 7;
             c->opcode = c->fh[0] & 0x0f;
+            if (check_header(c, c->fh[0] & 0x70, len) < 0) {
+                st.protocol_errors++;
+                conn_close(c);
+                return;
+            }
             c->pay_len = c->pay_left = len;
             c->pfx_len = 0;
+            c->ctl_len = 0;
             c->fh_len = 0;
             c->fh_need = 2;
             c->in_payload = 1;
         } else {
             size_t take = c->pay_left < n ? (size_t)c->pay_left : n;
-            for (size_t k = 0; k < take && c->pfx_len < (int)sizeof c->pfx; k++)
-                c->pfx[c->pfx_len++] = p[k];
+            if (c->opcode >= 0x8) {
+                memcpy(c->ctl + c->ctl_len, p, take);   /* len <= 125 was checked */
+                c->ctl_len += (int)take;
+            } else {
+                for (size_t k = 0; k < take && c->pfx_len < (int)sizeof c->pfx; k++)
+                    c->pfx[c->pfx_len++] = p[k];
+                if (c->vbuf) {
+                    if (c->vlen + take <= c->vcap) {
+                        memcpy(c->vbuf + c->vlen, p, take);
+                        c->vlen += take;
+                    } else {
+                        c->voverflow = 1;
+                    }
+                }
+            }
             c->pay_left -= take;
             p += take;
             n -= take;
@@ -645,6 +843,28 @@ static long parse_upgrade(conn_t *c)
     int accept_ok = 0;
     for (char *line = strstr(c->hbuf, "\r\n"); line; line = strstr(line, "\r\n")) {
         line += 2;
+        if (ci_prefix(line, "sec-websocket-extensions:")) {
+            char *v = line + 25;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            char *eol = strstr(v, "\r\n");
+            size_t vl = eol ? (size_t)(eol - v) : strlen(v);
+            int pmd = 0;
+            for (size_t i = 0; i + 18 <= vl && !pmd; i++)
+                pmd = ci_prefix(v + i, "permessage-deflate");
+            if (pmd && !opt.deflate)
+                return -1;   /* an extension the client never offered */
+            if (pmd) {
+                c->deflate = 1;
+                if (!deflate_resp[0]) {
+                    size_t k = 0;   /* kept for the report: JSON-safe characters only */
+                    for (size_t i = 0; i < vl && k + 1 < sizeof deflate_resp; i++)
+                        if (v[i] >= ' ' && v[i] != '"' && v[i] != '\\')
+                            deflate_resp[k++] = v[i];
+                    deflate_resp[k] = 0;
+                }
+            }
+        }
         if (ci_prefix(line, "sec-websocket-accept:")) {
             char *v = line + 21;
             while (*v == ' ' || *v == '\t')
@@ -720,6 +940,8 @@ static void on_readable(conn_t *c)
             feed(c, rbuf + take, (size_t)r - take);
         return;
     }
+    if (c->role == R_SUB)
+        st.rx_sub_bytes += (uint64_t)r;
     feed(c, rbuf, (size_t)r);
 }
 
@@ -949,16 +1171,34 @@ static void run_idle(uint64_t t_begin)
     double est = (now_ns() - t0) / 1e9;
     fprintf(stderr, "READY %d\n", ok);
     fflush(stderr);
-    uint64_t until = now_ns() + (uint64_t)(opt.hold * 1e9);
-    while (!stop_flag && now_ns() < until)
-        poll_once(50);
+    uint64_t t_ready = now_ns();
+    uint64_t until = t_ready + (uint64_t)(opt.hold * 1e9);
+    int tick = 0;
+    fprintf(stderr, "TICK 0 %" PRIu64 "\n", st.pings);
+    fflush(stderr);
+    while (!stop_flag) {
+        uint64_t t = now_ns();
+        uint64_t next = t_ready + (uint64_t)(tick + 1) * 1000000000ull;
+        if (t >= next && next <= until) {
+            tick++;
+            fprintf(stderr, "TICK %d %" PRIu64 "\n", tick, st.pings);
+            fflush(stderr);
+            continue;
+        }
+        if (t >= until)
+            break;
+        uint64_t wake = next < until ? next : until;
+        int ms = (int)((wake - t) / 1000000ull);
+        poll_once(ms < 1 ? 1 : ms > 50 ? 50 : ms);
+    }
     int still = 0;
     for (int i = 0; i < nconns; i++)
         still += conns[i].state == S_OPEN;
     close_all();
     printf("{\"mode\": \"idle\", \"conns\": %d, \"ok\": %d, \"still_open\": %d, "
-           "\"dropped\": %" PRIu64 ", \"establish_s\": %.4f, \"failures\": %" PRIu64 ", ",
-           opt.conns, ok, still, st.dropped, est, errors_total());
+           "\"dropped\": %" PRIu64 ", \"establish_s\": %.4f, \"failures\": %" PRIu64 ", "
+           "\"pings\": %" PRIu64 ", \"pongs_sent\": %" PRIu64 ", ",
+           opt.conns, ok, still, st.dropped, est, errors_total(), st.pings, st.pongs_sent);
     json_common((now_ns() - t_begin) / 1e9, cpu_seconds());
     printf("}\n");
 }
@@ -967,6 +1207,13 @@ static void run_fanout(uint64_t t_begin)
 {
     int n = opt.subs;
     nconns = n + 1;
+    for (int i = 0; i < n && i < opt.verify; i++) {
+        /* room for a compressed message larger than the original, plus slack */
+        conns[i].vcap = 2 * (size_t)opt.size + 1024;
+        conns[i].vbuf = malloc(conns[i].vcap);
+        if (!conns[i].vbuf)
+            die("out of memory");
+    }
     uint64_t t0 = now_ns();
     uint64_t deadline = t0 + (uint64_t)(opt.timeout * 1e9);
     open_batch(0, n, R_SUB, deadline);
@@ -986,7 +1233,7 @@ static void run_fanout(uint64_t t_begin)
     open_batch(n, n + 1, R_PUB, deadline);
     uint64_t expected = (uint64_t)subs_ok * (uint64_t)opt.messages;
     double cpu0 = 0, cpu1 = 0;
-    uint64_t w0 = 0, w1 = 0;
+    uint64_t w0 = 0, w1 = 0, rx0 = 0, rx1 = 0;
     int pub_ok = pub->state == S_OPEN;
     if (pub_ok) {
         size_t fmax = (size_t)opt.size + 14;
@@ -996,16 +1243,18 @@ static void run_fanout(uint64_t t_begin)
         size_t len = 0;
         /* frames are masked before the window opens; all M go out back to back */
         for (int i = 0; i < opt.messages; i++)
-            len += build_frame(buf + len, 0x1, payload_tpl, (size_t)opt.size);
+            len += build_frame(buf + len, 0x1, payloads[i], (size_t)opt.size);
         mark("start");
         sync_wait();
         cpu0 = cpu_seconds();
+        rx0 = st.rx_sub_bytes;
         w0 = now_ns();
         conn_send(pub, buf, len);
         uint64_t lim = w0 + (uint64_t)(opt.timeout * 1e9);
         while (!stop_flag && st.deliveries < expected && now_ns() < lim)
             poll_once(10);
         w1 = now_ns();
+        rx1 = st.rx_sub_bytes;
         cpu1 = cpu_seconds();
         mark("end");
         sync_wait();
@@ -1015,8 +1264,13 @@ static void run_fanout(uint64_t t_begin)
     uint64_t drain = now_ns() + 50000000ull;
     while (!stop_flag && now_ns() < drain)
         poll_once(5);
+    int deflate_subs = 0;
+    for (int i = 0; i < n; i++)
+        deflate_subs += conns[i].got_ok && conns[i].deflate;
+    int negotiated = opt.deflate && subs_ok > 0 && deflate_subs == subs_ok && pub->deflate;
     close_all();
     double el = (w1 - w0) / 1e9;
+    uint64_t rx = rx1 - rx0;
     printf("{\"mode\": \"fanout\", \"subs\": %d, \"subs_ok\": %d, \"messages\": %d, "
            "\"size\": %d, \"publisher_ok\": %s, \"subscribe_s\": %.4f, "
            "\"expected\": %" PRIu64 ", \"deliveries\": %" PRIu64 ", \"missing\": %" PRIu64 ", "
@@ -1026,8 +1280,51 @@ static void run_fanout(uint64_t t_begin)
            expected, st.deliveries, expected > st.deliveries ? expected - st.deliveries : 0,
            st.extra, st.subs_done, el, el > 0 ? st.deliveries / el : 0.0, cpu1 - cpu0,
            errors_total());
+    printf("\"payload\": \"%s\", \"deflate_offered\": %s, \"deflate_negotiated\": %s, "
+           "\"deflate_subs\": %d, \"deflate_publisher\": %s, \"deflate_response\": \"%s\", "
+           "\"compressed_msgs\": %" PRIu64 ", \"rx_bytes_window\": %" PRIu64 ", "
+           "\"rx_bytes_per_delivery\": %.2f, \"zlib\": %s, \"verify_subs\": %d, "
+           "\"verified\": %" PRIu64 ", ",
+           opt.text ? "text" : "x", opt.deflate ? "true" : "false",
+           negotiated ? "true" : "false", deflate_subs, pub->deflate ? "true" : "false",
+           deflate_resp, st.compressed_msgs, rx,
+           st.deliveries ? (double)rx / (double)st.deliveries : 0.0,
+#ifdef HAVE_ZLIB
+           "true",
+#else
+           "false",
+#endif
+           opt.verify < n ? opt.verify : n, st.verified);
     json_common((now_ns() - t_begin) / 1e9, cpu_seconds());
     printf("}\n");
+}
+
+/* Message idx of --payload text: JSON-like trade records, one per line, cut
+   to exactly size bytes. Deterministic, ASCII only; repetitive enough to
+   compress the way real feeds do, with numbers that differ per record. */
+static void gen_text(unsigned char *buf, size_t size, uint32_t idx)
+{
+    static const char *sym[] = {"ACME", "GLOBEX", "INITECH", "UMBRELLA",
+                                "STARK", "WAYNE", "WONKA", "TYRELL"};
+    static const char *venue[] = {"XNAS", "XNYS", "BATS", "ARCX"};
+    uint64_t s = 0x9E3779B97F4A7C15ull * ((uint64_t)idx + 1);
+    size_t o = 0;
+    char line[256];
+    for (uint32_t k = 0; o < size; k++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t r = (uint32_t)(s >> 33);
+        int n = snprintf(line, sizeof line,
+                         "{\"seq\":%" PRIu32 ",\"type\":\"trade\",\"symbol\":\"%s\","
+                         "\"price\":%" PRIu32 ".%02" PRIu32 ",\"qty\":%" PRIu32 ","
+                         "\"side\":\"%s\",\"venue\":\"%s\",\"ts\":%" PRIu64 "}\n",
+                         idx * 64 + k, sym[r % 8], 100 + r % 900, (r >> 10) % 100,
+                         1 + (r >> 17) % 5000, (r >> 3) & 1 ? "buy" : "sell",
+                         venue[(r >> 5) & 3],
+                         (uint64_t)1700000000000ull + (uint64_t)idx * 1000 + k * 7);
+        size_t take = (size_t)n < size - o ? (size_t)n : size - o;
+        memcpy(buf + o, line, take);
+        o += take;
+    }
 }
 
 /* ------------------------------------------------------------------ main */
@@ -1040,8 +1337,9 @@ static void usage(void)
             "  handshake --concurrency C --duration SEC\n"
             "  idle      --conns N --hold SEC\n"
             "  fanout    --subs N --messages M --size S [--timeout SEC] [--sync]\n"
+            "            [--payload x|text] [--verify K]\n"
             "common: --host H --port P --path /echo --inflight K --hs-timeout SEC --timeout SEC\n"
-            "        --sub-path /sub --pub-path /pub\n");
+            "        --sub-path /sub --pub-path /pub --deflate\n");
     exit(2);
 }
 
@@ -1057,6 +1355,7 @@ int main(int argc, char **argv)
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--sync")) { opt.sync = 1; continue; }
+        if (!strcmp(a, "--deflate")) { opt.deflate = 1; continue; }
         if (i + 1 >= argc)
             usage();
         const char *v = argv[++i];
@@ -1076,10 +1375,16 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--timeout")) opt.timeout = atof(v);
         else if (!strcmp(a, "--hs-timeout")) opt.hs_timeout = atof(v);
         else if (!strcmp(a, "--inflight")) opt.inflight = atoi(v);
+        else if (!strcmp(a, "--verify")) opt.verify = atoi(v);
+        else if (!strcmp(a, "--payload")) {
+            if (!strcmp(v, "text")) opt.text = 1;
+            else if (!strcmp(v, "x")) opt.text = 0;
+            else usage();
+        }
         else usage();
     }
     if (opt.port <= 0 || opt.size < 0 || opt.conns <= 0 || opt.concurrency <= 0 ||
-        opt.subs <= 0 || opt.messages <= 0 || opt.inflight <= 0)
+        opt.subs <= 0 || opt.messages <= 0 || opt.inflight <= 0 || opt.verify < 0)
         usage();
 
     /* 10k+ sockets need more than the usual soft limit of 1024 */
@@ -1112,6 +1417,21 @@ int main(int argc, char **argv)
     if (!hist || !payload_tpl || !echo_frame || !conns)
         die("out of memory");
     memset(payload_tpl, 'x', (size_t)opt.size);
+    if (opt.mode == M_FANOUT) {
+        payloads = calloc((size_t)opt.messages, sizeof *payloads);
+        if (!payloads)
+            die("out of memory");
+        for (int i = 0; i < opt.messages; i++) {
+            if (!opt.text) {
+                payloads[i] = payload_tpl;
+                continue;
+            }
+            payloads[i] = malloc((size_t)opt.size + 1);
+            if (!payloads[i])
+                die("out of memory");
+            gen_text(payloads[i], (size_t)opt.size, (uint32_t)i);
+        }
+    }
     for (int i = 0; i < maxc; i++)
         conns[i].fd = -1;
 

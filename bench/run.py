@@ -2,7 +2,8 @@
 """Benchmark orchestrator: WebSocket servers driven by bench/loadgen.c.
 
     python bench/run.py [--servers harpy,picows,websockets,aiohttp]
-                        [--workloads echo,handshake,idle,fanout] [--quick]
+                        [--workloads echo,handshake,idle,fanout,fanoutz,heartbeat]
+                        [--quick]
                         [--repeat N] [--write] [--merge] [--report-only]
 
 Each server runs pinned to CPU 0 and the load generator to CPU 1 (when
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -22,10 +24,12 @@ import resource
 import select
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,7 +54,7 @@ SERVERS: dict[str, list[str]] = {
     "websockets": [PY, str(BENCH / "peers" / "websockets_server.py"), *_ADDR],
     "aiohttp": [PY, str(BENCH / "peers" / "aiohttp_server.py"), *_ADDR],
 }
-WORKLOADS = ["echo", "handshake", "idle", "fanout"]
+WORKLOADS = ["echo", "handshake", "idle", "fanout", "fanoutz", "heartbeat"]
 
 ECHO_SIZES = [32, 4096]
 ECHO_CONNS = [1, 64, 512]
@@ -58,6 +62,17 @@ HANDSHAKE_CONCURRENCY = 32   # enough in-flight upgrades to keep one core busy
 IDLE_CONNS = 10_000
 FANOUT_CASES = [(1_000, 100), (10_000, 10)]   # (subscribers, messages)
 FANOUT_SIZE = 32
+# Fan-out with permessage-deflate: 1 KiB of compressible text per message (the loadgen's
+# "--payload text": JSON-like records, the same bytes for every server).
+FANOUTZ_CASE = (1_000, 100)
+FANOUTZ_SIZE = 1024
+FANOUTZ_VERIFY = 16   # subscribers whose messages are inflated and compared
+NO_DEFLATE = {"picows": "picows has no permessage-deflate"}
+# Heartbeat cost: IDLE_CONNS connections held HEARTBEAT_HOLD s after the last upgrade; the
+# 1 s windows between loadgen ticks HEARTBEAT_TICKS[0] and [1] are measured.
+HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_HOLD = 14
+HEARTBEAT_TICKS = (1, 13)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOISY_PCT = 25.0   # other work above this share of a core taints a window
@@ -88,12 +103,23 @@ def pinned(cpu: int, cmd: list[str]) -> list[str]:
 
 
 def build_loadgen() -> None:
+    """Builds the loadgen, with zlib (to inflate and verify compressed messages) if present."""
     if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
         return
     BUILD.mkdir(parents=True, exist_ok=True)
-    cmd = ["gcc", "-O2", "-o", str(LOADGEN), str(LOADGEN_SRC)]
-    print("building loadgen:", " ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True, timeout=120)
+    base = ["gcc", "-O2", "-o", str(LOADGEN), str(LOADGEN_SRC)]
+    cmds = [base]
+    if Path("/usr/include/zlib.h").exists():
+        cmds.insert(0, [*base[:2], "-DHAVE_ZLIB", *base[2:], "-lz"])
+    for i, cmd in enumerate(cmds):
+        print("building loadgen:", " ".join(cmd), file=sys.stderr)
+        try:
+            subprocess.run(cmd, check=True, timeout=120)
+            return
+        except subprocess.CalledProcessError:
+            if i == len(cmds) - 1:
+                raise
+            print("building without zlib instead", file=sys.stderr)
 
 
 def free_port() -> int:
@@ -210,9 +236,12 @@ def system_busy_seconds() -> float:
 # ------------------------------------------------------------------- server
 
 class Server:
-    def __init__(self, name: str, tag: str) -> None:
+    def __init__(self, name: str, tag: str, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.tag = tag
+        self.args = args
+        self.extra_env = env or {}
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: list[int] = []
@@ -223,8 +252,10 @@ class Server:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         cmd = [a.replace("{port}", str(self.port)) for a in SERVERS[self.name]]
+        cmd += self.args
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.extra_env)
         try:
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(
@@ -332,7 +363,8 @@ def run_loadgen(args: list[str], timeout: float,
     for f in (p.stdin, p.stdout, p.stderr):
         if f:
             f.close()
-    diag = "\n".join(line for line in err_lines if not line.startswith(("MARK", "READY")))
+    diag = "\n".join(line for line in err_lines
+                     if not line.startswith(("MARK", "READY", "TICK")))
     if timed_out:
         return None, f"loadgen timed out after {timeout:.0f}s {diag}"
     try:
@@ -468,13 +500,15 @@ def wl_idle(srv: Server) -> dict[str, Any]:
     return res
 
 
-def wl_fanout(srv: Server, subs: int, messages: int) -> dict[str, Any]:
+def wl_fanout(srv: Server, subs: int, messages: int, size: int = FANOUT_SIZE,
+              deflate: bool = False) -> dict[str, Any]:
     win = Window(srv, sync=True)
-    res, diag = run_loadgen(
-        ["fanout", "--host", HOST, "--port", str(srv.port), "--subs", str(subs),
-         "--messages", str(messages), "--size", str(FANOUT_SIZE), "--timeout", "60",
-         "--sync"],
-        timeout=200, on_line=win)
+    args = ["fanout", "--host", HOST, "--port", str(srv.port), "--subs", str(subs),
+            "--messages", str(messages), "--size", str(size), "--timeout", "60", "--sync"]
+    if deflate:
+        args += ["--deflate", "--payload", "text", "--verify", str(FANOUTZ_VERIFY),
+                 "--sub-path", "/subz", "--pub-path", "/pubz"]
+    res, diag = run_loadgen(args, timeout=200, on_line=win)
     if res is None:
         return {"error": diag}
     _finish(res, win, res["elapsed_s"], res["loadgen_cpu_window_s"])
@@ -485,28 +519,114 @@ def wl_fanout(srv: Server, subs: int, messages: int) -> dict[str, Any]:
         res["error"] = (f"{res['subs_ok']}/{subs} subscribed, publisher_ok={res['publisher_ok']}, "
                         f"{res['missing']} deliveries missing, {res['handshake_fail']} upgrades "
                         f"failed, {res['connect_fail']} connects failed {diag}").strip()
+    elif deflate and not res.get("deflate_negotiated"):
+        res["error"] = (f"permessage-deflate not negotiated ({res.get('deflate_subs')}/"
+                        f"{res['subs_ok']} subscribers agreed) {diag}").strip()
+    elif res.get("errors"):
+        res["error"] = (f"{res['errors']} errors (protocol {res['protocol_errors']}, "
+                        f"size {res['size_mismatch']}, content {res['content_mismatch']}) "
+                        f"{diag}").strip()
+    return res
+
+
+def wl_heartbeat(srv: Server, path: str, interval: float) -> dict[str, Any]:
+    """IDLE_CONNS connections held open; server CPU read at each of the loadgen's 1 s ticks."""
+    ticks: dict[int, tuple[float, float, float, int]] = {}   # k: (time, cpu, busy, pings)
+
+    def on_line(line: str, p: subprocess.Popen[bytes]) -> None:
+        if line.startswith("TICK"):
+            _, k, pings = line.split()
+            ticks[int(k)] = (time.monotonic(), srv.cpu(), system_busy_seconds(), int(pings))
+
+    res, diag = run_loadgen(
+        ["idle", "--host", HOST, "--port", str(srv.port), "--path", path,
+         "--conns", str(IDLE_CONNS), "--hold", str(HEARTBEAT_HOLD)],
+        timeout=HEARTBEAT_HOLD + 240, on_line=on_line)
+    if res is None:
+        return {"error": diag}
+    first, last = HEARTBEAT_TICKS
+    if first not in ticks or last not in ticks:
+        return {**res, "error": f"loadgen ticks {sorted(ticks)} lack {first}..{last} {diag}"}
+    windows = []
+    for k in range(first, last):
+        (t0, c0, _, p0), (t1, c1, _, p1) = ticks[k], ticks[k + 1]
+        windows.append({"s": t1 - t0, "cpu_ms": 1e3 * (c1 - c0), "pings": p1 - p0})
+    (t0, c0, b0, p0), (t1, c1, b1, p1) = ticks[first], ticks[last]
+    span, cpu, pings = t1 - t0, c1 - c0, p1 - p0
+    rates = [w["cpu_ms"] / w["s"] for w in windows]   # ms of CPU per second
+    quiet = [r for r, w in zip(rates, windows, strict=True) if not w["pings"]]
+    ok = res["ok"]
+    beats = pings / ok if ok else 0.0
+    res.update(
+        path=path, ping_interval=interval or None, window_s=span, server_cpu_s=cpu,
+        windows=windows, cpu_ms_per_s_min=min(rates),
+        cpu_ms_per_s_median=statistics.median(rates), cpu_ms_per_s_max=max(rates),
+        quiet_windows=len(quiet),
+        quiet_ms_per_s_median=statistics.median(quiet) if quiet else None,
+        pings_window=pings, beats=beats,
+        cpu_ms_per_beat=1e3 * cpu / beats if beats >= 0.5 else None,
+        us_per_ping=1e6 * cpu / pings if pings else None,
+        # everything but the server (the loadgen only answers pings here)
+        background_cpu_pct=max(0.0, 100 * ((b1 - b0) - cpu) / span) if span > 0 else None)
+    problems = []
+    if ok < IDLE_CONNS or res["still_open"] < ok:
+        problems.append(f"{ok}/{IDLE_CONNS} established, {res['still_open']} still open at the end")
+    if interval and not pings:
+        problems.append("no pings received")
+    if res.get("failures"):
+        problems.append(f"{res['failures']} errors")
+    if problems:
+        res["error"] = (", ".join(problems) + f" {diag}").strip()
     return res
 
 
 Case = tuple[str, Callable[[Server], dict[str, Any]]]
 
 
-def plan(workloads: list[str], quick: bool) -> list[tuple[str, list[Case]]]:
-    """Groups of cases; each group runs against one freshly started server."""
-    groups: list[tuple[str, list[Case]]] = []
+@dataclass
+class Group:
+    """Cases run against one freshly started server, started with args and env."""
+    tag: str
+    cases: list[Case]
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    skip: str = ""   # reason the server cannot run these cases (reported as n/a)
+
+
+def plan(name: str, workloads: list[str], quick: bool) -> list[Group]:
+    groups: list[Group] = []
     if "echo" in workloads:
         cases: list[Case] = [
             (key, partial(wl_echo, size=kw["size"], conns=kw["conns"], quick=quick))
             for key, kw in echo_cases()]
-        groups.append(("echo", cases))
+        groups.append(Group("echo", cases))
     if "handshake" in workloads:
-        groups.append(("handshake", [("handshake", partial(wl_handshake, quick=quick))]))
+        groups.append(Group("handshake", [("handshake", partial(wl_handshake, quick=quick))]))
     if "idle" in workloads:
-        groups.append(("idle", [("idle_10k", wl_idle)]))
+        groups.append(Group("idle", [("idle_10k", wl_idle)]))
     if "fanout" in workloads:
         for subs, msgs in FANOUT_CASES:
             key = f"fanout_{subs}x{msgs}"
-            groups.append((key, [(key, partial(wl_fanout, subs=subs, messages=msgs))]))
+            groups.append(Group(key, [(key, partial(wl_fanout, subs=subs, messages=msgs))]))
+    if "fanoutz" in workloads:
+        subs, msgs = FANOUTZ_CASE
+        key = f"fanoutz_{subs}x{msgs}"
+        fn = partial(wl_fanout, subs=subs, messages=msgs, size=FANOUTZ_SIZE, deflate=True)
+        # websockets takes one compression setting per server: a deflate server for this one
+        groups.append(Group(key, [(key, fn)],
+                            args=("--compression", "deflate") if name == "websockets" else (),
+                            skip=NO_DEFLATE.get(name, "")))
+    if "heartbeat" in workloads:
+        groups.append(Group("heartbeat_off", [
+            ("heartbeat_off", partial(wl_heartbeat, path="/echo", interval=0.0))]))
+        every = f"{HEARTBEAT_INTERVAL:g}"
+        hb = partial(wl_heartbeat, interval=HEARTBEAT_INTERVAL)
+        if name == "harpy":
+            groups.append(Group("heartbeat_on", [("heartbeat_on", partial(hb, path="/hb"))],
+                                env={"HARPY_BENCH_PING": every}))
+        else:
+            groups.append(Group("heartbeat_on", [("heartbeat_on", partial(hb, path="/echo"))],
+                                args=("--ping-interval", every)))
     return groups
 
 
@@ -524,8 +644,14 @@ def best_of(key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_server(name: str, workloads: list[str], quick: bool, repeat: int = 1) -> dict[str, Any]:
     out: dict[str, Any] = {"cases": {}, "errors": []}
-    for tag, cases in plan(workloads, quick):
-        srv = Server(name, tag)
+    for group in plan(name, workloads, quick):
+        tag, cases = group.tag, group.cases
+        if group.skip:
+            for key, _ in cases:
+                out["cases"][key] = {"na": group.skip}
+            print(f"[{name}] {tag}: n/a ({group.skip})", file=sys.stderr)
+            continue
+        srv = Server(name, tag, group.args, group.env)
         print(f"[{name}] starting for {tag}", file=sys.stderr)
         if not srv.start():
             msg = f"{tag}: server failed to start: {srv.error}"
@@ -540,9 +666,10 @@ def run_server(name: str, workloads: list[str], quick: bool, repeat: int = 1) ->
                     out["cases"][key] = {"error": f"server died: {srv.log_tail()}"}
                     continue
                 t0 = time.monotonic()
-                # idle memory is only meaningful on the first batch of a fresh server
+                # idle memory is only meaningful on the first batch of a fresh server;
+                # a heartbeat case is 15+ s of mostly nothing: once is enough
                 runs: list[dict[str, Any]] = []
-                for _ in range(1 if key.startswith("idle") else repeat):
+                for _ in range(1 if key.startswith(("idle", "heartbeat")) else repeat):
                     try:
                         res = fn(srv)
                     except Exception as exc:  # noqa: BLE001 - keep going with other cases
@@ -577,18 +704,30 @@ def _metric(key: str) -> tuple[str, str, bool]:
         return "handshakes_per_s", "handshakes/s", True
     if key.startswith("idle"):
         return "kib_per_conn", "KiB/conn", False
+    if key == "heartbeat_on":
+        return "cpu_ms_per_beat", "ms CPU/beat", False
+    if key.startswith("heartbeat"):
+        return "cpu_ms_per_s_median", "ms CPU/s (median)", False
     return "deliveries_per_s", "deliveries/s", True
 
 
 def headline(key: str, res: dict[str, Any]) -> str:
     field, unit, _ = _metric(key)
     v = res.get(field)
-    return f"{fmt(v)} {unit}" if v is not None else "-"
+    text = f"{fmt(v)} {unit}" if v is not None else "-"
+    if key.startswith("fanoutz") and "rx_bytes_per_delivery" in res:
+        text += (f", {fmt(res['rx_bytes_per_delivery'])} B/delivery, "
+                 f"deflate_negotiated={str(res.get('deflate_negotiated')).lower()}")
+    if key.startswith("heartbeat") and "pings_window" in res:
+        text += f", {fmt(res['pings_window'])} pings"
+    return text
 
 
 def fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "-"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
     if isinstance(v, float):
         if abs(v) >= 1000:
             return f"{v:,.0f}"
@@ -605,13 +744,20 @@ def case_label(key: str) -> str:
     if key.startswith("fanout_"):
         subs, msgs = key.split("_")[1].split("x")
         return f"{int(subs):,} subs x {msgs} msgs ({FANOUT_SIZE} B)"
+    if key.startswith("fanoutz_"):
+        subs, msgs = key.split("_")[1].split("x")
+        return f"{int(subs):,} subs x {msgs} msgs of {FANOUTZ_SIZE:,} B compressible text"
+    if key == "heartbeat_on":
+        return f"{IDLE_CONNS:,} idle, heartbeat every {HEARTBEAT_INTERVAL:g} s"
+    if key == "heartbeat_off":
+        return f"{IDLE_CONNS:,} idle, no heartbeat"
     if key.startswith("idle"):
         return f"{IDLE_CONNS:,} idle connections"
     return f"concurrency {HANDSHAKE_CONCURRENCY}"
 
 
 def _cell(res: dict[str, Any] | None, field: str, digits: int = 3) -> str:
-    if res is None:
+    if res is None or res.get("na"):
         return "n/a"
     v = res.get(field)
     if v is None or (not v and res.get("error")):
@@ -642,6 +788,112 @@ def _table(title: str, keys: list[str], servers: list[str], results: dict[str, A
     return [*lines, ""]
 
 
+Cell = Callable[[dict[str, Any] | None], str]
+# label, case key, cell, field for the harpy/other ratio (None: no ratio)
+Row = tuple[str, str, Cell, str | None]
+
+
+def _rows_table(title: str, rows: list[Row], servers: list[str],
+                results: dict[str, Any]) -> list[str]:
+    """One row per metric (of one case or another), one column per server, plus ratios."""
+    ratios = [s for s in servers if s != "harpy"] if "harpy" in servers else []
+    head = ["", *servers, *(f"harpy/{s}" for s in ratios)]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+
+    def case(server: str, key: str) -> dict[str, Any] | None:
+        res: dict[str, Any] | None = results.get(server, {}).get("cases", {}).get(key)
+        return res
+
+    for label, key, cell, ratio_field in rows:
+        row = [label, *(cell(case(s, key)) for s in servers)]
+        for s in ratios:
+            h, o = case("harpy", key) or {}, case(s, key) or {}
+            hv = h.get(ratio_field) if ratio_field else None
+            ov = o.get(ratio_field) if ratio_field else None
+            clean = not h.get("error") and not o.get("error")
+            row.append(f"{hv / ov:.2f}x" if hv and ov and clean else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
+def _na(res: dict[str, Any] | None) -> str | None:
+    """The cell for a case that did not run or failed outright, else None."""
+    if res is None or res.get("na"):
+        return "n/a"
+    if res.get("error") and not res.get("ok") and not res.get("deliveries"):
+        return "failed"
+    return None
+
+
+def _yes_no(field_name: str) -> Cell:
+    def cell(res: dict[str, Any] | None) -> str:
+        na = _na(res)
+        if na or res is None:
+            return na or "n/a"
+        return "yes" if res.get(field_name) else "**no**"
+    return cell
+
+
+def _triple(res: dict[str, Any] | None) -> str:
+    na = _na(res)
+    if na or res is None:
+        return na or "n/a"
+    vals = [res.get(f"cpu_ms_per_s_{k}") for k in ("min", "median", "max")]
+    return " / ".join(fmt(v) for v in vals)
+
+
+def _quiet(res: dict[str, Any] | None) -> str:
+    na = _na(res)
+    if na or res is None:
+        return na or "n/a"
+    if not res.get("quiet_windows"):
+        return "none quiet"
+    return f"{fmt(res.get('quiet_ms_per_s_median'))} ({res['quiet_windows']} of " \
+           f"{len(res.get('windows', []))})"
+
+
+def fanoutz_rows(keys: list[str]) -> list[Row]:
+    rows: list[Row] = []
+    for key in keys:
+        label = f"{case_label(key)}: " if len(keys) > 1 else ""
+        rows += [
+            (f"{label}deliveries/s (higher is better)", key,
+             lambda r: _cell(r, "deliveries_per_s"), "deliveries_per_s"),
+            (f"{label}server CPU per delivery, us (lower is better)", key,
+             lambda r: _cell(r, "server_us_per_delivery"), "server_us_per_delivery"),
+            (f"{label}bytes received per delivery, frame header included "
+             f"(uncompressed: {FANOUTZ_SIZE + 4:,})", key,
+             lambda r: _cell(r, "rx_bytes_per_delivery", 4), "rx_bytes_per_delivery"),
+            (f"{label}deflate_negotiated (every subscriber and the publisher)", key,
+             _yes_no("deflate_negotiated"), None),
+            (f"{label}messages inflated and checked (first {FANOUTZ_VERIFY} subscribers)",
+             key, lambda r: _cell(r, "verified"), None),
+        ]
+    return rows
+
+
+def heartbeat_rows() -> list[Row]:
+    every = f"{HEARTBEAT_INTERVAL:g} s"
+    return [
+        ("no heartbeat: server CPU per 1 s window, ms (min / median / max)", "heartbeat_off",
+         _triple, None),
+        (f"heartbeat every {every}: server CPU per 1 s window, ms (min / median / max)",
+         "heartbeat_on", _triple, None),
+        (f"heartbeat every {every}: CPU in windows without a ping, ms (median, windows)",
+         "heartbeat_on", _quiet, None),
+        (f"heartbeat every {every}: pings received in the "
+         f"{HEARTBEAT_TICKS[1] - HEARTBEAT_TICKS[0]} s", "heartbeat_on",
+         lambda r: _cell(r, "pings_window"), None),
+        (f"heartbeat every {every}: beats (pings / connections)", "heartbeat_on",
+         lambda r: _cell(r, "beats"), None),
+        (f"heartbeat every {every}: server CPU per beat, ms (total / beats; lower is better)",
+         "heartbeat_on", lambda r: _cell(r, "cpu_ms_per_beat"), "cpu_ms_per_beat"),
+        (f"heartbeat every {every}: server CPU per ping, us (lower is better)",
+         "heartbeat_on", lambda r: _cell(r, "us_per_ping"), "us_per_ping"),
+    ]
+
+
 def markdown(data: dict[str, Any]) -> str:
     results = data["results"]
     servers = [s for s in SERVERS if s in results]
@@ -649,12 +901,16 @@ def markdown(data: dict[str, Any]) -> str:
     echo = [k for k in keys if k.startswith("echo")]
     hs = [k for k in keys if k == "handshake"]
     idle = [k for k in keys if k.startswith("idle")]
-    fan = [k for k in keys if k.startswith("fanout")]
+    fan = [k for k in keys if k.startswith("fanout_")]
+    fanz = [k for k in keys if k.startswith("fanoutz_")]
+    hb = [k for k in keys if k.startswith("heartbeat")]
     out: list[str] = []
 
     def cpu_cell(r: dict[str, Any] | None) -> str:
-        if not r or r.get("loadgen_cpu_pct") is None:
-            return "failed" if r and r.get("error") else "-"
+        if not r or r.get("na"):
+            return "n/a"
+        if r.get("loadgen_cpu_pct") is None:
+            return "failed" if r.get("error") else "-"
         srv = r.get("server_cpu_pct")
         bg = r.get("background_cpu_pct")
         cell = f"{f'{srv:.0f}' if srv is not None else '-'} / {r['loadgen_cpu_pct']:.0f}"
@@ -682,7 +938,16 @@ def markdown(data: dict[str, Any]) -> str:
         out += _table("Fan-out server CPU per delivery (us, lower is better)", fan, servers,
                       results, lambda r: _cell(r, "server_us_per_delivery"),
                       "server_us_per_delivery")
-    windowed = echo + hs + fan
+    if fanz:
+        title = "Fan-out with permessage-deflate"
+        if len(fanz) == 1:
+            title += f": {case_label(fanz[0])}"
+        out += _rows_table(title, fanoutz_rows(fanz), servers, results)
+    if hb:
+        out += _rows_table(f"Heartbeat cost, {IDLE_CONNS:,} idle connections, 1 s windows "
+                           f"from {HEARTBEAT_TICKS[0]} s to {HEARTBEAT_TICKS[1]} s after the "
+                           "last upgrade", heartbeat_rows(), servers, results)
+    windowed = echo + hs + fan + fanz
     if windowed:
         out += _table("CPU during the measured window, % of one core: server / loadgen / "
                       "everything else (other processes, kernel threads)",
@@ -746,6 +1011,34 @@ def results_md(data: dict[str, Any]) -> str:
         f"on `/pub` sends M {FANOUT_SIZE}-byte text messages back to back; measured from "
         "the first publish byte until every subscriber has received all M. Server CPU "
         "is sampled exactly at the window edges.",
+        f"- Fan-out with compression: as fan-out, on `/subz` and `/pubz`, "
+        f"{FANOUTZ_CASE[0]:,} subscribers x {FANOUTZ_CASE[1]} distinct messages of "
+        f"{FANOUTZ_SIZE:,} bytes of JSON-like text (generated by the loadgen, the same bytes "
+        "for every server, about 3.5x compressible on its own). Every upgrade offers "
+        "`permessage-deflate; client_max_window_bits`; the publisher's own frames go "
+        "uncompressed (RFC 7692 allows it). `deflate_negotiated` means every subscriber's and "
+        "the publisher's 101 response carried a permessage-deflate extension; RSV1 frames "
+        "are accepted only there. Bytes per delivery are all bytes the subscribers received "
+        "in the window divided by the deliveries; the first "
+        f"{FANOUTZ_VERIFY} subscribers inflate every message and compare it with what was "
+        "published. harpy: `compression=True` (its default `server_no_context_takeover`: "
+        "each message is compressed once and the frame shared); websockets: a separate "
+        "server started with `compression=\"deflate\"` (library defaults: context "
+        "takeover, 12-bit window, one compressor per connection, so `broadcast` compresses "
+        "per connection); aiohttp: its default `compress=True`, one compressor per "
+        "connection; picows has no permessage-deflate (n/a).",
+        f"- Heartbeat: {IDLE_CONNS:,} connections, held {HEARTBEAT_HOLD} s after the last "
+        "upgrade; the loadgen answers every ping with a masked pong and prints its ping "
+        "count each second, and the server's CPU is read at those instants. Reported: CPU "
+        f"per 1 s window over the {HEARTBEAT_TICKS[1] - HEARTBEAT_TICKS[0]} windows from "
+        f"{HEARTBEAT_TICKS[0]} s to {HEARTBEAT_TICKS[1]} s (min / median / max, and the "
+        "median of windows in which no ping arrived), pings received, beats = pings / "
+        "connections, CPU per beat = the whole span's server CPU / beats (idle CPU "
+        "included). 'No heartbeat': `/echo` with library defaults (websockets' default "
+        "20 s keepalive does not fire within the span). Every "
+        f"{HEARTBEAT_INTERVAL:g} s: harpy `/hb` with `ping_interval` "
+        "(`HARPY_BENCH_PING`), websockets `ping_interval`, aiohttp `heartbeat`, picows "
+        "periodic auto-ping. 'Everything else' CPU here includes the loadgen's.",
         "- CPU: server time is utime+stime of the server process tree; loadgen time "
         "is its own getrusage. A loadgen below 100 % of one core had headroom, so "
         "the server was the bottleneck. 'Everything else' is CPU used by other "
@@ -758,15 +1051,16 @@ def results_md(data: dict[str, Any]) -> str:
         "number is a lower bound. Fan-out windows of a few tens of milliseconds "
         "(the fastest servers) carry more timing noise than the others.",
         "- Every workload gets a freshly started server. Peers run with library "
-        "defaults except where noted: websockets with `compression=None` and "
-        "`max_size=16 MiB` (keepalive pings left on), picows with its default 16 KiB "
-        "per-connection read buffer, aiohttp without access log.",
+        "defaults except where noted: websockets with `compression=None` (except the "
+        "compressed fan-out) and `max_size=16 MiB` (keepalive pings left on), picows with "
+        "its default 16 KiB per-connection read buffer, aiohttp without access log.",
         "",
         "## Running",
         "",
         "```",
         "python bench/run.py                       # all servers, all workloads",
         "python bench/run.py --servers harpy,picows --workloads echo --quick",
+        "python bench/run.py --servers harpy,websockets --workloads fanoutz,heartbeat",
         "python bench/run.py --repeat 3 --write     # best of 3, rewrite this file",
         "python bench/run.py --report-only --write # re-render bench/results.json",
         "```",

@@ -1,9 +1,13 @@
-"""Raw picows peer: /echo, /sub (sends "ok"), /pub (plain loop of transport.send)."""
-import argparse
-import signal
+"""Raw picows peer: /echo, /sub (sends "ok"), /pub (plain loop of transport.send).
 
-import uvloop
+picows has no permessage-deflate, so it takes no part in the compressed fan-out.
+--ping-interval turns on picows' own periodic auto-ping, one ping per that many seconds.
+"""
+from typing import Any
+
+from _common import parse_args, run
 from picows import (
+    WSAutoPingStrategy,
     WSFrame,
     WSListener,
     WSMsgType,
@@ -60,17 +64,20 @@ def listener_factory(request: WSUpgradeRequest) -> WSListener | None:
     return cls() if cls is not None else None
 
 
-async def main(host: str, port: int) -> None:
-    server = await ws_create_server(listener_factory, host, port, backlog=4096)
+async def main(host: str, port: int, ping_interval: float | None) -> None:
+    kwargs: dict[str, Any] = {}
+    if ping_interval:
+        # picows' ping loop sleeps the idle timeout, pings, then sleeps the reply timeout
+        # (which must not exceed the idle timeout): half and half make one ping per interval
+        half = ping_interval / 2
+        kwargs.update(enable_auto_ping=True, auto_ping_idle_timeout=half,
+                      auto_ping_reply_timeout=half,
+                      auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY)
+    server = await ws_create_server(listener_factory, host, port, backlog=4096, **kwargs)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    args = ap.parse_args()
-    # default action: die immediately, without a graceful close of 10k sockets
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    uvloop.run(main(args.host, args.port))
+    args = parse_args(__doc__, ping_interval=True)
+    run(main(args.host, args.port, args.ping_interval))

@@ -1,11 +1,16 @@
-"""websockets (new asyncio API) peer: /echo, /sub (sends "ok"), /pub (broadcast)."""
-import argparse
-import signal
+"""websockets (new asyncio API) peer: /echo, /sub (sends "ok"), /pub (broadcast).
 
-import uvloop
+/subz and /pubz are the same on a second topic, for the compressed fan-out: websockets takes
+one ``compression`` setting for the whole server, so that workload starts its own server with
+``--compression deflate`` (the library's default permessage-deflate settings).
+"""
+from typing import Any
+
+from _common import parse_args, run
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-SUBSCRIBERS: set[ServerConnection] = set()
+TOPICS: dict[str, set[ServerConnection]] = {"/sub": set(), "/subz": set()}
+PUBLISH_TO = {"/pub": "/sub", "/pubz": "/subz"}
 
 
 async def handler(ws: ServerConnection) -> None:
@@ -13,31 +18,32 @@ async def handler(ws: ServerConnection) -> None:
     if path == "/echo":
         async for message in ws:
             await ws.send(message)
-    elif path == "/sub":
-        SUBSCRIBERS.add(ws)
+    elif path in TOPICS:
+        subscribers = TOPICS[path]
+        subscribers.add(ws)
         try:
             await ws.send("ok")
             await ws.wait_closed()
         finally:
-            SUBSCRIBERS.discard(ws)
-    elif path == "/pub":
+            subscribers.discard(ws)
+    elif path in PUBLISH_TO:
+        subscribers = TOPICS[PUBLISH_TO[path]]
         async for message in ws:
-            broadcast(SUBSCRIBERS, message)
+            broadcast(subscribers, message)
     else:
         await ws.close(1008, "unknown path")
 
 
-async def main(host: str, port: int) -> None:
-    # keepalive pings are left at the library default
+async def main(host: str, port: int, compression: str, ping_interval: float | None) -> None:
+    kwargs: dict[str, Any] = {}
+    if ping_interval is not None:   # otherwise the library's default keepalive
+        kwargs["ping_interval"] = ping_interval or None
     async with serve(handler, host, port, max_size=16 * 1024 * 1024,
-                     compression=None, backlog=4096) as server:
+                     compression="deflate" if compression == "deflate" else None,
+                     backlog=4096, **kwargs) as server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    args = ap.parse_args()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    uvloop.run(main(args.host, args.port))
+    args = parse_args(__doc__, compression=True, ping_interval=True)
+    run(main(args.host, args.port, args.compression, args.ping_interval))
