@@ -1,4 +1,5 @@
 # make run: the chat example on 127.0.0.1:3000.   make test: lint, types, tests (both cores).
+# make test also installs redis-server and nats-server (Debian packages) for the backplane tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +20,7 @@ run: $(STAMP)
 	@echo "harpy chat example: open ws://127.0.0.1:3000/chat (e.g. python -m websockets ws://127.0.0.1:3000/chat), Ctrl-C stops"
 	$(PY) -m harpy examples.chat:app --host 127.0.0.1 --port 3000
 
-test: lint typecheck pytest pytest-pure
+test: test-deps lint typecheck pytest pytest-pure
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples bench scripts
@@ -40,6 +41,15 @@ bench: $(STAMP)
 
 autobahn: $(STAMP)
 	bash scripts/autobahn.sh
+
+# redis-server and nats-server for the backplane tests (tests/backplane), installed when missing.
+.PHONY: test-deps
+test-deps:
+	@PATH="$$PATH:/usr/sbin:/usr/local/sbin"; \
+	if ! command -v redis-server >/dev/null || ! command -v nats-server >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server nats-server; \
+	fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so

@@ -31,6 +31,7 @@ from .exceptions import (
     RouteError,
 )
 from .handlers import Handlers
+from .pubsub.backplane import Backplane, MemoryBackplane, NatsBackplane, RedisBackplane
 from .router import Router
 from .server import ReadyState
 from .session import MemoryStore, Session, SessionStore
@@ -40,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Backplane",
     "ConfigurationError",
     "ConnectionClosed",
     "Connections",
@@ -50,10 +52,13 @@ __all__ = [
     "HarpyError",
     "Headers",
     "InvalidState",
+    "MemoryBackplane",
     "MemoryStore",
+    "NatsBackplane",
     "PayloadTooBig",
     "ProtocolError",
     "ReadyState",
+    "RedisBackplane",
     "Reject",
     "Route",
     "RouteError",

@@ -17,6 +17,7 @@ from .handlers import Handlers, resolve_handlers
 from .options import ROUTE_DEFAULTS, check_options
 from .protocol.deflate import DeflateOptions
 from .pubsub import Groups, Message, fan_out
+from .pubsub.backplane.base import Backplane, Relay
 from .router import Routes, RouteSpec
 from .server import Limits, Server, make_ssl_context
 from .websocket import WebSocket
@@ -149,6 +150,9 @@ class App(Routes):
     Keyword arguments set the defaults of every route (see ``harpy.options.ROUTE_DEFAULTS``);
     ``handshake_timeout`` (seconds) and ``max_header_size`` (bytes) bound the upgrade request
     (408 and 431), and ``shutdown_timeout`` bounds a graceful shutdown.
+
+    ``backplane`` (a :class:`~harpy.pubsub.backplane.Backplane`) shares topics with other
+    processes: what is published here also goes to their subscribers, and theirs come here.
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class App(Routes):
         shutdown_timeout: float = 5.0,
         max_connections: int = 0,
         max_connections_per_ip: int = 0,
+        backplane: Backplane | None = None,
         **route_defaults: Any,
     ) -> None:
         super().__init__()
@@ -186,7 +191,10 @@ class App(Routes):
         self.shutdown_timeout = shutdown_timeout
         self._table: RouteTable[Route] = RouteTable()
         self.connections = Connections()
-        self._topics = Groups("_topics")
+        #: Carries publications to and from other processes (None: this process only).
+        self.backplane = backplane
+        self._relay = None if backplane is None else Relay(backplane)
+        self._topics = Groups("_topics") if self._relay is None else self._relay.topics
         self._rooms = Groups("_rooms")
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
@@ -210,10 +218,13 @@ class App(Routes):
 
     def publish(self, topic: str, data: Any, compress: bool | None = None) -> int:
         """Send ``data`` (str: text, bytes: binary, else JSON) to every subscriber of
-        ``topic``; returns how many connections it reached."""
+        ``topic``; returns how many connections it reached in this process (with a
+        backplane, the message also goes to the other processes, uncounted)."""
         return self._publish(topic, Message.from_data(data, compress), None)
 
     def _publish(self, topic: str, message: Message, skip: object) -> int:
+        if self._relay is not None:
+            self._relay.publish(topic, message)
         return fan_out(self._topics.members(topic), message, skip)
 
     def subscriber_count(self, topic: str) -> int:
@@ -283,7 +294,8 @@ class App(Routes):
         backlog: int = 2048,
         reuse_port: bool = False,
     ) -> None:
-        """Start serving on the running loop and return; ``app.port`` is the bound port."""
+        """Run the startup hooks, start the backplane, then start serving on the running loop
+        and return; ``app.port`` is the bound port."""
         if self._server is not None:
             raise HarpyError("this app is already listening")
         if tls is None and tls_cert is not None:
@@ -293,13 +305,20 @@ class App(Routes):
         loop = asyncio.get_running_loop()
         for hook in self._startup:
             await _maybe_await(hook())
+        if self._relay is not None:
+            await self._relay.start()
         server = Server(
             lambda srv: WebSocket(srv, self),
             loop=loop,
             handshake_timeout=self.handshake_timeout,
             max_header_size=self.max_header_size,
         )
-        await server.listen(host, port, ssl_context=tls, backlog=backlog, reuse_port=reuse_port)
+        try:
+            await server.listen(host, port, ssl_context=tls, backlog=backlog, reuse_port=reuse_port)
+        except BaseException:
+            if self._relay is not None:
+                await self._relay.stop()
+            raise
         self._server = server
         bound_host, bound_port = server.sockets[0]
         self.port = bound_port
@@ -308,13 +327,19 @@ class App(Routes):
         logger.info("harpy: listening on %s", self.url)
 
     async def shutdown(self, timeout: float | None = None) -> None:
-        """Stop accepting, close every connection with 1001, then run the shutdown hooks."""
+        """Stop accepting, close every connection with 1001, stop the backplane, then run the
+        shutdown hooks."""
         server = self._server
         if server is None:
             return
         self._server = None
         await server.close(self.shutdown_timeout if timeout is None else timeout)
         self._dropped_before = server.dropped
+        if self._relay is not None:
+            try:
+                await self._relay.stop()
+            except Exception:
+                logger.exception("harpy: stopping the backplane failed")
         for hook in self._shutdown:
             try:
                 await _maybe_await(hook())

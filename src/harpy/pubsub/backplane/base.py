@@ -1,0 +1,402 @@
+"""The ``Backplane`` interface, the envelope format, and the relay between an app and a backplane.
+
+A backplane carries published messages between harpy processes that share topics.  Each
+implementation fills in five small hooks (``_connect``, ``_disconnect``, ``_send``,
+``_subscribe``, ``_unsubscribe``); the public methods here hold what every backend shares:
+the state machine, the bounded outgoing queue that keeps ``publish`` from ever blocking the
+loop, and the set of subscribed topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ...exceptions import ConfigurationError, HarpyError
+from .. import Groups, Message, fan_out
+
+__all__ = [
+    "Backplane",
+    "BackplaneError",
+    "BackplaneState",
+    "Relay",
+    "TrackedGroups",
+    "decode_envelope",
+    "encode_envelope",
+    "redact_url",
+]
+
+logger = logging.getLogger("harpy")
+
+#: ``on_message(topic, envelope)``: called on the event loop for each message received.
+OnMessage = Callable[[str, bytes], None]
+
+#: Bytes of the random per-app node id carried in every envelope.
+NODE_ID_SIZE = 8
+
+# Envelope byte 0: bits 0-3 the WebSocket opcode, bits 4-5 the ``compress`` flag of the message.
+_COMPRESS_BITS = {None: 0x00, True: 0x10, False: 0x20}
+_COMPRESS_FROM_BITS: dict[int, bool | None] = {0x00: None, 0x10: True, 0x20: False}
+
+
+class BackplaneError(HarpyError):
+    """A backplane is used in a state that does not allow it, or cannot reach its server."""
+
+
+class BackplaneState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def encode_envelope(node_id: bytes, message: Message) -> bytes:
+    """``[flags+opcode: 1 byte][node id: 8 bytes][payload]``: compact and binary-safe."""
+    return bytes((message.opcode | _COMPRESS_BITS[message.compress],)) + node_id + message.payload
+
+
+def decode_envelope(envelope: bytes) -> tuple[bytes, int, bytes, bool | None]:
+    """``(node_id, opcode, payload, compress)``; ValueError when ``envelope`` is malformed."""
+    if len(envelope) < 1 + NODE_ID_SIZE:
+        raise ValueError(f"backplane envelope too short ({len(envelope)} bytes)")
+    head = envelope[0]
+    opcode = head & 0x0F
+    if opcode not in (0x1, 0x2) or head & 0xC0 or (head & 0x30) == 0x30:
+        raise ValueError(f"bad backplane envelope header 0x{head:02x}")
+    node_id = envelope[1 : 1 + NODE_ID_SIZE]
+    return node_id, opcode, envelope[1 + NODE_ID_SIZE :], _COMPRESS_FROM_BITS[head & 0x30]
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, host = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user + ':' if user else ''}***@{host}"
+
+
+class Backplane(ABC):
+    """Carries ``(topic, envelope)`` pairs between processes.
+
+    ``publish`` never blocks: it puts the envelope on a bounded queue that one writer task
+    sends in order (so order is kept per publisher); past ``max_queue`` pending envelopes new
+    ones are dropped and counted in :attr:`dropped`.  ``subscribe`` returns once the server has
+    taken the subscription, so a message published after that is received.  Delivery is
+    at-most-once: send errors are logged on the ``harpy`` logger and the envelope is lost.
+    """
+
+    def __init__(self, *, max_queue: int = 10_000, flush_timeout: float = 2.0) -> None:
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+            raise ConfigurationError("max_queue must be a whole number >= 1")
+        if flush_timeout < 0:
+            raise ConfigurationError("flush_timeout must be >= 0")
+        #: Envelopes waiting to be sent past which ``publish`` drops new ones.
+        self.max_queue = max_queue
+        #: Seconds ``stop`` waits for queued envelopes to be sent.
+        self.flush_timeout = flush_timeout
+        #: Envelopes dropped because the queue was full or sending failed.
+        self.dropped = 0
+        self.state = BackplaneState.NEW
+        self._on_message: OnMessage | None = None
+        self._topics: set[str] = set()  # subscriptions the server confirmed
+        self._receiving: set[str] = set()  # topics whose messages are delivered
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._last_warning = -1e9
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def running(self) -> bool:
+        return self.state is BackplaneState.RUNNING
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics this backplane is subscribed to."""
+        return frozenset(self._topics)
+
+    def is_subscribed(self, topic: str) -> bool:
+        return topic in self._topics
+
+    async def start(self, on_message: OnMessage) -> None:
+        """Connect; from now on ``on_message(topic, envelope)`` is called on the loop for each
+        message of a subscribed topic (including this backplane's own publications)."""
+        if self.state is BackplaneState.RUNNING:
+            raise BackplaneError(f"cannot start {self!r}: it is already running")
+        self._on_message = on_message
+        self._closing = False
+        self._queue.clear()
+        self._topics.clear()
+        self._receiving.clear()
+        await self._connect()
+        self._wake = asyncio.Event()
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self.state = BackplaneState.RUNNING
+
+    async def stop(self) -> None:
+        """Send what is queued (for up to ``flush_timeout`` seconds), then disconnect.
+
+        Stopping a backplane that is not running does nothing.
+        """
+        if self.state is not BackplaneState.RUNNING:
+            return
+        self.state = BackplaneState.STOPPED
+        self._closing = True
+        writer = self._writer
+        self._writer = None
+        if writer is not None:
+            assert self._wake is not None
+            self._wake.set()
+            done, _ = await asyncio.wait({writer}, timeout=self.flush_timeout)
+            if not done:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+        self.dropped += len(self._queue)
+        self._queue.clear()
+        self._topics.clear()
+        self._receiving.clear()
+        try:
+            await self._disconnect()
+        except Exception:
+            logger.exception("harpy: error while disconnecting %r", self)
+        self._on_message = None
+
+    def publish(self, topic: str, envelope: bytes) -> None:
+        """Queue ``envelope`` for ``topic`` and return at once (callable from sync code)."""
+        if self.state is not BackplaneState.RUNNING:
+            raise BackplaneError(f"cannot publish: {self!r} is {self.state.value}, call start()")
+        queue = self._queue
+        if len(queue) >= self.max_queue:
+            self._drop(1, "queue full")
+            return
+        queue.append((topic, envelope))
+        wake = self._wake
+        if wake is not None and not wake.is_set():
+            wake.set()
+
+    async def subscribe(self, topic: str) -> None:
+        """Receive ``topic``; returns once the server has the subscription.  Idempotent."""
+        self._check_running("subscribe")
+        if topic in self._topics:
+            return
+        self._receiving.add(topic)  # a message may arrive before _subscribe returns
+        try:
+            await self._subscribe(topic)
+        except BaseException:
+            self._receiving.discard(topic)
+            raise
+        self._topics.add(topic)
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic``; no message of it is delivered after this.  Idempotent."""
+        self._check_running("unsubscribe")
+        if topic not in self._topics:
+            return
+        self._topics.discard(topic)
+        self._receiving.discard(topic)
+        await self._unsubscribe(topic)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.state.value}>"
+
+    # ----------------------------------------------------------------- for implementations
+
+    @abstractmethod
+    async def _connect(self) -> None:
+        """Open the connection(s); raise :class:`BackplaneError` when the server is unreachable."""
+
+    @abstractmethod
+    async def _disconnect(self) -> None:
+        """Close the connection(s) and stop reading."""
+
+    @abstractmethod
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+        """Send ``(topic, envelope)`` pairs, in order."""
+
+    @abstractmethod
+    async def _subscribe(self, topic: str) -> None:
+        """Subscribe; return once the server has the subscription."""
+
+    @abstractmethod
+    async def _unsubscribe(self, topic: str) -> None:
+        """Unsubscribe."""
+
+    def _deliver(self, topic: str, envelope: bytes) -> None:
+        """Hand a received message to ``on_message`` unless its topic was unsubscribed."""
+        on_message = self._on_message
+        if on_message is None or topic not in self._receiving:
+            return
+        try:
+            on_message(topic, envelope)
+        except Exception:
+            logger.exception("harpy: backplane message handler failed for topic %r", topic)
+
+    # ----------------------------------------------------------------- internals
+
+    def _check_running(self, action: str) -> None:
+        if self.state is not BackplaneState.RUNNING:
+            raise BackplaneError(f"cannot {action}: {self!r} is {self.state.value}, call start()")
+
+    def _drop(self, count: int, why: str) -> None:
+        self.dropped += count
+        now = asyncio.get_running_loop().time()
+        if now - self._last_warning >= 5.0:
+            self._last_warning = now
+            logger.warning("harpy: %r dropped messages (%s); %d so far", self, why, self.dropped)
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        wake = self._wake
+        assert wake is not None
+        while True:
+            if not queue:
+                if self._closing:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            batch = [queue.popleft() for _ in range(min(len(queue), 512))]
+            try:
+                await self._send(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - at-most-once: counted and logged
+                self._drop(len(batch), f"send failed: {exc!r}")
+
+
+class TrackedGroups(Groups):
+    """:class:`Groups` that report when a group gets its first member and loses its last."""
+
+    __slots__ = ("_on_first", "_on_last")
+
+    def __init__(
+        self, attr: str, on_first: Callable[[str], None], on_last: Callable[[str], None]
+    ) -> None:
+        super().__init__(attr)
+        self._on_first = on_first
+        self._on_last = on_last
+
+    def add(self, member: Any, name: str) -> bool:
+        new_group = name not in self._groups
+        added = super().add(member, name)
+        if added and new_group:
+            self._on_first(name)
+        return added
+
+    def remove(self, member: Any, name: str) -> bool:
+        removed = super().remove(member, name)
+        if removed and name not in self._groups:
+            self._on_last(name)
+        return removed
+
+    def remove_all(self, member: Any) -> None:
+        mine: set[str] | None = getattr(member, self._attr)
+        if not mine:
+            return
+        groups = self._groups
+        present = [name for name in mine if member in groups.get(name, ())]
+        super().remove_all(member)
+        for name in present:
+            if name not in groups:
+                self._on_last(name)
+
+
+class Relay:
+    """Joins an app's topics to a backplane.
+
+    Local publications are sent as envelopes tagged with this node's id; envelopes from other
+    nodes are delivered to local subscribers; our own are ignored.  The backplane is subscribed
+    to exactly the topics with a local subscriber: changes are reconciled by one task, in the
+    background, so ``ws.subscribe`` stays synchronous (a message published by another node
+    before the subscription reaches the server is not received).
+    """
+
+    def __init__(self, backplane: Backplane, retry_delay: float = 1.0) -> None:
+        if not isinstance(backplane, Backplane):
+            raise ConfigurationError(f"backplane must be a Backplane, not {backplane!r}")
+        self.backplane = backplane
+        self.node_id = os.urandom(NODE_ID_SIZE)
+        self.retry_delay = retry_delay
+        self.topics = TrackedGroups("_topics", self._changed, self._changed)
+        self._dirty: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.backplane.start(self._receive)
+        self._wake = asyncio.Event()
+        self._dirty.update(self.topics.names())
+        self._task = asyncio.get_running_loop().create_task(self._sync_loop())
+        if self._dirty:
+            self._wake.set()
+
+    async def stop(self) -> None:
+        task = self._task
+        self._task = None
+        self._wake = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._dirty.clear()
+        await self.backplane.stop()
+
+    def publish(self, topic: str, message: Message) -> None:
+        """Send ``message`` to the other nodes; a no-op while the app is not listening."""
+        if self._task is not None:
+            self.backplane.publish(topic, encode_envelope(self.node_id, message))
+
+    def _receive(self, topic: str, envelope: bytes) -> None:
+        try:
+            node_id, opcode, payload, compress = decode_envelope(envelope)
+        except ValueError as exc:
+            logger.warning("harpy: ignored a backplane message on %r: %s", topic, exc)
+            return
+        if node_id == self.node_id:
+            return
+        members = self.topics.members(topic)
+        if members:
+            fan_out(members, Message(opcode, payload, compress))
+
+    def _changed(self, topic: str) -> None:
+        self._dirty.add(topic)
+        wake = self._wake
+        if wake is not None and not wake.is_set():
+            wake.set()
+
+    async def _sync_loop(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        backplane = self.backplane
+        while True:
+            await wake.wait()
+            wake.clear()
+            failed: list[str] = []
+            while self._dirty:
+                topic = self._dirty.pop()
+                want = topic in self.topics
+                try:
+                    if want and not backplane.is_subscribed(topic):
+                        await backplane.subscribe(topic)
+                    elif not want and backplane.is_subscribed(topic):
+                        await backplane.unsubscribe(topic)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("harpy: backplane (un)subscribe of %r failed", topic)
+                    failed.append(topic)
+            if failed:
+                await asyncio.sleep(self.retry_delay)
+                self._dirty.update(failed)
+                wake.set()

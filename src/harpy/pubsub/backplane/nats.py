@@ -1,0 +1,146 @@
+"""A backplane on NATS core pub/sub (nats-py).
+
+Each topic is the subject ``subject_prefix + escape_topic(topic)``.  A harpy topic may hold any
+character, a NATS subject may not (``.`` separates tokens, ``*`` and ``>`` are wildcards,
+whitespace ends it), so a topic is escaped to one safe token: ASCII letters, digits, ``-`` and
+``_`` stay as they are; every other UTF-8 byte becomes ``~`` and two hex digits (``room 1`` ->
+``room~201``, ``a.b`` -> ``a~2Eb``).  The escape is one-to-one, so two topics never share a
+subject.  Reconnection is nats-py's (it re-subscribes); messages published meanwhile are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from .base import Backplane, BackplaneError, redact_url
+
+__all__ = ["NatsBackplane", "escape_topic"]
+
+logger = logging.getLogger("harpy")
+
+_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def escape_topic(topic: str) -> str:
+    """``topic`` as one NATS subject token (see the module docstring)."""
+    if topic and all(ord(c) < 128 and ord(c) in _SAFE for c in topic):
+        return topic
+    return "".join(chr(b) if b in _SAFE else f"~{b:02X}" for b in topic.encode("utf-8")) or "~"
+
+
+class NatsBackplane(Backplane):
+    """``NatsBackplane("nats://host:4222")``; extra keyword arguments go to ``nats.connect``."""
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        subject_prefix: str = "harpy.",
+        max_queue: int = 10_000,
+        subscribe_timeout: float = 5.0,
+        start_timeout: float = 5.0,
+        **nats_options: Any,
+    ) -> None:
+        super().__init__(max_queue=max_queue)
+        if subject_prefix and (
+            any(c.isspace() or c in "*>" for c in subject_prefix)
+            or ".." in subject_prefix
+            or subject_prefix.startswith(".")
+        ):
+            raise BackplaneError(f"subject_prefix {subject_prefix!r} is not a valid NATS subject")
+        self.url = url
+        self.subject_prefix = subject_prefix
+        #: Seconds ``subscribe`` waits for the server to confirm.
+        self.subscribe_timeout = subscribe_timeout
+        #: Seconds ``start`` waits for the first connection (later reconnects never give up).
+        self.start_timeout = start_timeout
+        self._options = nats_options
+        self._nc: Any = None
+        self._subs: dict[str, Any] = {}
+
+    def subject(self, topic: str) -> str:
+        return self.subject_prefix + escape_topic(topic)
+
+    async def _connect(self) -> None:
+        from nats.aio.client import Client
+
+        async def on_error(exc: Exception) -> None:
+            logger.warning("harpy: NATS backplane error: %s", exc)
+
+        async def on_disconnected() -> None:
+            logger.warning("harpy: NATS backplane disconnected from %s", redact_url(self.url))
+
+        async def on_reconnected() -> None:
+            logger.info("harpy: NATS backplane reconnected")
+
+        options: dict[str, Any] = {
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
+            "reconnected_cb": on_reconnected,
+            "max_reconnect_attempts": -1,
+            "connect_timeout": 2,
+        }
+        options.update(self._options)
+        nc = Client()
+        try:
+            await asyncio.wait_for(
+                nc.connect(servers=[self.url], allow_reconnect=True, **options), self.start_timeout
+            )
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise BackplaneError(f"cannot reach NATS at {redact_url(self.url)}: {reason}") from exc
+        self._nc = nc
+
+    async def _disconnect(self) -> None:
+        nc = self._nc
+        self._nc = None
+        self._subs.clear()
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+        from nats.errors import MaxPayloadError
+
+        nc = self._nc
+        subject = self.subject
+        for topic, envelope in batch:
+            try:
+                await nc.publish(subject(topic), envelope)
+            except MaxPayloadError:  # this one only: the rest of the batch still goes
+                self._drop(1, f"{len(envelope)} bytes on {topic!r} exceed the NATS max_payload")
+
+    async def _subscribe(self, topic: str) -> None:
+        deliver = self._deliver
+
+        async def on_msg(msg: Any) -> None:
+            deliver(topic, msg.data)
+
+        nc = self._nc
+        sub = await nc.subscribe(self.subject(topic), cb=on_msg)
+        self._subs[topic] = sub
+        # nats-py's ``subscribe`` only queues the SUB for its flusher task, while ``flush``
+        # writes its PING straight to the socket: the PING can reach the server first, and
+        # its PONG then proves nothing about the SUB.  By the time that first PONG is read the
+        # flusher has written the SUB, so the PING of a second flush follows it on the wire,
+        # and its PONG means the server has the subscription.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.subscribe_timeout
+        try:
+            for _ in range(2):
+                await nc.flush(timeout=max(deadline - loop.time(), 0.001))
+        except Exception as exc:
+            raise BackplaneError(f"NATS did not confirm the subscription to {topic!r}") from exc
+
+    async def _unsubscribe(self, topic: str) -> None:
+        sub = self._subs.pop(topic, None)
+        if sub is not None:
+            await sub.unsubscribe()
+
+    def __repr__(self) -> str:
+        return f"<NatsBackplane {redact_url(self.url)} {self.state.value}>"

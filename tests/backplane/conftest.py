@@ -1,0 +1,113 @@
+"""Real Redis and NATS servers on free ports for the backplane tests, started once per session.
+
+The servers are required, not optional: when a binary is missing the tests fail and say how to
+install it (``make test-deps``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from harpy.pubsub.backplane import Backplane, MemoryBackplane, NatsBackplane, RedisBackplane
+
+#: Seconds a server gets to accept TCP connections.
+START_TIMEOUT = 10.0
+
+BACKENDS = ["memory", "redis", "nats"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(proc: subprocess.Popen[bytes], port: int, log: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            with open(log, encoding="utf-8", errors="replace") as f:
+                pytest.fail(f"{proc.args!r} exited with {proc.returncode}:\n{f.read()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"{proc.args!r} did not accept connections on port {port} in {START_TIMEOUT} s")
+
+
+def _run_server(name: str, args: Callable[[str, int], list[str]]) -> Iterator[str]:
+    binary = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+    if binary is None:
+        pytest.fail(f"{name} is not installed: the backplane tests need it; run `make test-deps`")
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix=f"harpy-{name}-") as tmp:
+        log = f"{tmp}/{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                args(binary, port), stdout=out, stderr=subprocess.STDOUT, cwd=tmp
+            )
+        try:
+            _wait_for_port(proc, port, log)
+            yield f"127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    def args(binary: str, port: int) -> list[str]:
+        return [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+
+    for address in _run_server("redis-server", args):
+        yield f"redis://{address}/0"
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    def args(binary: str, port: int) -> list[str]:
+        return [binary, "-a", "127.0.0.1", "-p", str(port)]
+
+    for address in _run_server("nats-server", args):
+        yield f"nats://{address}"
+
+
+MakeBackplane = Callable[[], Backplane]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_backplane(request: pytest.FixtureRequest) -> MakeBackplane:
+    """A factory of backplanes that share one bus, private to the test."""
+    tag = uuid.uuid4().hex[:12]
+    if request.param == "memory":
+        return lambda: MemoryBackplane(f"test-{tag}")
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        return lambda: RedisBackplane(url, channel_prefix=f"harpy-test-{tag}:")
+    url = request.getfixturevalue("nats_url")
+    return lambda: NatsBackplane(url, subject_prefix=f"harpy-test-{tag}.")

@@ -1,0 +1,253 @@
+"""One contract, every backplane: memory, Redis and NATS (real servers on free ports)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from harpy.protocol import OP_BINARY, OP_TEXT
+from harpy.pubsub import Message
+from harpy.pubsub.backplane import (
+    Backplane,
+    BackplaneError,
+    MemoryBackplane,
+    NatsBackplane,
+    decode_envelope,
+    encode_envelope,
+    escape_topic,
+)
+from harpy.pubsub.backplane.base import BackplaneState
+
+MakeBackplane = Callable[[], Backplane]
+
+
+class Inbox:
+    """Collects ``(topic, envelope)`` pairs handed to ``on_message``."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+
+    def __call__(self, topic: str, envelope: bytes) -> None:
+        self.items.append((topic, envelope))
+
+    async def wait_for(self, count: int, timeout: float = 3.0) -> list[tuple[str, bytes]]:
+        deadline = time.monotonic() + timeout
+        while len(self.items) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"got {len(self.items)} of {count} messages: {self.items}")
+            await asyncio.sleep(0.005)
+        return self.items
+
+
+async def test_start_and_stop(make_backplane: MakeBackplane) -> None:
+    bp = make_backplane()
+    assert bp.state is BackplaneState.NEW and not bp.running
+    await bp.start(Inbox())
+    assert bp.running
+    with pytest.raises(BackplaneError, match="already running"):
+        await bp.start(Inbox())
+    await bp.stop()
+    assert bp.state is BackplaneState.STOPPED and not bp.running
+    # It can be started again, like an app that listens again.
+    inbox = Inbox()
+    await bp.start(inbox)
+    await bp.subscribe("t")
+    bp.publish("t", b"again")
+    assert await inbox.wait_for(1) == [("t", b"again")]
+    await bp.stop()
+
+
+async def test_stop_is_idempotent(make_backplane: MakeBackplane) -> None:
+    bp = make_backplane()
+    await bp.stop()  # never started: nothing to do
+    await bp.start(Inbox())
+    await bp.stop()
+    await bp.stop()
+    assert bp.state is BackplaneState.STOPPED
+
+
+async def test_publish_before_start_raises(make_backplane: MakeBackplane) -> None:
+    bp = make_backplane()
+    with pytest.raises(BackplaneError, match=r"cannot publish: .* is new, call start\(\)"):
+        bp.publish("t", b"x")
+    with pytest.raises(BackplaneError, match="cannot subscribe"):
+        await bp.subscribe("t")
+    await bp.start(Inbox())
+    await bp.stop()
+    with pytest.raises(BackplaneError, match="is stopped"):
+        bp.publish("t", b"x")
+
+
+async def test_subscribe_then_receive(make_backplane: MakeBackplane) -> None:
+    a, b = make_backplane(), make_backplane()
+    inbox_a, inbox_b = Inbox(), Inbox()
+    await a.start(inbox_a)
+    await b.start(inbox_b)
+    try:
+        await b.subscribe("news")
+        await b.subscribe("news")  # idempotent
+        assert b.topics == {"news"} and b.is_subscribed("news") and not a.topics
+        a.publish("news", b"hello")
+        a.publish("other", b"not subscribed")
+        assert await inbox_b.wait_for(1) == [("news", b"hello")]
+        # A backplane also receives its own publications on topics it subscribes to.
+        await a.subscribe("news")
+        a.publish("news", b"echo")
+        assert (await inbox_a.wait_for(1))[0] == ("news", b"echo")
+        await inbox_b.wait_for(2)
+        await asyncio.sleep(0.05)
+        assert inbox_b.items == [("news", b"hello"), ("news", b"echo")]
+        assert inbox_a.items == [("news", b"echo")]
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_unsubscribe_stops_delivery(make_backplane: MakeBackplane) -> None:
+    a, b = make_backplane(), make_backplane()
+    inbox = Inbox()
+    await a.start(Inbox())
+    await b.start(inbox)
+    try:
+        await b.subscribe("gone")
+        await b.subscribe("marker")
+        a.publish("gone", b"1")
+        await inbox.wait_for(1)
+        await b.unsubscribe("gone")
+        await b.unsubscribe("gone")  # idempotent
+        assert b.topics == {"marker"}
+        a.publish("gone", b"2")
+        a.publish("marker", b"end")
+        await inbox.wait_for(2)
+        await asyncio.sleep(0.05)
+        assert inbox.items == [("gone", b"1"), ("marker", b"end")]
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+TOPICS = ["plain", "with space", "a.b", "*", ">", "a.*.>", "..", "~7E", "ünïcode ☃", "x" * 200]
+ENVELOPES = [b"", b"\x00", bytes(range(256)), b"\r\n\r\n", b"\xff" * 10, b"z" * 300_000]
+
+
+async def test_binary_safe_envelopes_and_topics(make_backplane: MakeBackplane) -> None:
+    a, b = make_backplane(), make_backplane()
+    inbox = Inbox()
+    await a.start(Inbox())
+    await b.start(inbox)
+    try:
+        for topic in TOPICS:
+            await b.subscribe(topic)
+        expected = [(topic, envelope) for topic in TOPICS for envelope in ENVELOPES]
+        for topic, envelope in expected:
+            a.publish(topic, envelope)
+        received = await inbox.wait_for(len(expected))
+        for topic in TOPICS:  # order holds per topic
+            assert [e for t, e in received if t == topic] == ENVELOPES, topic
+        assert sorted(received) == sorted(expected)
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_order_of_500_messages(make_backplane: MakeBackplane) -> None:
+    a, b = make_backplane(), make_backplane()
+    inbox = Inbox()
+    await a.start(Inbox())
+    await b.start(inbox)
+    try:
+        await b.subscribe("seq")
+        for i in range(500):
+            a.publish("seq", i.to_bytes(4, "big"))
+        received = await inbox.wait_for(500)
+        assert [int.from_bytes(e, "big") for _, e in received] == list(range(500))
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_stop_flushes_queued_messages(make_backplane: MakeBackplane) -> None:
+    a, b = make_backplane(), make_backplane()
+    inbox = Inbox()
+    await a.start(Inbox())
+    await b.start(inbox)
+    try:
+        await b.subscribe("last")
+        for i in range(50):
+            a.publish("last", bytes([i]))
+        await a.stop()  # publish returned at once; stop sends what is queued
+        received = await inbox.wait_for(50)
+        assert [e for _, e in received] == [bytes([i]) for i in range(50)]
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_full_queue_drops_and_counts() -> None:
+    bp = MemoryBackplane("drops", max_queue=3)
+    await bp.start(Inbox())
+    try:
+        for _ in range(5):
+            bp.publish("t", b"x")  # the writer has not run yet: two do not fit
+        assert bp.dropped == 2
+    finally:
+        await bp.stop()
+
+
+async def test_unreachable_server_fails_start(make_backplane: MakeBackplane) -> None:
+    bp = make_backplane()
+    if isinstance(bp, MemoryBackplane):
+        return
+    bp.url = bp.url.rsplit(":", 1)[0] + ":1"  # type: ignore[attr-defined]
+    bp.start_timeout = 0.5  # type: ignore[attr-defined]
+    with pytest.raises(BackplaneError, match="cannot reach"):
+        await bp.start(Inbox())
+    assert not bp.running
+
+
+async def test_nats_drops_only_an_oversized_message(nats_url: str) -> None:
+    a, b = (
+        NatsBackplane(nats_url, subject_prefix="big."),
+        NatsBackplane(nats_url, subject_prefix="big."),
+    )
+    inbox = Inbox()
+    await a.start(Inbox())
+    await b.start(inbox)
+    try:
+        await b.subscribe("t")
+        for envelope in (b"1", b"x" * 2_000_000, b"3"):
+            a.publish("t", envelope)
+        assert await inbox.wait_for(2) == [("t", b"1"), ("t", b"3")]
+        assert a.dropped == 1
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+def test_envelope_round_trip() -> None:
+    node = b"\x01\x02\x03\x04\x05\x06\x07\x08"
+    for opcode, payload, compress in [
+        (OP_TEXT, "héllo".encode(), None),
+        (OP_BINARY, bytes(range(256)), True),
+        (OP_BINARY, b"", False),
+    ]:
+        envelope = encode_envelope(node, Message(opcode, payload, compress))
+        assert len(envelope) == 9 + len(payload)
+        assert decode_envelope(envelope) == (node, opcode, payload, compress)
+    for bad in [b"", b"\x01" + b"\x00" * 7, b"\x08" + node, b"\x31" + node, b"\x41" + node]:
+        with pytest.raises(ValueError):
+            decode_envelope(bad)
+
+
+def test_escape_topic_is_one_safe_token_and_one_to_one() -> None:
+    escaped = {escape_topic(t) for t in TOPICS}
+    assert len(escaped) == len(TOPICS)
+    for token in escaped:
+        assert token and not any(c in token for c in ".*> \t\r\n")
+    assert escape_topic("room-1_a") == "room-1_a"
+    assert escape_topic("room 1") == "room~201"
+    assert escape_topic("a.b") == "a~2Eb"
+    assert escape_topic("~") != escape_topic("~7E") and escape_topic("~7E") == "~7E7E"
