@@ -128,8 +128,6 @@ class Connections:
     def _members(self) -> list[WebSocket[Any]]:
         return list(self._all)
 
-    def _route_members(self, pattern: str) -> list[WebSocket[Any]]:
-        return list(self._by_route.get(pattern, ()))
 
     def _add(self, ws: WebSocket[Any], pattern: str) -> None:
         self._all[ws] = None
@@ -259,7 +257,7 @@ class App(Routes):
             if route is not None:
                 receivers = [ws for ws in receivers if ws.route == route]
         elif route is not None:
-            receivers = self.connections._route_members(route)
+            receivers = self.connections.route(route)
         else:
             receivers = self.connections._members()
         return fan_out(receivers, message)

@@ -25,7 +25,6 @@ A route's ``authenticate=`` takes:
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -176,10 +175,6 @@ def interpret(result: Any) -> tuple[bool, Any, Deny | None]:
             raise ConfigurationError("authenticate result: code must be int, reason str")
         return True, None, Deny(code, reason)
     return True, result, None
-
-
-def is_awaitable(value: Any) -> bool:
-    return inspect.isawaitable(value)
 
 
 from ._jwt import jwt  # noqa: E402  (needs FirstMessageAuth and Deny above)

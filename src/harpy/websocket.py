@@ -26,7 +26,7 @@ from .protocol import (
     check_upgrade,
     is_valid_close_code,
 )
-from .protocol.deflate import deflate_bound, negotiate
+from .protocol.deflate import negotiate
 from .pubsub import Message, fan_out
 from .server import Connection, ReadyState, Server
 
@@ -251,15 +251,14 @@ class WebSocket(Connection, Generic[T]):
 
     def _send(self, opcode: int, payload: bytes, compress: bool | None) -> int:
         codec = self._deflate
-        if codec is None or compress is False or (
-            compress is None and len(payload) < codec.threshold
-        ):
+        if codec is None or not codec.wants(len(payload), compress):
             return self._write(build_frame(opcode, payload))
-        if not codec.shareable and not self.accepts(deflate_bound(len(payload))):
-            return 0  # never advance a compressor's context for a frame not sent
         if self.ready_state is not _OPEN:
             return 0
-        return self._write(build_frame(opcode, codec.compress(payload), True))
+        if codec.shareable:
+            return self._write(build_frame(opcode, codec.compress(payload), True))
+        frame = self._own_compressed(opcode, payload)
+        return 0 if frame is None else self._write(frame)
 
     def ping(self, data: bytes | str = b"") -> int:
         return self._write(build_frame(OP_PING, _control_payload(data)))
@@ -361,7 +360,7 @@ class WebSocket(Connection, Generic[T]):
         skip = None if include_self else self
         receivers: Iterable[WebSocket[Any]]
         if rooms is None:
-            receivers = app.connections._route_members(self.route)
+            receivers = app.connections.route(self.route)
         else:
             receivers = app._rooms.union(_room_list(rooms))
         return fan_out(receivers, message, skip)

@@ -496,6 +496,11 @@ class PerMessageDeflate:
             self._inflater = inflater  # 7.2.3.2: the next message may refer to this one
         return data
 
+    def wants(self, size: int, compress: bool | None = None) -> bool:
+        """Whether a message of ``size`` bytes goes compressed: ``compress`` True or False
+        decides (Bun's per-send override), None compresses from ``threshold`` bytes on."""
+        return compress is True or (compress is None and size >= self.threshold)
+
     def compress(self, payload: _Buffer) -> bytes:
         """Deflate one server message, without the trailing ``00 00 ff ff`` (RFC 7692 7.2.1).
 

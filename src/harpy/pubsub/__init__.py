@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..protocol import OP_BINARY, OP_TEXT, build_frame
-from ..protocol.deflate import compress_shared, deflate_bound
+from ..protocol.deflate import compress_shared
 from ..server import Connection
 
 __all__ = ["Groups", "Message", "fan_out"]
@@ -48,22 +48,6 @@ class Message:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"cannot send {type(data).__name__}: not str, bytes or JSON") from exc
         return cls(OP_TEXT, text.encode("utf-8"), compress)
-
-    def frame_for(self, codec: Any) -> bytes:
-        """The frame for a receiver whose permessage-deflate codec is ``codec``."""
-        payload = self.payload
-        if self.compress is False or (self.compress is None and len(payload) < codec.threshold):
-            return self.frame
-        if not codec.shareable:  # its own compressor keeps context: compress for it alone
-            return build_frame(self.opcode, codec.compress(payload), True)
-        return self.shared_frame(codec)
-
-    def compresses_for(self, codec: Any) -> bool:
-        """True when the frame for ``codec`` is made by the receiver's own compressor."""
-        return not codec.shareable and not (
-            self.compress is False
-            or (self.compress is None and len(self.payload) < codec.threshold)
-        )
 
     def shared_frame(self, codec: Any) -> bytes:
         """The frame compressed once for every receiver with the same window and level."""
@@ -172,15 +156,15 @@ def fan_out(receivers: Iterable[Connection], message: Message, skip: object = No
         if conn is skip:
             continue
         codec = conn._deflate
-        if codec is None:
-            if conn._write_later(frame):
-                sent += 1
-        elif message.compresses_for(codec):
-            # Its compressor keeps context: compress only what will really be sent.
-            if conn.accepts(deflate_bound(len(message.payload))) and conn._write_later(
-                message.frame_for(codec)
-            ):
-                sent += 1
-        elif conn._write_later(message.frame_for(codec)):
+        if codec is None or not codec.wants(len(message.payload), message.compress):
+            out = frame
+        elif codec.shareable:
+            out = message.shared_frame(codec)
+        else:
+            own = conn._own_compressed(message.opcode, message.payload)
+            if own is None:
+                continue
+            out = own
+        if conn._write_later(out):
             sent += 1
     return sent

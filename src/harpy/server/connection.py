@@ -29,6 +29,7 @@ from ..protocol import (
     build_refusal,
     parse_request,
 )
+from ..protocol.deflate import deflate_bound
 
 if TYPE_CHECKING:
     from .listener import Server
@@ -432,6 +433,13 @@ class Connection(asyncio.Protocol):
         if self._write_paused or self._out_size + size > self._limits.backpressure_limit:
             return self._over_limit(size)
         return False
+
+    def _own_compressed(self, opcode: int, payload: bytes) -> bytes | None:
+        """A frame compressed by this connection's own (context-keeping) compressor, or None
+        when it would be dropped: the compressor never remembers a message never sent."""
+        if not self.accepts(deflate_bound(len(payload))):
+            return None
+        return build_frame(opcode, self._deflate.compress(payload), True)
 
     def _over_limit(self, size: int) -> bool:
         """Past ``backpressure_limit``: count the drop, or close with 1008 when asked."""
