@@ -17,8 +17,8 @@ app.run(port=3000)
 from __future__ import annotations
 
 from . import auth
-from .app import App, Connections, Route
-from .auth import Deny, FirstMessageAuth, UpgradeRequest
+from .app import App, Connections, Handlers, Route, Router, WebSocket
+from .auth import Deny, FirstMessageAuth, MemoryStore, Session, SessionStore, UpgradeRequest
 from .exceptions import (
     ConfigurationError,
     ConnectionClosed,
@@ -30,12 +30,9 @@ from .exceptions import (
     Reject,
     RouteError,
 )
-from .handlers import Handlers
+from .protocol import Headers
 from .pubsub.backplane import Backplane, MemoryBackplane, NatsBackplane, RedisBackplane
-from .router import Router
 from .server import ReadyState
-from .session import MemoryStore, Session, SessionStore
-from .websocket import Headers, WebSocket
 
 __version__ = "0.1.0"
 

@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote
 
-from .app import App, _maybe_await
+from .app import WebSocket
+from .app.app import App, _maybe_await
 from .exceptions import HandshakeError, PayloadTooBig
 from .protocol import Request, check_upgrade
 from .server import Limits, ReadyState, Server
-from .websocket import WebSocket
 
 __all__ = ["ASGIApp"]
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from harpy import _routing
-from harpy._routing import RouteTable
+from harpy.app import routing as _routing
+from harpy.app.routing import RouteTable
 from harpy.exceptions import ConfigurationError, RouteError
 
 

@@ -12,11 +12,13 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from typing import TYPE_CHECKING
 
 from .handshake import (
+    Headers,
     Request,
     accept_key,
     build_accept,
     build_refusal,
     check_upgrade,
+    parse_cookies,
     parse_request,
 )
 
@@ -80,6 +82,7 @@ __all__ = [
     "OP_PONG",
     "OP_TEXT",
     "FrameReader",
+    "Headers",
     "Request",
     "accept_key",
     "build_accept",
@@ -89,5 +92,6 @@ __all__ = [
     "check_upgrade",
     "frame_header",
     "is_valid_close_code",
+    "parse_cookies",
     "parse_request",
 ]

@@ -9,17 +9,20 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 
 from ..exceptions import HandshakeError
 
 __all__ = [
     "GUID",
+    "Headers",
     "Request",
     "accept_key",
     "build_accept",
     "build_refusal",
     "check_upgrade",
+    "parse_cookies",
     "parse_request",
 ]
 
@@ -171,3 +174,51 @@ def build_refusal(
         out += "Connection: close\r\n"
     out += f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
     return out.encode("latin-1") + body
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """Parse a Cookie header (RFC 6265 5.4): ``a=1; b=x=y`` gives ``{"a": "1", "b": "x=y"}``."""
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        name = name.strip()
+        if not sep or not name:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        cookies.setdefault(name, value)
+    return cookies
+
+
+class Headers(Mapping[str, str]):
+    """The upgrade request's headers, read-only and case-insensitive; repeated ones via get_all."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._items = items
+
+    def __getitem__(self, name: str) -> str:
+        name = name.lower()
+        for key, value in self._items:
+            if key == name:
+                return value
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        seen = set()
+        for key, _ in self._items:
+            if key not in seen:
+                seen.add(key)
+                yield key
+
+    def __len__(self) -> int:
+        return len({key for key, _ in self._items})
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self._items if key == name]
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Generic, TypeVar
 from urllib.parse import unquote
 
-from .exceptions import RouteError
+from ..exceptions import RouteError
 
 __all__ = ["RouteTable"]
 

@@ -10,16 +10,16 @@ import ssl
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from ._routing import RouteTable
-from .auth import resolve_authenticate
-from .exceptions import ConfigurationError, HarpyError
+from ..auth import resolve_authenticate
+from ..exceptions import ConfigurationError, HarpyError
+from ..protocol.deflate import DeflateOptions
+from ..pubsub import Groups, Message, fan_out
+from ..pubsub.backplane.base import Backplane, Relay
+from ..server import Limits, Server, make_ssl_context
 from .handlers import Handlers, resolve_handlers
 from .options import ROUTE_DEFAULTS, check_options
-from .protocol.deflate import DeflateOptions
-from .pubsub import Groups, Message, fan_out
-from .pubsub.backplane.base import Backplane, Relay
 from .router import Routes, RouteSpec
-from .server import Limits, Server, make_ssl_context
+from .routing import RouteTable
 from .websocket import WebSocket
 
 __all__ = ["App", "Connections", "Route"]

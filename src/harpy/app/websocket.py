@@ -9,31 +9,33 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
-from .auth import Deny, UpgradeRequest, interpret
-from .exceptions import ConfigurationError, HandshakeError, InvalidState, ProtocolError
-from .handlers import Handlers
-from .protocol import (
+from ..auth import Deny, UpgradeRequest, interpret
+from ..exceptions import ConfigurationError, HandshakeError, InvalidState, ProtocolError
+from ..protocol import (
     OP_BINARY,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    Headers,
     Request,
     build_frame,
     check_upgrade,
     is_valid_close_code,
+    parse_cookies,
 )
-from .protocol.deflate import negotiate
-from .pubsub import Message, fan_out
-from .server import Connection, ReadyState, Server
+from ..protocol.deflate import negotiate
+from ..pubsub import Message, fan_out
+from ..server import Connection, ReadyState, Server
+from .handlers import Handlers
 
 if TYPE_CHECKING:
     from .app import App, Route
 
-__all__ = ["Headers", "WebSocket", "parse_cookies"]
+__all__ = ["WebSocket"]
 
 logger = logging.getLogger("harpy")
 
@@ -42,54 +44,6 @@ T = TypeVar("T")
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
 _OPEN = ReadyState.OPEN
-
-
-def parse_cookies(header: str) -> dict[str, str]:
-    """Parse a Cookie header (RFC 6265 5.4): ``a=1; b=x=y`` gives ``{"a": "1", "b": "x=y"}``."""
-    cookies: dict[str, str] = {}
-    for part in header.split(";"):
-        name, sep, value = part.strip().partition("=")
-        name = name.strip()
-        if not sep or not name:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        cookies.setdefault(name, value)
-    return cookies
-
-
-class Headers(Mapping[str, str]):
-    """The upgrade request's headers, read-only and case-insensitive; repeated ones via get_all."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self._items = items
-
-    def __getitem__(self, name: str) -> str:
-        name = name.lower()
-        for key, value in self._items:
-            if key == name:
-                return value
-        raise KeyError(name)
-
-    def __iter__(self) -> Iterator[str]:
-        seen = set()
-        for key, _ in self._items:
-            if key not in seen:
-                seen.add(key)
-                yield key
-
-    def __len__(self) -> int:
-        return len({key for key, _ in self._items})
-
-    def get_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [value for key, value in self._items if key == name]
-
-    def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
 
 
 class WebSocket(Connection, Generic[T]):

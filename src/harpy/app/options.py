@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .auth import resolve_authenticate
-from .exceptions import ConfigurationError
-from .protocol.deflate import DeflateOptions
+from ..auth import resolve_authenticate
+from ..exceptions import ConfigurationError
+from ..protocol.deflate import DeflateOptions
 
 __all__ = ["ROUTE_DEFAULTS", "check_options"]
 

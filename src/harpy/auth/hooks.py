@@ -27,22 +27,46 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .exceptions import ConfigurationError, HarpyError, Reject
-
-if TYPE_CHECKING:
-    from .websocket import Headers, WebSocket
+from ..exceptions import ConfigurationError, HarpyError, Reject
+from ..protocol import Headers, Request
 
 __all__ = [
     "Deny",
     "FirstMessageAuth",
     "UpgradeRequest",
-    "jwt",
+    "Upgrading",
+    "interpret",
     "resolve_authenticate",
 ]
 
 Hook = Callable[["UpgradeRequest"], Any]
+
+
+class Upgrading(Protocol):
+    """What the app layer's connection offers an ``authenticate`` hook before the 101."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def route(self) -> str: ...
+    @property
+    def query(self) -> dict[str, str]: ...
+    @property
+    def query_string(self) -> str: ...
+    @property
+    def headers(self) -> Headers: ...
+    @property
+    def cookies(self) -> dict[str, str]: ...
+    @property
+    def remote_address(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+
+    params: dict[str, str]
+    request: Request | None
+    subprotocol: str | None
 
 
 class Deny(HarpyError):
@@ -66,7 +90,7 @@ class UpgradeRequest:
 
     __slots__ = ("_ws",)
 
-    def __init__(self, ws: WebSocket[Any]) -> None:
+    def __init__(self, ws: Upgrading) -> None:
         self._ws = ws
 
     @property
@@ -110,6 +134,11 @@ class UpgradeRequest:
         """The subprotocols the client offered, in its order."""
         request = self._ws.request
         return request.tokens_cased("sec-websocket-protocol") if request is not None else []
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the 101 will name (the first offered one the route lists), or None."""
+        return self._ws.subprotocol
 
     def __repr__(self) -> str:
         return f"<UpgradeRequest {self.path}>"
@@ -175,6 +204,3 @@ def interpret(result: Any) -> tuple[bool, Any, Deny | None]:
             raise ConfigurationError("authenticate result: code must be int, reason str")
         return True, None, Deny(code, reason)
     return True, result, None
-
-
-from ._jwt import jwt  # noqa: E402  (needs FirstMessageAuth and Deny above)

@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from .exceptions import ConfigurationError, Reject
+from ..exceptions import ConfigurationError, Reject
 
 __all__ = ["MemoryStore", "Session", "SessionStore"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .exceptions import RouteError
+from ..exceptions import RouteError
 from .options import check_options
 
 __all__ = ["RouteSpec", "Router", "join_prefix"]

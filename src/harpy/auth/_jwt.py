@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
-from .auth import Deny, FirstMessageAuth, UpgradeRequest
-from .exceptions import ConfigurationError, Reject
+from ..exceptions import ConfigurationError, Reject
+from .hooks import Deny, FirstMessageAuth, UpgradeRequest
 
 __all__ = ["JWTFirstMessageAuth", "jwt"]
 
@@ -390,7 +390,7 @@ def _protocol_hook(verifier: _Verifier, marker: str) -> UpgradeHook:
         if marker in offered:
             at = offered.index(marker)
             token = offered[at + 1] if at + 1 < len(offered) else None
-        if token is not None and request._ws.subprotocol is None:
+        if token is not None and request.subprotocol is None:
             # The 101 must name a subprotocol the client offered, or the browser fails it.
             logger.error(
                 "harpy: route %s takes a JWT from Sec-WebSocket-Protocol but does not list "
