@@ -17,7 +17,7 @@ app.run(port=3000)
 from __future__ import annotations
 
 from . import auth
-from .app import App, Connections, Handlers, Route, Router, WebSocket
+from .app import Admission, App, Connections, Dispatch, Handlers, Route, Router, WebSocket
 from .auth import Deny, FirstMessageAuth, MemoryStore, Session, SessionStore, UpgradeRequest
 from .exceptions import (
     ConfigurationError,
@@ -37,12 +37,14 @@ from .server import ReadyState
 __version__ = "0.1.0"
 
 __all__ = [
+    "Admission",
     "App",
     "Backplane",
     "ConfigurationError",
     "ConnectionClosed",
     "Connections",
     "Deny",
+    "Dispatch",
     "FirstMessageAuth",
     "HandshakeError",
     "Handlers",

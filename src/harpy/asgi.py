@@ -3,9 +3,9 @@
 ``ASGIApp(app)`` is an ASGI application.  A ``websocket`` scope goes through the same code as
 the native server: routing, connection limits, origins, subprotocols, ``authenticate`` hooks,
 then ``open`` / ``message`` / ``close`` in order.  Each connection is a real
-:class:`harpy.WebSocket` whose transport is a small adapter: the frames harpy builds are turned
-back into ``websocket.send`` / ``websocket.close`` events, in order, by one sender task per
-connection.  Topics, rooms and broadcasts are the App's, so they reach native and ASGI
+:class:`harpy.WebSocket` whose message-level output (accept, refuse, send a message, close) is
+turned into ASGI events directly, in order, by one sender task per connection: nothing is framed
+or parsed here.  Topics, rooms and broadcasts are the App's, so they reach native and ASGI
 connections alike.
 
 Framing, compression and heartbeat pings are the ASGI server's: harpy's ``idle_timeout`` and
@@ -18,37 +18,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from .app import WebSocket
-from .app.app import App, _maybe_await
-from .exceptions import HandshakeError, PayloadTooBig
-from .protocol import Request, check_upgrade
+from .app import App, WebSocket
+from .exceptions import PayloadTooBig
+from .protocol import OP_TEXT, Message, Request
+from .protocol.handshake import refusal
 from .server import Limits, ReadyState, Server
+
+if TYPE_CHECKING:
+    from .protocol.deflate import PerMessageDeflate
 
 __all__ = ["ASGIApp"]
 
 logger = logging.getLogger("harpy")
 
 Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+Event = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Event]]
+Send = Callable[[Event], Awaitable[None]]
 ASGI3App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _OPEN = ReadyState.OPEN
-#: Stands in for the handshake headers an ASGI server need not pass on (HTTP/2, RFC 8441).
-_UPGRADE_HEADERS = (
-    ("upgrade", "websocket"),
-    ("connection", "Upgrade"),
-    ("sec-websocket-version", "13"),
-    ("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAAAA=="),
-)
-_HANDSHAKE_NAMES = frozenset(name for name, _ in _UPGRADE_HEADERS)
+_CONNECTING = ReadyState.CONNECTING
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"
 
 
@@ -79,15 +76,12 @@ class ASGIApp:
         elif self.fallback is not None:
             await self.fallback(scope, receive, send)
         elif kind == "http":
-            body = b"Not Found\n"
+            _, headers, body = refusal(404, "Not Found")
             await send(
                 {
                     "type": "http.response.start",
                     "status": 404,
-                    "headers": [
-                        (b"content-type", b"text/plain; charset=utf-8"),
-                        (b"content-length", str(len(body)).encode("ascii")),
-                    ],
+                    "headers": _encode_headers(headers),
                 }
             )
             await send({"type": "http.response.body", "body": body})
@@ -116,24 +110,13 @@ class ASGIApp:
             self._server = server
         return server
 
-    def _asgi_limits(self, limits: Limits) -> Limits:
+    def limits_for(self, limits: Limits) -> Limits:
         """The route's limits without harpy's pings and idle timeout: the ASGI server's job."""
         cached = self._limits.get(id(limits))
         if cached is not None and cached[0] is limits:
             return cached[1]
-        copy = Limits(
-            max_message_size=limits.max_message_size,
-            idle_timeout=0.0,
-            close_timeout=limits.close_timeout,
-            backpressure_limit=limits.backpressure_limit,
-            close_on_backpressure_limit=limits.close_on_backpressure_limit,
-            write_high_water=limits.write_high_water,
-            write_low_water=limits.write_low_water,
-            ping_interval=0.0,
-            pong_timeout=0.0,
-            max_missed_pongs=limits.max_missed_pongs,
-            inactivity_timeout=limits.inactivity_timeout,
-            send_pings=False,
+        copy: Limits = dataclasses.replace(
+            limits, idle_timeout=0.0, ping_interval=0.0, pong_timeout=0.0, send_pings=False
         )
         self._limits[id(limits)] = (limits, copy)
         return copy
@@ -142,62 +125,14 @@ class ASGIApp:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = _request(scope)
-        if self.fallback is not None and self.app._table.match(request.path) is None:
+        if self.fallback is not None and self.app.match(request.path) is None:
             await self.fallback(scope, receive, send)
             return
         first = await receive()
         if first["type"] != "websocket.connect":
             return  # disconnected before anything happened
-        server = self._get_server()
-        ws = _ASGIWebSocket(server, self.app)
-        ws._adapter = self
-        channel = _Channel(ws, scope, send, server.loop)
-        pump = server.loop.create_task(channel.pump())
-        reader: asyncio.Task[None] | None = None
-        try:
-            ws.connection_made(channel)
-            ws._handle_request(request)
-            if await channel.decided:
-                reader = server.loop.create_task(self._read(ws, channel, receive))
-                reader.add_done_callback(lambda _: channel.finish(1006, ""))
-                await channel.ended
-            else:
-                # The refusal (or nothing, after an abort) goes out before returning.
-                await asyncio.wait([pump, channel.ended], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (reader, pump):
-                if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            ws._close_code, ws._close_reason = channel.close_status
-            ws.connection_lost(None)
-
-    async def _read(self, ws: _ASGIWebSocket, channel: _Channel, receive: Receive) -> None:
-        loop = ws._server.loop
-        limit = ws._limits.max_message_size
-        reading = channel.reading
-        while True:
-            if not reading.is_set():
-                await reading.wait()
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                if ws.ready_state is not _OPEN:
-                    continue  # closing: as the native server, nothing more is delivered
-                data: str | bytes | None = message.get("text")
-                if data is None:
-                    data = message.get("bytes") or b""
-                ws._last_seen = ws._last_active = loop.time()
-                if limit and _too_big(data, limit):
-                    ws._handle_protocol_error(PayloadTooBig("message too big"))
-                    ws._close(1009, "Message too big")
-                    continue
-                ws._handle_message(data)
-            elif kind == "websocket.disconnect":
-                reason = message.get("reason") or ""
-                channel.finish(int(message.get("code", 1005)), reason)
-                return
+        ws = _ASGIWebSocket(self._get_server(), self, scope, send)
+        await ws.serve(request, receive)
 
     # ----------------------------------------------------------------- lifespan
 
@@ -209,8 +144,7 @@ class ASGIApp:
             if kind == "lifespan.startup":
                 try:
                     if self.lifespan:
-                        for hook in self.app._startup:
-                            await _maybe_await(hook())
+                        await self.app.run_startup_hooks()
                     if inner is not None:
                         await inner.forward("startup")
                 except Exception as exc:
@@ -230,12 +164,9 @@ class ASGIApp:
                     self._server = None
                     await server.close(self.app.shutdown_timeout)
                 if self.lifespan:
-                    for hook in self.app._shutdown:
-                        try:
-                            await _maybe_await(hook())
-                        except Exception as exc:
-                            logger.exception("harpy: shutdown hook %r failed", hook)
-                            failed = failed or repr(exc)
+                    error = await self.app.run_shutdown_hooks()
+                    if error is not None:
+                        failed = failed or repr(error)
                 if failed:
                     await send({"type": "lifespan.shutdown.failed", "message": failed})
                 else:
@@ -244,221 +175,248 @@ class ASGIApp:
 
 
 class _ASGIWebSocket(WebSocket[Any]):
-    """A harpy connection whose transport is a :class:`_Channel`."""
+    """A harpy connection whose output becomes ASGI events, in order, through one sender."""
 
-    __slots__ = ("_adapter",)
+    __slots__ = (
+        "_adapter",
+        "_asgi_send",
+        "_decided",
+        "_ended",
+        "_events",
+        "_final",
+        "_peer",
+        "_peer_status",
+        "_queued",
+        "_reading",
+        "_scope",
+        "_wakeup",
+    )
 
-    _adapter: ASGIApp
+    def __init__(self, server: Server, adapter: ASGIApp, scope: Scope, send: Send) -> None:
+        super().__init__(server, adapter.app)
+        loop = server.loop
+        self._adapter = adapter
+        self._scope = scope
+        self._asgi_send = send
+        self._events: deque[tuple[Message | Event, int]] = deque()
+        self._queued = 0  # bytes of messages queued for the ASGI server
+        self._wakeup = asyncio.Event()
+        self._final = False  # a final event (close, refusal) is queued: nothing more
+        self._decided: asyncio.Future[bool] = loop.create_future()  # True: accepted
+        self._ended: asyncio.Future[None] = loop.create_future()
+        self._peer_status = (1006, "")
+        self._reading = asyncio.Event()
+        self._reading.set()
+        client = scope.get("client")
+        self._peer = str(client[0]) if client else ""
 
-    def _accept(
+    # ----------------------------------------------------------------- the connection's life
+
+    async def serve(self, request: Request, receive: Receive) -> None:
+        """Run the connection from the upgrade request to the disconnect."""
+        server = self._server
+        loop = server.loop
+        server.connections.add(self)
+        self._deadline = loop.time() + server.handshake_timeout
+        server.wheel.schedule(self, self._deadline)
+        self.request = request
+        pump = loop.create_task(self._pump())
+        reader: asyncio.Task[None] | None = None
+        try:
+            self._handle_request(request)
+            if await self._decided:
+                reader = loop.create_task(self._read(receive))
+                reader.add_done_callback(lambda _: self._finish(1006, ""))
+                await self._ended
+            else:
+                # The refusal (or nothing, after an abort) goes out before returning.
+                await asyncio.wait([pump, self._ended], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, pump):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            self.connection_lost(None)
+
+    async def _read(self, receive: Receive) -> None:
+        loop = self._server.loop
+        limit = self._limits.max_message_size
+        reading = self._reading
+        while True:
+            if not reading.is_set():
+                await reading.wait()
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                if self.ready_state is not _OPEN:
+                    continue  # closing: as the native server, nothing more is delivered
+                data: str | bytes | None = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                self._last_seen = self._last_active = loop.time()
+                if limit and _too_big(data, limit):
+                    self._handle_protocol_error(PayloadTooBig("message too big"))
+                    self.close(1009, "Message too big")
+                    continue
+                self._handle_message(data)
+            elif kind == "websocket.disconnect":
+                self._finish(int(message.get("code", 1005)), message.get("reason") or "")
+                return
+
+    def _finish(self, code: int, reason: str) -> None:
+        """The connection is over: the peer's close code, or 1006 without one."""
+        if not self._ended.done():
+            self._peer_status = (code, reason)
+            self._ended.set_result(None)
+        _resolve(self._decided, False)
+
+    def _peer_close(self) -> tuple[int, str]:
+        return self._peer_status
+
+    # ----------------------------------------------------------------- output, as ASGI events
+
+    def check_upgrade(self) -> None:
+        """The ASGI server checked the handshake (and may not pass its headers on: HTTP/2)."""
+
+    def accept(
         self,
-        key: str,
         headers: list[tuple[str, str]] | None,
         limits: Limits,
-        inflater: Any = None,
+        codec: PerMessageDeflate | None = None,
     ) -> None:
         # No permessage-deflate of harpy's: the ASGI server owns the wire format.
-        kept = [(n, v) for n, v in headers or () if n.lower() != "sec-websocket-extensions"]
-        super()._accept(key, kept, self._adapter._asgi_limits(limits), None)
+        if self.ready_state is not _CONNECTING or self._ended.done():
+            return
+        self._push({"type": "websocket.accept", "subprotocol": self.subprotocol, "headers": []}, 0)
+        _resolve(self._decided, True)
+        self._open(self._adapter.limits_for(limits), None)
 
-    @property
-    def _tls(self) -> bool:
-        transport = self.transport
-        return isinstance(transport, _Channel) and transport.tls
-
-
-class _Channel(asyncio.Transport):
-    """The transport of an ASGI connection: harpy's writes become ASGI events, in order."""
-
-    def __init__(
-        self, ws: _ASGIWebSocket, scope: Scope, send: Send, loop: asyncio.AbstractEventLoop
+    def refuse(
+        self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
     ) -> None:
-        super().__init__()
-        self._ws = ws
-        self._scope = scope
-        self._send = send
-        self._queue: deque[tuple[Message, int]] = deque()
-        self._size = 0
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._paused = False
-        self._wakeup = asyncio.Event()
-        self._answered = False  # the handshake's answer (101 or a refusal) was written
-        self._last_queued = False  # a final event (close, refusal) is queued: nothing more
-        self._closing = False
-        self.decided: asyncio.Future[bool] = loop.create_future()
-        self.ended: asyncio.Future[None] = loop.create_future()
-        self.close_status = (1006, "")
-        self.reading = asyncio.Event()
-        self.reading.set()
-        client = scope.get("client")
-        self._peer = tuple(client) if client else None
-        server = scope.get("server")
-        self._sock = tuple(server) if server else None
-        self.tls = scope.get("scheme") in ("wss", "https")
-
-    # ----------------------------------------------------------------- what harpy writes
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._last_queued or self.ended.done():
+        if self.ready_state is not _CONNECTING or self._ended.done():
             return
-        raw = data if type(data) is bytes else bytes(data)
-        if not self._answered:
-            self._answered = True
-            self._answer(raw)
-            return
-        self._frames(raw)
-
-    def _answer(self, head: bytes) -> None:
-        """The HTTP answer harpy built: 101 becomes websocket.accept, the rest a refusal."""
-        end = head.find(b"\r\n\r\n")
-        lines = head[:end].decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = []
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers.append((name.strip().lower(), value.strip()))
-        if status == 101:
-            subprotocol = next((v for n, v in headers if n == "sec-websocket-protocol"), None)
-            self._push({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []}, 0)
-            _resolve(self.decided, True)
-            return
+        self.ready_state = ReadyState.CLOSED
         extensions = self._scope.get("extensions") or {}
         if "websocket.http.response" in extensions:
+            _, fields, body = refusal(status, reason, headers)
             self._push(
                 {
                     "type": "websocket.http.response.start",
                     "status": status,
-                    "headers": [
-                        (n.encode("latin-1"), v.encode("latin-1"))
-                        for n, v in headers
-                        if n != "connection"
-                    ],
+                    "headers": _encode_headers(
+                        [(n, v) for n, v in fields if n.lower() != "connection"]
+                    ),
                 },
                 0,
             )
-            self._push({"type": "websocket.http.response.body", "body": head[end + 4 :]}, 0)
+            self._push({"type": "websocket.http.response.body", "body": body}, 0)
         else:
             self._push({"type": "websocket.close", "code": 1000}, 0)  # 403 from the server
-        self._last_queued = True
-        _resolve(self.decided, False)
+        self._final = True
+        _resolve(self._decided, False)
 
-    def _frames(self, data: bytes) -> None:
-        """Whole unmasked server frames, one or more: data and close become ASGI events."""
-        i = 0
-        n = len(data)
-        while i < n:
-            b0 = data[i]
-            length = data[i + 1] & 0x7F
-            start = i + 2
-            if length == 126:
-                length = int.from_bytes(data[start : start + 2], "big")
-                start += 2
-            elif length == 127:
-                length = int.from_bytes(data[start : start + 8], "big")
-                start += 8
-            stop = start + length
-            opcode = b0 & 0x0F
-            size = stop - i
-            i = stop
-            if opcode == 1:
-                self._push({"type": "websocket.send", "text": data[start:stop].decode()}, size)
-            elif opcode == 2:
-                self._push({"type": "websocket.send", "bytes": data[start:stop]}, size)
-            elif opcode == 8:
-                code = int.from_bytes(data[start : start + 2], "big") if length >= 2 else 1000
-                reason = data[start + 2 : stop].decode() if length > 2 else ""
-                self._push({"type": "websocket.close", "code": code, "reason": reason}, size)
-                self._last_queued = True
-                return
-            # Pings and pongs: the ASGI server keeps the connection alive, not harpy.
+    def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
+        if self.ready_state is not _OPEN:
+            return 0
+        size = _frame_size(len(payload))
+        if self._over(size):
+            return 0
+        self._push(Message(opcode, payload), size)
+        return -1 if self._write_paused else size
 
-    def _push(self, message: Message, size: int) -> None:
-        self._queue.append((message, size))
-        self._size += size
+    def send_control(self, opcode: int, payload: bytes) -> int:
+        return 0  # pings and pongs are the ASGI server's
+
+    def queue_message(self, message: Message) -> bool:
+        size = len(message.frame)
+        if self.ready_state is not _OPEN or self._over(size):
+            return False
+        self._push(message, size)
+        return True
+
+    def _over(self, size: int) -> bool:
+        """Past ``backpressure_limit``: count the drop, or close with 1008 when asked."""
+        limits = self._limits
+        if self._queued + size <= limits.backpressure_limit:
+            return False
+        self.dropped += 1
+        self._server.dropped += 1
+        if limits.close_on_backpressure_limit:
+            self._start_close(1008, "Backpressure limit exceeded")
+        return True
+
+    def _start_close(self, code: int, reason: str) -> None:
+        if self.ready_state is not _OPEN or self._final:
+            return
+        self._push({"type": "websocket.close", "code": code, "reason": reason}, 0)
+        self._final = True
+        self._enter_closing()
+
+    def abort(self) -> None:
+        self._events.clear()
+        self._final = True
+        self._finish(1006, "")
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    @property
+    def remote_address(self) -> str:
+        return self._peer
+
+    @property
+    def tls(self) -> bool:
+        return self._scope.get("scheme") in ("wss", "https")
+
+    @property
+    def buffered_amount(self) -> int:
+        return self._queued
+
+    def _push(self, event: Message | Event, size: int) -> None:
+        if self._final or self._ended.done():
+            return
+        self._events.append((event, size))
+        self._queued += size
         self._wakeup.set()
-        if not self._paused and self._size > self._high:
-            self._paused = True
-            self._ws.pause_writing()
+        if not self._write_paused and self._queued > self._limits.write_high_water:
+            self.pause_writing()
 
-    async def pump(self) -> None:
+    async def _pump(self) -> None:
         """Hand the queued events to the ASGI server, in order, until the final one."""
-        queue = self._queue
+        events = self._events
+        send = self._asgi_send
         while True:
-            while queue:
-                message, size = queue.popleft()
+            while events:
+                item, size = events.popleft()
+                if isinstance(item, Message):
+                    if item.opcode == OP_TEXT:
+                        event: Event = {"type": "websocket.send", "text": item.payload.decode()}
+                    else:
+                        event = {"type": "websocket.send", "bytes": item.payload}
+                else:
+                    event = item
                 try:
-                    await self._send(message)
+                    await send(event)
                 except Exception:  # each server has its own "gone" error
                     logger.debug("harpy: ASGI send failed", exc_info=True)
-                    self.finish(1006, "")
+                    self._finish(1006, "")
                     return
-                self._size -= size
-                if self._paused and self._size <= self._low:
-                    self._paused = False
-                    self._ws.resume_writing()
-                kind = message["type"]
+                self._queued -= size
+                if self._write_paused and self._queued <= self._limits.write_low_water:
+                    self.resume_writing()
+                kind = event["type"]
                 if kind == "websocket.http.response.body" or (
-                    kind == "websocket.close" and not self.decided.result()
+                    kind == "websocket.close" and not self._decided.result()
                 ):
-                    self.finish(1006, "")
+                    self._finish(1006, "")
                     return
             self._wakeup.clear()
             await self._wakeup.wait()
-
-    def finish(self, code: int, reason: str) -> None:
-        """The connection is over: the peer's close code, or 1006 without one."""
-        if not self.ended.done():
-            self.close_status = (code, reason)
-            self.ended.set_result(None)
-        _resolve(self.decided, False)
-
-    # ----------------------------------------------------------------- asyncio.Transport
-
-    def is_closing(self) -> bool:
-        return self._closing or self.ended.done()
-
-    def close(self) -> None:
-        if self._closing:
-            return
-        if self.decided.done() and self.decided.result() and not self._last_queued:
-            self._push({"type": "websocket.close", "code": 1000, "reason": ""}, 0)
-            self._last_queued = True
-        self._closing = True
-
-    def abort(self) -> None:
-        self._closing = True
-        self._queue.clear()
-        self.finish(1006, "")
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            return self._peer if self._peer is not None else default
-        if name == "sockname":
-            return self._sock if self._sock is not None else default
-        return default
-
-    def pause_reading(self) -> None:
-        self.reading.clear()
-
-    def resume_reading(self) -> None:
-        self.reading.set()
-
-    def is_reading(self) -> bool:
-        return self.reading.is_set()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high = 64 * 1024 if high is None else high
-        self._low = self._high // 4 if low is None else low
-
-    def get_write_buffer_size(self) -> int:
-        return self._size
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._low, self._high
-
-    def can_write_eof(self) -> bool:
-        return False
 
 
 class _InnerLifespan:
@@ -467,15 +425,15 @@ class _InnerLifespan:
     def __init__(self, app: ASGI3App, scope: Scope) -> None:
         self._app = app
         self._scope = scope
-        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
-        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._to_app: asyncio.Queue[Event] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Event] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         with contextlib.suppress(Exception):  # an app without lifespan support raises
             await self._app(self._scope, self._to_app.get, self._send)
 
-    async def _send(self, message: Message) -> None:
+    async def _send(self, message: Event) -> None:
         await self._from_app.put(message)
 
     async def forward(self, phase: str) -> None:
@@ -504,6 +462,11 @@ def _resolve(future: asyncio.Future[bool], value: bool) -> None:
         future.set_result(value)
 
 
+def _frame_size(length: int) -> int:
+    """The bytes the ASGI server will write for a message of ``length`` bytes (RFC 6455 5.2)."""
+    return length + (2 if length < 126 else 4 if length < 65536 else 10)
+
+
 def _too_big(data: str | bytes, limit: int) -> bool:
     if isinstance(data, bytes):
         return len(data) > limit
@@ -522,15 +485,11 @@ def _request(scope: Scope) -> Request:
     query = scope.get("query_string") or b""
     if query:
         target += "?" + bytes(query).decode("latin-1")
-    request = Request("GET", target, headers)
-    try:
-        check_upgrade(request)
-    except HandshakeError:
-        # The ASGI server checked the handshake; it may not pass its headers on (HTTP/2).
-        headers = [(n, v) for n, v in headers if n not in _HANDSHAKE_NAMES]
-        headers.extend(_UPGRADE_HEADERS)
-        request = Request("GET", target, headers)
-    return request
+    return Request("GET", target, headers)
+
+
+def _encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
 
 
 def _route_path(scope: Scope) -> str:

@@ -267,9 +267,8 @@ async def test_slow_async_handler_pauses_reading_and_loses_nothing() -> None:
 
     async def message(ws: harpy.WebSocket[Any], message: str | bytes) -> None:
         assert isinstance(message, str)
-        queue = ws._queue
-        stats["max_queue"] = max(stats["max_queue"], len(queue) if queue is not None else 0)
-        if ws._reading_paused:
+        stats["max_queue"] = max(stats["max_queue"], ws.pending)
+        if ws.dispatch is harpy.Dispatch.PAUSED:
             stats["paused_seen"] += 1
         await asyncio.sleep(0.001)
         handled.append(message)
@@ -288,8 +287,8 @@ async def test_slow_async_handler_pauses_reading_and_loses_nothing() -> None:
         assert stats["paused_seen"] > 0, "reading was never paused"
         assert stats["max_queue"] < limit + 600, stats
         (ws,) = app.connections
-        assert not ws._reading_paused
-        assert not ws._queue
+        assert ws.dispatch is not harpy.Dispatch.PAUSED
+        assert ws.pending == 0
         # Still served after the backlog.
         handled.clear()
         done.clear()

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 import harpy
-from harpy import pubsub
+from harpy.protocol import message as pubsub
 from harpy.server.connection import Connection
 from tests.helpers import serve
 

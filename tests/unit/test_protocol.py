@@ -639,15 +639,15 @@ INVALID_CODES = [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000
 
 def test_empty_close(core: ModuleType) -> None:
     reader = core.FrameReader()
-    assert not reader.peer_closed
+    assert not reader.close_received
     assert reader.feed(client_frame(OP_CLOSE)) == [(OP_CLOSE, (1005, ""))]
-    assert reader.peer_closed
+    assert reader.close_received
 
 
 def test_close_with_one_byte_payload(core: ModuleType) -> None:
     reader = core.FrameReader()
     assert_single_error(reader.feed(client_frame(OP_CLOSE, b"\x03")), 1002)
-    assert reader.peer_closed
+    assert reader.close_received
 
 
 @pytest.mark.parametrize("code", VALID_CODES)
@@ -660,7 +660,7 @@ def test_close_valid_codes(core: ModuleType, code: int) -> None:
 def test_close_invalid_codes(core: ModuleType, code: int) -> None:
     reader = core.FrameReader()
     assert_single_error(reader.feed(client_frame(OP_CLOSE, code.to_bytes(2, "big"))), 1002)
-    assert reader.peer_closed
+    assert reader.close_received
 
 
 @pytest.mark.parametrize("reason", ["", "bye", "au revoir ✓ 😀", "x" * 123])
@@ -687,7 +687,7 @@ def test_nothing_is_parsed_after_a_close(core: ModuleType, close: bytes) -> None
     assert events[0] == (OP_TEXT, "early")
     assert len(events) == 2
     assert events[1][0] in (OP_CLOSE, EV_ERROR)
-    assert reader.peer_closed
+    assert reader.close_received
     assert reader.feed(after) == []
     assert reader.feed(client_frame(OP_CLOSE)) == []
     assert reader.feed(b"\x00garbage") == []

@@ -5,6 +5,15 @@ from __future__ import annotations
 from .app import App, Connections, Route
 from .handlers import Handlers
 from .router import Router
-from .websocket import WebSocket
+from .websocket import Admission, Dispatch, WebSocket
 
-__all__ = ["App", "Connections", "Handlers", "Route", "Router", "WebSocket"]
+__all__ = [
+    "Admission",
+    "App",
+    "Connections",
+    "Dispatch",
+    "Handlers",
+    "Route",
+    "Router",
+    "WebSocket",
+]

@@ -7,20 +7,21 @@ import inspect
 import logging
 import signal
 import ssl
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Any, Unpack
 
 from ..auth import resolve_authenticate
 from ..exceptions import ConfigurationError, HarpyError
+from ..protocol import Message
 from ..protocol.deflate import DeflateOptions
-from ..pubsub import Groups, Message, fan_out
+from ..pubsub import Groups, fan_out
 from ..pubsub.backplane.base import Backplane, Relay
-from ..server import Limits, Server, make_ssl_context
+from ..server import Server, make_ssl_context
 from .handlers import Handlers, resolve_handlers
-from .options import ROUTE_DEFAULTS, check_options
+from .options import RouteOptions, RouteOptionsKw, make_options
 from .router import Routes, RouteSpec
 from .routing import RouteTable
-from .websocket import WebSocket
+from .websocket import WebSocket, auto_broadcasting
 
 __all__ = ["App", "Connections", "Route"]
 
@@ -30,65 +31,41 @@ Hook = Callable[[], Any]
 
 
 class Route:
-    """A resolved route: handlers, data factory, and options merged with the app's defaults."""
+    """A resolved route: its handlers, data factory, and options (the app's, then its own)."""
 
     __slots__ = (
         "allowed_origins",
         "authenticate",
-        "auto_broadcast",
         "data_factory",
-        "default_room",
         "deflate",
         "first_message_auth",
         "handlers",
-        "limits",
-        "max_pending_messages",
+        "on_message",
+        "options",
         "pattern",
-        "publish_to_self",
         "rate_burst",
-        "rate_limit",
-        "require_subprotocol",
         "subprotocols",
     )
 
-    def __init__(self, spec: RouteSpec, defaults: dict[str, Any]) -> None:
-        options = {**defaults, **spec.options}
+    def __init__(self, spec: RouteSpec, defaults: RouteOptions) -> None:
+        options = make_options(defaults, spec.options, f"ws({spec.pattern!r})")
+        #: Also the connection limits this route's connections enforce.
+        self.options = options
         self.pattern = spec.pattern
         self.handlers: Handlers = resolve_handlers(spec.handlers)
         self.data_factory = spec.data
-        self.auto_broadcast: bool = options["auto_broadcast"]
-        self.publish_to_self: bool = options["publish_to_self"]
-        self.default_room: str | None = options["default_room"]
-        self.deflate = DeflateOptions.from_value(options["compression"])
-        self.authenticate, self.first_message_auth = resolve_authenticate(options["authenticate"])
-        origins = options["allowed_origins"]
+        # What the options say, in the form each use wants, derived once.
+        self.deflate = DeflateOptions.from_value(options.compression)
+        self.authenticate, self.first_message_auth = resolve_authenticate(options.authenticate)
+        origins = options.allowed_origins
         self.allowed_origins = (
             None if origins is None else frozenset(o.rstrip("/").lower() for o in origins)
         )
-        protocols = options["subprotocols"]
-        self.subprotocols: tuple[str, ...] = tuple(protocols) if protocols else ()
-        self.require_subprotocol: bool = options["require_subprotocol"]
-        if self.require_subprotocol and not self.subprotocols:
-            raise ConfigurationError("require_subprotocol needs a list of subprotocols")
-        self.rate_limit = float(options["rate_limit"])
-        self.rate_burst = float(options["rate_burst"] or max(1.0, self.rate_limit))
-        self.max_pending_messages: int = options["max_pending_messages"]
-        if options["write_low_water"] > options["write_high_water"]:
-            raise ConfigurationError("write_low_water must not exceed write_high_water")
-        self.limits = Limits(
-            max_message_size=options["max_message_size"],
-            idle_timeout=float(options["idle_timeout"]),
-            close_timeout=float(options["close_timeout"]),
-            backpressure_limit=options["backpressure_limit"],
-            close_on_backpressure_limit=options["close_on_backpressure_limit"],
-            write_high_water=options["write_high_water"],
-            write_low_water=options["write_low_water"],
-            ping_interval=float(options["ping_interval"]),
-            pong_timeout=float(options["pong_timeout"]),
-            max_missed_pongs=options["max_missed_pongs"],
-            inactivity_timeout=float(options["inactivity_timeout"]),
-            send_pings=options["send_pings"],
-        )
+        self.subprotocols: tuple[str, ...] = tuple(options.subprotocols or ())
+        self.rate_burst = float(options.rate_burst or max(1.0, options.rate_limit))
+        #: What a member's message goes to: the handler, wrapped by the automatic broadcast.
+        message = self.handlers.message
+        self.on_message = auto_broadcasting(message) if options.auto_broadcast else message
 
     def make_data(self, ws: WebSocket[Any]) -> Any:
         """A fresh ``ws.data``: the route's factory, or Harpia's dict of ``url`` and ``cookies``."""
@@ -110,6 +87,7 @@ class Connections:
         self._by_route: dict[str, dict[WebSocket[Any], None]] = {}
 
     def __iter__(self) -> Iterator[WebSocket[Any]]:
+        """A snapshot: safe to use while connections open and close."""
         return iter(list(self._all))
 
     def __len__(self) -> int:
@@ -125,29 +103,30 @@ class Connections:
     def count(self, pattern: str | None = None) -> int:
         return len(self._all) if pattern is None else len(self._by_route.get(pattern, ()))
 
-    def _members(self) -> list[WebSocket[Any]]:
-        return list(self._all)
-
-
-    def _add(self, ws: WebSocket[Any], pattern: str) -> None:
+    def add(self, ws: WebSocket[Any]) -> None:
+        """Register an open connection (the connection does, once ``open`` may run)."""
         self._all[ws] = None
-        self._by_route.setdefault(pattern, {})[ws] = None
+        self._by_route.setdefault(ws.route, {})[ws] = None
 
-    def _discard(self, ws: WebSocket[Any]) -> None:
-        if self._all.pop(ws, 0) is None:
-            members = self._by_route.get(ws.route)
-            if members is not None:
-                members.pop(ws, None)
-                if not members:
-                    del self._by_route[ws.route]
+    def discard(self, ws: WebSocket[Any]) -> bool:
+        """Forget a closed connection; False when it was not registered."""
+        if self._all.pop(ws, 0) is not None:
+            return False
+        members = self._by_route.get(ws.route)
+        if members is not None:
+            members.pop(ws, None)
+            if not members:
+                del self._by_route[ws.route]
+        return True
 
 
 class App(Routes):
     """A harpy application: ``app.ws(path, handlers)`` routes, then ``app.run()``.
 
-    Keyword arguments set the defaults of every route (see ``harpy.options.ROUTE_DEFAULTS``);
-    ``handshake_timeout`` (seconds) and ``max_header_size`` (bytes) bound the upgrade request
-    (408 and 431), and ``shutdown_timeout`` bounds a graceful shutdown.
+    Keyword arguments set the defaults of every route (the fields of
+    :class:`~harpy.app.options.RouteOptions`); ``handshake_timeout`` (seconds) and
+    ``max_header_size`` (bytes) bound the upgrade request (408 and 431), and
+    ``shutdown_timeout`` bounds a graceful shutdown.
 
     ``backplane`` (a :class:`~harpy.pubsub.backplane.Backplane`) shares topics with other
     processes: what is published here also goes to their subscribers, and theirs come here.
@@ -162,10 +141,9 @@ class App(Routes):
         max_connections: int = 0,
         max_connections_per_ip: int = 0,
         backplane: Backplane | None = None,
-        **route_defaults: Any,
+        **route_defaults: Unpack[RouteOptionsKw],
     ) -> None:
         super().__init__()
-        check_options(route_defaults, "App()")
         if handshake_timeout <= 0 or max_header_size < 256 or shutdown_timeout < 0:
             raise ConfigurationError(
                 "handshake_timeout must be > 0, max_header_size >= 256, shutdown_timeout >= 0"
@@ -176,24 +154,26 @@ class App(Routes):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigurationError(f"{name} must be a whole number >= 0 (0: no limit)")
+        #: The options every route starts from.
+        self.defaults = make_options(None, route_defaults, "App()")
         #: Open connections past which an upgrade is refused with 503 (0: no limit).
         self.max_connections = max_connections
         #: Open connections from one address past which an upgrade gets 429 (0: no limit).
         self.max_connections_per_ip = max_connections_per_ip
         self._per_ip: dict[str, int] = {}
-        self._counted = 0  # connections holding a place under the two limits above
-        self._defaults = {name: d for name, (d, _) in ROUTE_DEFAULTS.items()}
-        self._defaults.update(route_defaults)
+        self._admitted = 0  # connections holding a place under the two limits above
         self.handshake_timeout = handshake_timeout
         self.max_header_size = max_header_size
         self.shutdown_timeout = shutdown_timeout
         self._table: RouteTable[Route] = RouteTable()
+        #: The open connections, by route.
         self.connections = Connections()
         #: Carries publications to and from other processes (None: this process only).
         self.backplane = backplane
         self._relay = None if backplane is None else Relay(backplane)
-        self._topics = Groups("_topics") if self._relay is None else self._relay.topics
-        self._rooms = Groups("_rooms")
+        #: The topics (Bun's pub/sub) and the rooms, with their members.
+        self.topic_groups: Groups = Groups() if self._relay is None else self._relay.topics
+        self.room_groups = Groups()
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._server: Server | None = None
@@ -205,62 +185,104 @@ class App(Routes):
     # ----------------------------------------------------------------- routes
 
     def _add(self, spec: RouteSpec) -> None:
-        self._table.add(spec.pattern, Route(spec, self._defaults))
+        self._table.add(spec.pattern, Route(spec, self.defaults))
         self._specs.append(spec)
 
     @property
     def routes(self) -> list[Route]:
         return [route for _, route in self._table]
 
+    def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The route for a raw (still percent-encoded) request path, and its parameters."""
+        return self._table.match(path)
+
+    # ----------------------------------------------------------------- admission
+
+    def admit(self, address: str) -> tuple[int, str, list[tuple[str, str]]] | None:
+        r"""Take a place under ``max_connections`` and ``max_connections_per_ip`` for a new
+        connection from ``address``; the HTTP refusal when there is none.  Every admitted
+        connection is :meth:`release`\ d exactly once."""
+        if self.max_connections and self._admitted >= self.max_connections:
+            return 503, "Too many connections", [("Retry-After", "5")]
+        per_ip = self.max_connections_per_ip
+        if per_ip:
+            if self._per_ip.get(address, 0) >= per_ip:
+                return 429, "Too many connections from this address", []
+            self._per_ip[address] = self._per_ip.get(address, 0) + 1
+        self._admitted += 1
+        return None
+
+    def release(self, address: str) -> None:
+        """Give back the place :meth:`admit` took."""
+        self._admitted -= 1
+        if self.max_connections_per_ip:
+            left = self._per_ip.get(address, 1) - 1
+            if left > 0:
+                self._per_ip[address] = left
+            else:
+                self._per_ip.pop(address, None)
+
+    @property
+    def limits_connections(self) -> bool:
+        """Whether upgrades go through :meth:`admit` (a connection limit is set)."""
+        return bool(self.max_connections or self.max_connections_per_ip)
+
     # ----------------------------------------------------------------- one message to many
 
-    def publish(self, topic: str, data: Any, compress: bool | None = None) -> int:
+    def publish(
+        self, topic: str, data: Any, compress: bool | None = None, *, exclude: object = None
+    ) -> int:
         """Send ``data`` (str: text, bytes: binary, else JSON) to every subscriber of
-        ``topic``; returns how many connections it reached in this process (with a
-        backplane, the message also goes to the other processes, uncounted)."""
-        return self._publish(topic, Message.from_data(data, compress), None)
-
-    def _publish(self, topic: str, message: Message, skip: object) -> int:
+        ``topic`` but ``exclude``; returns how many connections it reached in this process
+        (with a backplane, the message also goes to the other processes, uncounted)."""
+        message = Message.from_data(data, compress)
         if self._relay is not None:
             self._relay.publish(topic, message)
-        return fan_out(self._topics.members(topic), message, skip)
+        return fan_out(self.topic_groups.members(topic), message, exclude)
 
     def subscriber_count(self, topic: str) -> int:
-        return self._topics.count(topic)
+        return self.topic_groups.count(topic)
 
     @property
     def topics(self) -> list[str]:
         """The topics with at least one subscriber."""
-        return self._topics.names()
+        return self.topic_groups.names()
 
     @property
     def rooms(self) -> list[str]:
         """The rooms with at least one member."""
-        return self._rooms.names()
+        return self.room_groups.names()
 
     def room_members(self, room: str) -> list[WebSocket[Any]]:
-        return self._rooms.members(room)
+        return self.room_groups.members(room)
 
     def broadcast(
         self,
         data: Any,
-        rooms: list[str] | tuple[str, ...] | None = None,
+        rooms: Iterable[str] | None = None,
         route: str | None = None,
+        *,
+        compress: bool | None = None,
+        exclude: object = None,
     ) -> int:
         """Send ``data`` to the members of ``rooms`` (each once), or to every connection of
-        ``route``, or to every open connection; returns how many it reached."""
-        message = Message.from_data(data)
+        ``route``, or to every open connection, but ``exclude``; returns how many it reached.
+
+        ``ws.broadcast`` and the automatic broadcast of a route take this same path.
+        """
+        message = Message.from_data(data, compress)
+        receivers: Iterable[WebSocket[Any]]
         if rooms is not None:
             if isinstance(rooms, str):
                 raise TypeError("rooms must be a list of room names, not a string")
-            receivers: Any = self._rooms.union(rooms)
+            receivers = self.room_groups.union(rooms)
             if route is not None:
                 receivers = [ws for ws in receivers if ws.route == route]
         elif route is not None:
             receivers = self.connections.route(route)
         else:
-            receivers = self.connections._members()
-        return fan_out(receivers, message)
+            receivers = self.connections
+        return fan_out(receivers, message, exclude)
 
     @property
     def dropped(self) -> int:
@@ -278,6 +300,22 @@ class App(Routes):
         """Run ``fn()`` (plain or async) after every connection is closed."""
         self._shutdown.append(fn)
         return fn
+
+    async def run_startup_hooks(self) -> None:
+        """Run the startup hooks in order; the first to raise stops the start."""
+        for hook in self._startup:
+            await _maybe_await(hook())
+
+    async def run_shutdown_hooks(self) -> Exception | None:
+        """Run every shutdown hook, logging any that raises; return the first error."""
+        first: Exception | None = None
+        for hook in self._shutdown:
+            try:
+                await _maybe_await(hook())
+            except Exception as exc:
+                logger.exception("harpy: shutdown hook %r failed", hook)
+                first = first or exc
+        return first
 
     # ----------------------------------------------------------------- serving
 
@@ -301,8 +339,7 @@ class App(Routes):
         elif tls_key is not None and tls_cert is None:
             raise ConfigurationError("tls_key given without tls_cert")
         loop = asyncio.get_running_loop()
-        for hook in self._startup:
-            await _maybe_await(hook())
+        await self.run_startup_hooks()
         if self._relay is not None:
             await self._relay.start()
         server = Server(
@@ -338,11 +375,7 @@ class App(Routes):
                 await self._relay.stop()
             except Exception:
                 logger.exception("harpy: stopping the backplane failed")
-        for hook in self._shutdown:
-            try:
-                await _maybe_await(hook())
-            except Exception:
-                logger.exception("harpy: shutdown hook %r failed", hook)
+        await self.run_shutdown_hooks()
         logger.info("harpy: stopped")
 
     async def serve(self, host: str = "127.0.0.1", port: int = 3000, **kwargs: Any) -> None:

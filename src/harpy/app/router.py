@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from ..exceptions import RouteError
-from .options import check_options
+from .options import RouteOptionsKw, check_options
 
 __all__ = ["RouteSpec", "Router", "join_prefix"]
 
@@ -22,7 +22,7 @@ class RouteSpec:
         pattern: str,
         handlers: object,
         data: Callable[[], Any] | None,
-        options: dict[str, Any],
+        options: RouteOptionsKw,
     ) -> None:
         self.pattern = pattern
         self.handlers = handlers
@@ -55,7 +55,7 @@ class Routes:
         handlers: object = None,
         *,
         data: Callable[[], Any] | None = None,
-        **options: Any,
+        **options: Unpack[RouteOptionsKw],
     ) -> Any:
         """Declare a WebSocket route; without ``handlers``, decorate a class or object with them.
 
@@ -80,11 +80,16 @@ class Routes:
     def _add(self, spec: RouteSpec) -> None:
         self._specs.append(spec)
 
+    @property
+    def specs(self) -> list[RouteSpec]:
+        """The routes declared here, in order, as given."""
+        return list(self._specs)
+
     def include(self, router: Router, prefix: str = "") -> None:
         """Mount every route of ``router`` under ``prefix`` (routes are copied now)."""
         if not isinstance(router, Router):
             raise TypeError(f"include() takes a Router, not {type(router).__name__}")
-        for spec in router._specs:
+        for spec in router.specs:
             self._add(spec.with_prefix(prefix))
 
 

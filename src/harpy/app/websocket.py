@@ -1,11 +1,19 @@
-"""The connection object handed to every handler: ``harpy.WebSocket[T]``."""
+"""The connection object handed to every handler: ``harpy.WebSocket[T]``.
+
+``WebSocket`` subclasses the server's :class:`~harpy.server.Connection` (one object per
+connection) and speaks to it at the message level: it decides the upgrade (``accept`` or
+``refuse``), runs the route's handlers on the connection's events, and sends messages.
+
+Its own state is explicit: :class:`Admission` (may the route's handlers run, is it a member of
+the app's connections) and :class:`Dispatch` (is an async handler running, is reading paused).
+Each changes in one method, ``_admit_as`` and ``_dispatch_as``.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import enum
 import inspect
 import itertools
-import json
 import logging
 import os
 from collections import deque
@@ -22,20 +30,17 @@ from ..protocol import (
     OP_TEXT,
     Headers,
     Request,
-    build_frame,
-    check_upgrade,
     is_valid_close_code,
     parse_cookies,
 )
 from ..protocol.deflate import negotiate
-from ..pubsub import Message, fan_out
+from ..protocol.message import encode_data, encode_json
 from ..server import Connection, ReadyState, Server
-from .handlers import Handlers
 
 if TYPE_CHECKING:
     from .app import App, Route
 
-__all__ = ["WebSocket"]
+__all__ = ["Admission", "Dispatch", "WebSocket", "auto_broadcasting"]
 
 logger = logging.getLogger("harpy")
 
@@ -44,6 +49,46 @@ T = TypeVar("T")
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
 _OPEN = ReadyState.OPEN
+
+
+class Admission(enum.Enum):
+    """Where a connection stands with its route; the transitions are in ``_ADMISSION_STEPS``."""
+
+    #: The upgrade is being decided (routing, limits, origin, ``authenticate``).
+    PENDING = "pending"
+    #: Upgraded, but the first message must authenticate before ``open`` runs.
+    AUTHENTICATING = "authenticating"
+    #: ``open`` ran: registered with the app, reached by broadcasts, handlers run.
+    MEMBER = "member"
+    #: Refused by authentication after the 101: closing, and no handler runs.
+    DENIED = "denied"
+    #: A member that closed: unregistered, out of every topic and room; the handlers already
+    #: queued, then ``close``, still run.
+    LEFT = "left"
+
+
+_ADMISSION_STEPS = {
+    Admission.PENDING: {Admission.AUTHENTICATING, Admission.MEMBER, Admission.DENIED},
+    Admission.AUTHENTICATING: {Admission.MEMBER, Admission.DENIED},
+    Admission.MEMBER: {Admission.LEFT},
+    Admission.DENIED: set(),
+    Admission.LEFT: set(),
+}
+
+
+class Dispatch(enum.Enum):
+    """How the connection's handlers run."""
+
+    #: No async handler is running: the next event's handler runs at once.
+    IDLE = "idle"
+    #: An async handler is running: later events wait their turn, in order.
+    RUNNING = "running"
+    #: As RUNNING, with ``max_pending_messages`` waiting: reading is paused until they drain.
+    PAUSED = "paused"
+
+
+_MEMBER = Admission.MEMBER
+_IDLE = Dispatch.IDLE
 
 
 class WebSocket(Connection, Generic[T]):
@@ -55,26 +100,24 @@ class WebSocket(Connection, Generic[T]):
     """
 
     __slots__ = (
+        "_admission",
         "_app",
         "_auth_timer",
-        "_busy",
         "_cookies",
-        "_counted",
+        "_dispatch",
         "_gated",
+        "_groups_at_close",
         "_handlers",
+        "_holds_place",
         "_id",
         "_on_message",
         "_queue",
-        "_reading_paused",
-        "_rooms",
         "_route",
         "_tokens",
         "_tokens_at",
-        "_topics",
         "auth",
         "data",
         "params",
-        "request",
         "subprotocol",
     )
 
@@ -83,20 +126,19 @@ class WebSocket(Connection, Generic[T]):
         self._app = app
         self._route: Route | None = None
         self._handlers: Any = None
-        self._on_message: Callable[..., Any] | None = None  # message handler, as dispatched
+        self._admission = Admission.PENDING
+        self._dispatch = _IDLE
+        # Derived from the two states above by _admit_as, for the per-message path:
+        self._on_message: Callable[..., Any] | None = None  # the message handler, as dispatched
+        self._gated = False  # messages go through the rate limit or first-message auth first
         self._id = ""
-        self._busy = False
-        self._counted = False  # holds a place under max_connections / max_connections_per_ip
-        self._gated = False  # True: messages go through first-message auth or the rate limit
-        self._auth_timer: asyncio.TimerHandle | None = None
+        self._holds_place = False  # a place under max_connections / _per_ip, until closed
+        self._auth_timer: Any = None
         self._tokens = 0.0
         self._tokens_at = 0.0
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
-        self._reading_paused = False
         self._cookies: dict[str, str] | None = None
-        self._topics: set[str] | None = None
-        self._rooms: set[str] | None = None
-        self.request: Request | None = None
+        self._groups_at_close: tuple[frozenset[str], frozenset[str]] | None = None
         self.params: dict[str, str] = {}
         self.data: T = None  # type: ignore[assignment]
         self.auth: Any = None
@@ -115,6 +157,24 @@ class WebSocket(Connection, Generic[T]):
     def route(self) -> str:
         """The pattern of the route this connection matched."""
         return self._route.pattern if self._route is not None else ""
+
+    @property
+    def admission(self) -> Admission:
+        return self._admission
+
+    @property
+    def dispatch(self) -> Dispatch:
+        return self._dispatch
+
+    @property
+    def pending(self) -> int:
+        """Events waiting for a running async handler to finish."""
+        return len(self._queue) if self._queue else 0
+
+    @property
+    def app(self) -> App:
+        """The application this connection belongs to."""
+        return self._app
 
     @property
     def path(self) -> str:
@@ -147,91 +207,62 @@ class WebSocket(Connection, Generic[T]):
     def url(self) -> str:
         """``ws://host/path?query`` (``wss`` over TLS), as the client asked for it."""
         host = (self.request.get("host") if self.request else None) or "localhost"
-        scheme = "wss" if self._tls else "ws"
+        scheme = "wss" if self.tls else "ws"
         target = self.request.target if self.request else "/"
         return f"{scheme}://{host}{target}"
 
-    @property
-    def _tls(self) -> bool:
-        transport = self.transport
-        return transport is not None and transport.get_extra_info("sslcontext") is not None
-
-    @property
-    def remote_address(self) -> str:
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        if isinstance(peer, tuple):
-            return str(peer[0])
-        return str(peer) if peer else ""
-
     # ----------------------------------------------------------------- sending
 
-    def send(self, data: str | bytes | bytearray | memoryview, compress: bool | None = None) -> int:
-        """Send text (``str``) or binary data; returns bytes written, -1 queued, 0 dropped.
+    def send(self, data: Any, compress: bool | None = None) -> int:
+        """Send text (``str``), binary data (bytes-like), or anything else as JSON text;
+        returns bytes written, -1 queued under backpressure, 0 dropped.
 
-        With permessage-deflate negotiated, ``compress=None`` compresses messages of at least
-        the route's ``threshold`` bytes, True always, False never (as Bun's ``compress``).
+        It takes what ``publish`` and ``broadcast`` take.  With permessage-deflate negotiated,
+        ``compress=None`` compresses messages of at least the route's ``threshold`` bytes,
+        True always, False never (as Bun's ``compress``).
         """
         if type(data) is str:
-            payload = data.encode("utf-8")
-            opcode = OP_TEXT
-        elif type(data) is bytes:
-            payload = data
-            opcode = OP_BINARY
-        elif isinstance(data, (bytes, bytearray, memoryview)):
-            payload = bytes(data)
-            opcode = OP_BINARY
-        else:
-            raise TypeError(f"send() takes str or bytes-like data, not {type(data).__name__}")
-        if self._deflate is None:
-            return self._write(build_frame(opcode, payload))
-        return self._send(opcode, payload, compress)
+            return self.send_message(OP_TEXT, data.encode("utf-8"), compress)
+        if type(data) is bytes:
+            return self.send_message(OP_BINARY, data, compress)
+        opcode, payload = encode_data(data)
+        return self.send_message(opcode, payload, compress)
 
     def send_text(self, data: str, compress: bool | None = None) -> int:
         if not isinstance(data, str):
             raise TypeError(f"send_text() takes str, not {type(data).__name__}")
-        return self._send(OP_TEXT, data.encode("utf-8"), compress)
+        return self.send_message(OP_TEXT, data.encode("utf-8"), compress)
 
     def send_binary(
         self, data: bytes | bytearray | memoryview, compress: bool | None = None
     ) -> int:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"send_binary() takes bytes-like data, not {type(data).__name__}")
-        return self._send(OP_BINARY, bytes(data), compress)
+        return self.send_message(OP_BINARY, bytes(data), compress)
 
     def send_json(self, obj: Any, compress: bool | None = None) -> int:
-        """Serialise ``obj`` as compact JSON and send it as text."""
-        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-        return self._send(OP_TEXT, text.encode("utf-8"), compress)
-
-    def _send(self, opcode: int, payload: bytes, compress: bool | None) -> int:
-        codec = self._deflate
-        if codec is None or not codec.wants(len(payload), compress):
-            return self._write(build_frame(opcode, payload))
-        if self.ready_state is not _OPEN:
-            return 0
-        if codec.shareable:
-            return self._write(build_frame(opcode, codec.compress(payload), True))
-        frame = self._own_compressed(opcode, payload)
-        return 0 if frame is None else self._write(frame)
+        """Serialise ``obj`` as compact JSON and send it as text (also for a ``str``)."""
+        return self.send_message(OP_TEXT, encode_json(obj), compress)
 
     def ping(self, data: bytes | str = b"") -> int:
-        return self._write(build_frame(OP_PING, _control_payload(data)))
+        return self.send_control(OP_PING, _control_payload(data))
 
     def pong(self, data: bytes | str = b"") -> int:
-        return self._write(build_frame(OP_PONG, _control_payload(data)))
+        return self.send_control(OP_PONG, _control_payload(data))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; ``close`` runs once the peer answered (or timed out)."""
         if code != 1000 and not is_valid_close_code(code):
-            raise ConfigurationError(f"close code {code} may not be sent (use 1000-1003, "
-                                     "1007-1014 or 3000-4999)")
+            raise ConfigurationError(
+                f"close code {code} may not be sent (use 1000-1003, 1007-1014 or 3000-4999)"
+            )
         if len(reason.encode("utf-8")) > 123:
             raise ConfigurationError("close reason is longer than 123 bytes of UTF-8")
-        self._close(code, reason)
+        super().close(code, reason)
 
     def terminate(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
-        self._abort()
+        self.abort()
 
     def cork(self, fn: Callable[[WebSocket[T]], Any]) -> Any:
         """Run ``fn(ws)``; every send it makes leaves in one write."""
@@ -248,27 +279,26 @@ class WebSocket(Connection, Generic[T]):
 
     def subscribe(self, topic: str) -> bool:
         """Receive what is published to ``topic``; False when already subscribed."""
-        if self.ready_state is not _OPEN:
-            raise InvalidState(f"cannot subscribe: the connection is {self._state_name}")
-        return self._app._topics.add(self, _check_name(topic, "topic"))
+        self._require_open("subscribe")
+        return self._app.topic_groups.add(self, _check_name(topic, "topic"))
 
     def unsubscribe(self, topic: str) -> bool:
         """Stop receiving ``topic``; False when not subscribed."""
-        return self._app._topics.remove(self, topic)
+        return self._app.topic_groups.remove(self, topic)
 
     def is_subscribed(self, topic: str) -> bool:
-        return self._topics is not None and topic in self._topics
+        return topic in self._topics_now()
 
     @property
     def subscriptions(self) -> list[str]:
-        return sorted(self._topics) if self._topics else []
+        return sorted(self._topics_now())
 
     def publish(self, topic: str, data: Any, compress: bool | None = None) -> int:
         """Send ``data`` to every subscriber of ``topic`` but this connection (unless the route
         sets ``publish_to_self``); returns how many connections it reached."""
         route = self._route
-        skip = None if route is not None and route.publish_to_self else self
-        return self._app._publish(topic, Message.from_data(data, compress), skip)
+        exclude = None if route is not None and route.options.publish_to_self else self
+        return self._app.publish(topic, data, compress, exclude=exclude)
 
     def publish_text(self, topic: str, data: str, compress: bool | None = None) -> int:
         if not isinstance(data, str):
@@ -286,164 +316,196 @@ class WebSocket(Connection, Generic[T]):
 
     def join(self, room: str) -> bool:
         """Join ``room``; False when already in it."""
-        if self.ready_state is not _OPEN:
-            raise InvalidState(f"cannot join a room: the connection is {self._state_name}")
-        return self._app._rooms.add(self, _check_name(room, "room"))
+        self._require_open("join a room")
+        return self._app.room_groups.add(self, _check_name(room, "room"))
 
     def leave(self, room: str) -> bool:
         """Leave ``room``; False when not in it."""
-        return self._app._rooms.remove(self, room)
+        return self._app.room_groups.remove(self, room)
 
     def in_room(self, room: str) -> bool:
-        return self._rooms is not None and room in self._rooms
+        return room in self.rooms
 
     @property
     def rooms(self) -> frozenset[str]:
-        return frozenset(self._rooms) if self._rooms else frozenset()
+        """The rooms this connection is in (in a ``close`` handler: was in)."""
+        if self._groups_at_close is not None:
+            return self._groups_at_close[1]
+        return self._app.room_groups.of(self)
 
     def broadcast(
         self,
         data: Any,
-        rooms: list[str] | tuple[str, ...] | None = None,
+        rooms: Iterable[str] | None = None,
         include_self: bool = False,
+        compress: bool | None = None,
     ) -> int:
         """Send ``data`` to the members of ``rooms`` (each once), or without rooms to every
         connection of this route; the sender only with ``include_self``. Returns the count."""
-        app = self._app
-        message = Message.from_data(data)
-        skip = None if include_self else self
-        receivers: Iterable[WebSocket[Any]]
-        if rooms is None:
-            receivers = app.connections.route(self.route)
-        else:
-            receivers = app._rooms.union(_room_list(rooms))
-        return fan_out(receivers, message, skip)
+        return self._app.broadcast(
+            data,
+            rooms=rooms,
+            route=self.route if rooms is None else None,
+            compress=compress,
+            exclude=None if include_self else self,
+        )
 
-    @property
-    def _state_name(self) -> str:
-        return ReadyState(self.ready_state).name
+    def _topics_now(self) -> frozenset[str]:
+        if self._groups_at_close is not None:
+            return self._groups_at_close[0]
+        return self._app.topic_groups.of(self)
 
-    # ----------------------------------------------------------------- handshake hook
+    def _require_open(self, action: str) -> None:
+        if self.ready_state is not _OPEN:
+            state = ReadyState(self.ready_state).name
+            raise InvalidState(f"cannot {action}: the connection is {state}")
+
+    # ----------------------------------------------------------------- the two state machines
+
+    def _admit_as(self, admission: Admission) -> None:
+        """The one place the admission changes; it also sets what messages go through."""
+        if admission not in _ADMISSION_STEPS[self._admission]:
+            raise InvalidState(
+                f"connection {self.id}: cannot go from {self._admission.value} "
+                f"to {admission.value}"
+            )
+        self._admission = admission
+        route = self._route
+        if admission is Admission.MEMBER:
+            assert route is not None
+            self._gated = route.options.rate_limit > 0
+            self._on_message = route.on_message
+        elif admission is Admission.AUTHENTICATING:
+            self._gated = True
+        elif admission is Admission.DENIED:
+            self._gated = False
+            self._on_message = None
+
+    def _dispatch_as(self, dispatch: Dispatch) -> None:
+        """The one place the dispatch state changes; reading pauses and resumes with it."""
+        paused = Dispatch.PAUSED
+        was = self._dispatch
+        self._dispatch = dispatch
+        if dispatch is paused and was is not paused:
+            self.pause_reading()
+        elif was is paused and dispatch is not paused and self.ready_state is _OPEN:
+            self.resume_reading()
+
+    def _handler(self, name: str) -> Callable[..., Any] | None:
+        """The route's handler ``name``; none runs for a connection that never was a member."""
+        if self._admission is not _MEMBER and self._admission is not Admission.LEFT:
+            return None
+        fn: Callable[..., Any] | None = getattr(self._handlers, name)
+        return fn
+
+    # ----------------------------------------------------------------- the upgrade
 
     def _handle_request(self, request: Request) -> None:
         app = self._app
-        match = app._table.match(request.path)
+        match = app.match(request.path)
         if match is None:
-            self._refuse(404, "Not Found")
+            self.refuse(404, "Not Found")
             return
         route, params = match
         try:
-            key = check_upgrade(request)
+            self.check_upgrade()
         except HandshakeError as exc:
-            self._refuse(exc.status, exc.reason, exc.headers)
+            self.refuse(exc.status, exc.reason, exc.headers)
             return
-        self.request = request
         self.params = params
         self._route = route
         self._handlers = route.handlers
-        if app.max_connections or app.max_connections_per_ip:
+        if app.limits_connections:
             # A place is taken now, before any authenticate hook awaits, so upgrades waiting
             # at the same time cannot all pass the limit; it is given back when the socket
             # closes.
-            if app.max_connections and app._counted >= app.max_connections:
-                self._refuse(503, "Too many connections", [("Retry-After", "5")])
+            refusal = app.admit(self.remote_address)
+            if refusal is not None:
+                self.refuse(*refusal)
                 return
-            ip = self.remote_address
-            per_ip = app.max_connections_per_ip
-            if per_ip and app._per_ip.get(ip, 0) >= per_ip:
-                self._refuse(429, "Too many connections from this address")
-                return
-            self._counted = True
-            app._counted += 1
-            if per_ip:
-                app._per_ip[ip] = app._per_ip.get(ip, 0) + 1
+            self._holds_place = True
         if route.allowed_origins is not None:
             origin = request.get("origin")
             if origin is not None and origin.rstrip("/").lower() not in route.allowed_origins:
-                self._refuse(403, "Origin not allowed")
+                self.refuse(403, "Origin not allowed")
                 return
         if route.subprotocols:
             offered = request.tokens_cased("sec-websocket-protocol")
             self.subprotocol = next((p for p in offered if p in route.subprotocols), None)
-            if self.subprotocol is None and route.require_subprotocol:
-                self._refuse(400, "No supported subprotocol")
+            if self.subprotocol is None and route.options.require_subprotocol:
+                self.refuse(400, "No supported subprotocol")
                 return
         hook = route.authenticate
         if hook is None:
-            self._upgrade(key, None)
+            self._upgrade(None)
             return
         try:
             result = hook(UpgradeRequest(self))
         except Exception as exc:  # noqa: BLE001
-            self._auth_failed(exc, key)
+            self._auth_failed(exc)
             return
         if inspect.isawaitable(result):
             # The upgrade waits for the hook: stop reading meanwhile (the handshake timeout
             # still bounds it).
-            if self.transport is not None:
-                self.transport.pause_reading()
-            self._server.loop.create_task(self._await_auth(result, key))
+            self.pause_reading()
+            self._server.loop.create_task(self._await_auth(result))
             return
-        self._auth_done(result, key)
+        self._auth_done(result)
 
-    async def _await_auth(self, awaitable: Any, key: str) -> None:
+    async def _await_auth(self, awaitable: Any) -> None:
         try:
             result = await awaitable
         except Exception as exc:  # noqa: BLE001
-            self._auth_failed(exc, key)
+            self._auth_failed(exc)
             return
-        if self.transport is not None and self.ready_state is ReadyState.CONNECTING:
-            self.transport.resume_reading()
-        self._auth_done(result, key)
+        if self.ready_state is ReadyState.CONNECTING:
+            self.resume_reading()
+        self._auth_done(result)
 
-    def _auth_done(self, result: Any, key: str) -> None:
+    def _auth_done(self, result: Any) -> None:
         if isinstance(result, (HandshakeError, Deny)):  # returned instead of raised
-            self._auth_failed(result, key)
+            self._auth_failed(result)
             return
         try:
             accepted, data, deny = interpret(result)
         except ConfigurationError as exc:
-            self._auth_failed(exc, key)
+            self._auth_failed(exc)
             return
         if not accepted:
-            self._refuse(401, "Unauthorized")
+            self.refuse(401, "Unauthorized")
             return
         self.auth = data
-        self._upgrade(key, deny)
+        self._upgrade(deny)
 
-    def _auth_failed(self, exc: BaseException, key: str) -> None:
+    def _auth_failed(self, exc: BaseException) -> None:
         if isinstance(exc, HandshakeError):  # Reject(status, reason)
-            self._refuse(exc.status, exc.reason, exc.headers)
+            self.refuse(exc.status, exc.reason, exc.headers)
         elif isinstance(exc, Deny):
-            self._upgrade(key, exc)
+            self._upgrade(exc)
         else:
             logger.error(
                 "harpy: authenticate hook of route %s raised",
                 self.route,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
-            self._refuse(500, "Internal Server Error")
+            self.refuse(500, "Internal Server Error")
 
-    def _upgrade(self, key: str, deny: Deny | None) -> None:
+    def _upgrade(self, deny: Deny | None) -> None:
         """Answer 101; a denied connection is closed at once, without its handlers."""
         route = self._route
-        assert route is not None
         request = self.request
-        assert request is not None
-        transport = self.transport
-        if self.ready_state is not ReadyState.CONNECTING or transport is None:
+        assert route is not None and request is not None
+        if self.ready_state is not ReadyState.CONNECTING:
             return  # answered meanwhile (408 after a slow hook, or shutting down)
-        if transport.is_closing():
-            return
         if deny is None:
             try:
                 self.data = route.make_data(self)
             except Exception:
                 logger.exception("harpy: data factory of route %s failed", route.pattern)
-                self._refuse(500, "Internal Server Error")
+                self.refuse(500, "Internal Server Error")
                 return
         else:
-            self._handlers = _NO_HANDLERS
+            self._admit_as(Admission.DENIED)
         headers: list[tuple[str, str]] = []
         if self.subprotocol is not None:
             headers.append(("Sec-WebSocket-Protocol", self.subprotocol))
@@ -455,48 +517,46 @@ class WebSocket(Connection, Generic[T]):
                 if agreed is not None:
                     headers.append(("Sec-WebSocket-Extensions", agreed[0]))
                     codec = agreed[1]
-        self._accept(key, headers, route.limits, codec)
+        self.accept(headers, route.options, codec)
         if deny is not None:
-            self._close(deny.code, deny.reason)
+            self.close(deny.code, deny.reason)
 
     # ----------------------------------------------------------------- event hooks
 
     def _handle_open(self) -> None:
         route = self._route
         assert route is not None
-        if self._handlers is _NO_HANDLERS:
+        if self._admission is Admission.DENIED:
             return  # denied by authenticate: closing at once
-        if route.rate_limit > 0:
-            self._gated = True
+        if route.options.rate_limit > 0:
             self._tokens = route.rate_burst
             self._tokens_at = self._last_seen
         verifier = route.first_message_auth
         if verifier is not None:
             # Not a member of anything (connections, rooms, broadcasts) until authenticated;
             # open() runs then.
-            self._gated = True
+            self._admit_as(Admission.AUTHENTICATING)
             self._auth_timer = self._server.loop.call_later(verifier.timeout, self._auth_timeout)
             return
-        self._register()
+        self._become_member()
         fn = self._handlers.open
         if fn is not None:
             self._call(fn, ())
 
-    def _register(self) -> None:
+    def _become_member(self) -> None:
         """Join the app's connections (and the default room): broadcasts reach it from now."""
         route = self._route
         assert route is not None
-        self._app.connections._add(self, route.pattern)
-        if route.default_room is not None:
-            self._app._rooms.add(self, route.default_room)
-        message = self._handlers.message
-        self._on_message = _message_and_broadcast if route.auto_broadcast else message
+        self._admit_as(Admission.MEMBER)
+        self._app.connections.add(self)
+        if route.options.default_room is not None:
+            self._app.room_groups.add(self, route.options.default_room)
 
     def _handle_message(self, message: str | bytes) -> None:
         if self._gated and not self._pass_gate(message):
             return
-        if self._busy:  # behind a running async handler (or first-message auth)
-            self._enqueue(_deliver, (message,))
+        if self._dispatch is not _IDLE:  # behind a running async handler (or first-message auth)
+            self._enqueue(self._receive_queued, (message,))
             return
         fn = self._on_message
         if fn is not None:
@@ -512,89 +572,91 @@ class WebSocket(Connection, Generic[T]):
         """Rate limit, then first-message authentication; False: the message stops here."""
         route = self._route
         assert route is not None
-        if route.rate_limit > 0:
+        rate = route.options.rate_limit
+        if rate > 0:
             # Token bucket: rate_limit tokens a second, at most rate_burst saved up.
             now = self._last_seen
-            refill = (now - self._tokens_at) * route.rate_limit
+            refill = (now - self._tokens_at) * rate
             tokens = min(route.rate_burst, self._tokens + refill)
             self._tokens_at = now
             if tokens < 1.0:
-                self._close(1008, "Rate limit exceeded")
+                self.close(1008, "Rate limit exceeded")
                 return False
             self._tokens = tokens - 1.0
-        if self._auth_timer is not None:
+        if self._admission is Admission.AUTHENTICATING and self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-            self._gated = route.rate_limit > 0
-            self._call(_verify_first_message, (message,))
+            self._run(self._verify, (message,))
             return False
         return True
 
     def _auth_timeout(self) -> None:
         self._auth_timer = None
-        self._handlers = _NO_HANDLERS
-        self._on_message = None
-        self._close(1008, "Auth Timeout")
+        self._deny(1008, "Auth Timeout")
+
+    def _deny(self, code: int, reason: str) -> None:
+        """Authentication failed after the 101: no handler runs; close with ``code``."""
+        if self._admission is Admission.AUTHENTICATING:
+            self._admit_as(Admission.DENIED)
+        self.close(code, reason)
 
     def _handle_ping(self, data: bytes) -> None:
-        fn = self._handlers.ping
+        fn = self._handler("ping")
         if fn is not None:
             self._call(fn, (data,))
 
     def _handle_pong(self, data: bytes) -> None:
-        fn = self._handlers.pong
+        fn = self._handler("pong")
         if fn is not None:
             self._call(fn, (data,))
 
     def _handle_drain(self) -> None:
-        fn = self._handlers.drain
+        fn = self._handler("drain")
         if fn is not None:
             self._call(fn, ())
+
+    def _handle_protocol_error(self, exc: ProtocolError) -> None:
+        fn = self._handler("error")
+        if fn is not None:
+            self._call(fn, (exc,))
 
     def _handle_closed(self, code: int, reason: str) -> None:
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
+        if self._admission is not _MEMBER:
+            return  # never opened (denied, or first-message auth never passed)
+        fn = self._handlers.close
+        self._admit_as(Admission.LEFT)
         app = self._app
-        if self not in app.connections:
-            return  # never opened (denied)
-        app.connections._discard(self)
-        if self._topics:
-            app._topics.remove_all(self)
-        if self._rooms:
-            app._rooms.remove_all(self)
-        fn = self._handlers.close if self._handlers is not None else None
+        app.connections.discard(self)
+        # Out of every group now; the close handler still reads what they were.
+        self._groups_at_close = (
+            app.topic_groups.remove_all(self),
+            app.room_groups.remove_all(self),
+        )
         if fn is not None:
             self._call(fn, (code, reason))
 
-    def _handle_protocol_error(self, exc: ProtocolError) -> None:
-        fn = self._handlers.error if self._handlers is not None else None
-        if fn is not None:
-            self._call(fn, (exc,))
-
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if self._counted:
-            self._counted = False
-            app = self._app
-            app._counted -= 1
-            if app.max_connections_per_ip:
-                ip = self.remote_address
-                left = app._per_ip.get(ip, 1) - 1
-                if left > 0:
-                    app._per_ip[ip] = left
-                else:
-                    app._per_ip.pop(ip, None)
+        if self._holds_place:
+            self._holds_place = False
+            self._app.release(self.remote_address)
 
     # ----------------------------------------------------------------- dispatch
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        """Run a handler now, or after the ones before it when an async one is running."""
-        if self._busy:
+        """Run a route handler, ``fn(ws, *args)``, in its turn."""
+        self._run(fn, (self, *args))
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Run ``fn(*args)`` now, or after the ones before it when an async one is running."""
+        if self._dispatch is not _IDLE:
             self._enqueue(fn, args)
             return
         try:
-            result = fn(self, *args)
+            result = fn(*args)
         except Exception as exc:  # noqa: BLE001
             self._handler_failed(exc)
             return
@@ -609,17 +671,15 @@ class WebSocket(Connection, Generic[T]):
         route = self._route
         if (
             route is not None
-            and len(queue) >= route.max_pending_messages
-            and not self._reading_paused
-            and self.transport is not None
+            and len(queue) >= route.options.max_pending_messages
+            and self._dispatch is Dispatch.RUNNING
             and self.ready_state is _OPEN
         ):
             # Read-side backpressure: stop reading until the handlers catch up.
-            self._reading_paused = True
-            self.transport.pause_reading()
+            self._dispatch_as(Dispatch.PAUSED)
 
     def _start_async(self, awaitable: Any) -> None:
-        self._busy = True
+        self._dispatch_as(Dispatch.RUNNING)
         self._server.loop.create_task(self._run_queue(awaitable))
 
     async def _run_queue(self, first: Any) -> None:
@@ -630,30 +690,24 @@ class WebSocket(Connection, Generic[T]):
         queue = self._queue
         while queue:
             fn, args = queue.popleft()
-            if self._reading_paused and len(queue) <= self._resume_at():
-                self._reading_paused = False
-                if self.transport is not None and self.ready_state is _OPEN:
-                    self.transport.resume_reading()
+            if self._dispatch is Dispatch.PAUSED and len(queue) <= self._resume_at():
+                self._dispatch_as(Dispatch.RUNNING)
             try:
-                result = fn(self, *args)
+                result = fn(*args)
                 if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:  # noqa: BLE001
                 self._handler_failed(exc)
-        self._busy = False
-        if self._reading_paused:
-            self._reading_paused = False
-            if self.transport is not None and self.ready_state is _OPEN:
-                self.transport.resume_reading()
+        self._dispatch_as(_IDLE)
 
     def _resume_at(self) -> int:
         route = self._route
-        return route.max_pending_messages // 4 if route is not None else 0
+        return route.options.max_pending_messages // 4 if route is not None else 0
 
     def _handler_failed(self, exc: BaseException) -> None:
         """A handler raised: ``error(ws, exc)`` decides, else log and close with 1011."""
-        fn = self._handlers.error if self._handlers is not None else None
-        if fn is not None and not isinstance(exc, _ErrorHandlerFailed):
+        fn = self._handler("error") if not isinstance(exc, _ErrorHandlerFailed) else None
+        if fn is not None:
             try:
                 result = fn(self, exc)
                 if result is not None and inspect.isawaitable(result):
@@ -667,7 +721,7 @@ class WebSocket(Connection, Generic[T]):
             exc_info=(type(exc), exc, exc.__traceback__),
         )
         if self.ready_state is _OPEN:
-            self._close(1011, "Internal error")
+            self.close(1011, "Internal error")
 
     async def _await_error_handler(self, awaitable: Any) -> None:
         try:
@@ -675,83 +729,69 @@ class WebSocket(Connection, Generic[T]):
         except Exception as exc:  # noqa: BLE001
             self._handler_failed(_ErrorHandlerFailed(exc))
 
+    async def _verify(self, message: str | bytes) -> None:
+        """First-message auth: keep the verifier's result on ``auth``, then run ``open``."""
+        route = self._route
+        assert route is not None and route.first_message_auth is not None
+        try:
+            result = route.first_message_auth.verify(message)
+            if inspect.isawaitable(result):
+                result = await result
+        except Deny as exc:
+            self._deny(exc.code, exc.reason)
+            return
+        except Exception:
+            logger.exception("harpy: first-message verifier of route %s raised", self.route)
+            self._deny(1011, "Internal error")
+            return
+        self.auth = result
+        if self.ready_state is _OPEN:
+            # open() runs here, in this queue slot, so messages queued behind the token wait
+            # for it.
+            self._become_member()
+            fn = self._handlers.open
+            if fn is not None:
+                try:
+                    opened = fn(self)
+                    if inspect.isawaitable(opened):
+                        await opened
+                except Exception as exc:  # noqa: BLE001
+                    self._handler_failed(exc)
+
+    def _receive_queued(self, message: str | bytes) -> Any:
+        """A queued message: the handler is looked up when its turn comes (auth may have
+        failed meanwhile)."""
+        fn = self._on_message
+        return fn(self, message) if fn is not None else None
+
     def __repr__(self) -> str:
         state = ReadyState(self.ready_state).name
         return f"<WebSocket {self.id} {self.path or '-'} {state}>"
 
 
-def _deliver(ws: WebSocket[Any], message: str | bytes) -> Any:
-    """A queued message: the handler is looked up when its turn comes (auth may have failed)."""
-    fn = ws._on_message
-    return fn(ws, message) if fn is not None else None
+def auto_broadcasting(handler: Callable[..., Any] | None) -> Callable[..., Any]:
+    """``handler`` (if any), then, unless it raised, Harpia's automatic broadcast of the
+    message to every other open connection of the app."""
 
+    def message_and_broadcast(ws: WebSocket[Any], message: str | bytes) -> Any:
+        result = handler(ws, message) if handler is not None else None
+        if result is not None and inspect.isawaitable(result):
+            return _await_then_broadcast(ws, result, message)
+        ws.app.broadcast(message, exclude=ws)
+        return None
 
-def _message_and_broadcast(ws: WebSocket[Any], message: str | bytes) -> Any:
-    """The message handler (if any), then, unless it raised, Harpia's automatic broadcast."""
-    fn = ws._handlers.message
-    result = fn(ws, message) if fn is not None else None
-    if result is not None and inspect.isawaitable(result):
-        return _await_then_broadcast(ws, result, message)
-    _auto_broadcast(ws, message)
-    return None
+    return message_and_broadcast
 
 
 async def _await_then_broadcast(ws: WebSocket[Any], awaitable: Any, message: str | bytes) -> None:
     await awaitable
-    _auto_broadcast(ws, message)
-
-
-async def _verify_first_message(ws: WebSocket[Any], message: str | bytes) -> None:
-    """First-message auth: keep the verifier's result on ``ws.auth``, then run ``open``."""
-    route = ws._route
-    assert route is not None and route.first_message_auth is not None
-    try:
-        result = route.first_message_auth.verify(message)
-        if inspect.isawaitable(result):
-            result = await result
-    except Deny as exc:
-        ws._handlers = _NO_HANDLERS
-        ws._on_message = None
-        ws._close(exc.code, exc.reason)
-        return
-    except Exception:
-        logger.exception("harpy: first-message verifier of route %s raised", ws.route)
-        ws._handlers = _NO_HANDLERS
-        ws._on_message = None
-        ws._close(1011, "Internal error")
-        return
-    ws.auth = result
-    if ws.ready_state is _OPEN:
-        # open() runs here, in this queue slot, so messages queued behind the token wait for it.
-        ws._register()
-        fn = ws._handlers.open
-        if fn is not None:
-            try:
-                opened = fn(ws)
-                if inspect.isawaitable(opened):
-                    await opened
-            except Exception as exc:  # noqa: BLE001
-                ws._handler_failed(exc)
-
-
-def _auto_broadcast(ws: WebSocket[Any], message: str | bytes) -> None:
-    """Harpia's automatic broadcast: after the handler, to every other open connection."""
-    fan_out(ws._app.connections._members(), Message.from_data(message), ws)
+    ws.app.broadcast(message, exclude=ws)
 
 
 def _check_name(name: str, kind: str) -> str:
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"a {kind} name must be a non-empty string, not {name!r}")
     return name
-
-
-def _room_list(rooms: Any) -> list[str]:
-    if isinstance(rooms, str):
-        raise TypeError("rooms must be a list of room names, not a string")
-    return list(rooms)
-
-
-_NO_HANDLERS = Handlers(None, {})
 
 
 class _ErrorHandlerFailed(Exception):
@@ -763,4 +803,3 @@ def _control_payload(data: bytes | str) -> bytes:
     if len(payload) > 125:
         raise ConfigurationError("ping/pong payload is longer than 125 bytes")  # RFC 6455 5.5
     return payload
-

@@ -30,6 +30,9 @@ _CORE_NAMES = (
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "ST_CLOSED",
+    "ST_CLOSING",
+    "ST_OPEN",
     "FrameReader",
     "build_close",
     "build_frame",
@@ -62,6 +65,9 @@ if TYPE_CHECKING:
         OP_PING,
         OP_PONG,
         OP_TEXT,
+        ST_CLOSED,
+        ST_CLOSING,
+        ST_OPEN,
         FrameReader,
         build_close,
         build_frame,
@@ -71,6 +77,7 @@ if TYPE_CHECKING:
 else:
     globals().update({name: getattr(_impl, name) for name in _CORE_NAMES})
 
+from .message import Message  # noqa: E402  (frames with the core chosen above)
 
 __all__ = [
     "COMPILED",
@@ -81,8 +88,12 @@ __all__ = [
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "ST_CLOSED",
+    "ST_CLOSING",
+    "ST_OPEN",
     "FrameReader",
     "Headers",
+    "Message",
     "Request",
     "accept_key",
     "build_accept",

@@ -9,7 +9,13 @@ cdef bytes _unmask(bytes data, Py_ssize_t start, Py_ssize_t end)
 cdef class FrameReader:
     cdef public object inflater
     cdef public Py_ssize_t max_message_size
-    cdef public bint peer_closed
+    cdef public bint client
+    cdef public int state
+    cdef public bint close_sent
+    cdef public bint close_received
+    cdef public int close_code
+    cdef public str close_reason
+    cdef bytes _out
     cdef list _buf
     cdef Py_ssize_t _have
     cdef Py_ssize_t _need
@@ -24,8 +30,12 @@ cdef class FrameReader:
                    length=Py_ssize_t, hlen=Py_ssize_t, opcode=int,
                    pstart=Py_ssize_t, fin=int, rsv=int, compressed=bint, max_size=Py_ssize_t,
                    events=list, payload=bytes, op_text=int, op_binary=int,
-                   op_cont=int, op_close=int)
+                   op_cont=int, op_close=int, client=bint, keylen=Py_ssize_t)
     cpdef list feed(self, bytes data)
+    cpdef bytes send_close(self, int code=*, str reason=*)
+    cpdef bytes data_to_send(self)
+    cdef bytes _close_frame(self, int code, str reason)
+    cdef void _stop(self)
     cdef list _close_event(self, list events, bytes payload)
     cdef list _too_big(self, list events)
     cdef list _fail(self, list events, str message, int code=*)

@@ -10,12 +10,21 @@ Events returned by :meth:`FrameReader.feed` are ``(kind, value)`` tuples:
 * ``(OP_PING, bytes)`` and ``(OP_PONG, bytes)``;
 * ``(OP_CLOSE, (code, reason))``: 1005 when the frame carried no code (RFC 6455 7.1.5);
 * ``(EV_ERROR, ProtocolError)``: the peer broke the protocol; the error's ``code`` is the close
-  code to fail the connection with. The reader accepts nothing after it.
+  code the connection fails with.
+
+The reader also holds the closing handshake (RFC 6455 section 7), so that every transition of it
+is decided here, from bytes alone: ``state`` goes ``ST_OPEN`` -> ``ST_CLOSING`` (our close frame
+is sent, the peer's awaited) -> ``ST_CLOSED`` (both sent, or the connection failed on the peer's
+close: the TCP connection is to be closed now).  A close frame the endpoint must send in answer
+(the echo of the peer's close, or the close that fails the connection) is made here too and
+handed out by :meth:`FrameReader.data_to_send`.  Once our close frame is sent, messages and
+pings are no longer reported; pongs and the peer's close still are.
 """
 
 from __future__ import annotations
 
 import codecs
+import os
 from typing import Any
 
 from ..exceptions import PayloadTooBig, ProtocolError
@@ -35,6 +44,9 @@ __all__ = [
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "ST_CLOSED",
+    "ST_CLOSING",
+    "ST_OPEN",
     "FrameReader",
     "build_close",
     "build_frame",
@@ -49,6 +61,14 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 EV_ERROR = -1
+
+# The closing handshake's states, numbered as the browser's and Bun's ``readyState``.
+ST_OPEN = 1
+ST_CLOSING = 2
+ST_CLOSED = 3
+
+#: The fixed reason sent with the close that fails a connection: never the error's own text.
+_FAIL_REASONS = {1007: "Invalid payload data", 1009: "Message too big"}
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 # No frame may announce more than this, whatever max_message_size says (0 included): far past
@@ -118,11 +138,12 @@ def build_close(code: int = 1000, reason: str = "") -> bytes:
 
 
 class FrameReader:
-    """Turns the bytes a client sends into events.
+    """Turns the bytes a peer sends into events, and keeps the closing handshake's state.
 
     ``max_message_size`` bounds a whole message, compressed or not (0: no bound).  ``inflater``
     is the connection's permessage-deflate codec, or None when the extension is not in use: any
-    reserved bit is then a protocol error (RFC 6455 5.2).
+    reserved bit is then a protocol error (RFC 6455 5.2).  A server reads masked client frames;
+    with ``client=True`` the reader is a client's and reads unmasked server frames (5.1).
     """
 
     __slots__ = (
@@ -135,16 +156,33 @@ class FrameReader:
         "_frag_size",
         "_have",
         "_need",
+        "_out",
+        "client",
+        "close_code",
+        "close_reason",
+        "close_received",
+        "close_sent",
         "inflater",
         "max_message_size",
-        "peer_closed",
+        "state",
     )
 
-    def __init__(self, max_message_size: int = 16 * 1024 * 1024, inflater: Any = None) -> None:
+    def __init__(
+        self, max_message_size: int = 16 * 1024 * 1024, inflater: Any = None, client: bool = False
+    ) -> None:
         self.max_message_size = max_message_size
         self.inflater = inflater
-        #: True once a close frame arrived, valid or not: the peer sends nothing after it.
-        self.peer_closed = False
+        self.client = client
+        #: ST_OPEN, ST_CLOSING or ST_CLOSED (see the module docstring).
+        self.state = ST_OPEN
+        #: Our close frame was made (by :meth:`send_close`, or in answer, or to fail).
+        self.close_sent = False
+        #: A close frame arrived, valid or not: the peer sends nothing after it.
+        self.close_received = False
+        #: The peer's close code (1005: its frame had none; 1006: no close frame arrived).
+        self.close_code = 1006
+        self.close_reason = ""
+        self._out = b""
         self._buf: list[bytes] = []
         self._have = 0
         self._need = 0
@@ -155,6 +193,34 @@ class FrameReader:
         self._frag_compressed = False
         self._frag_decoder: Any = None
 
+    # ----------------------------------------------------------------- the closing handshake
+
+    def send_close(self, code: int = 1000, reason: str = "") -> bytes:
+        """Start the closing handshake (RFC 6455 7.1.2): the close frame to send, or ``b""``
+        when one was sent already.  After the peer's close, this completes the handshake."""
+        if self.close_sent:
+            return b""
+        self.close_sent = True
+        self.state = ST_CLOSED if self.close_received else ST_CLOSING
+        return self._close_frame(code, reason)
+
+    def data_to_send(self) -> bytes:
+        """The close frame the reader made in answer to what it read, once; ``b""`` if none."""
+        out = self._out
+        self._out = b""
+        return out
+
+    def _close_frame(self, code: int, reason: str) -> bytes:
+        frame = build_close(code, reason)
+        if self.client:
+            # RFC 6455 5.3: a client masks every frame, with a fresh unpredictable key.
+            key = os.urandom(4)
+            masked = _unmask(key + frame[2:], 4, len(frame) + 2)
+            return bytes((frame[0], frame[1] | 0x80)) + key + masked
+        return frame
+
+    # ----------------------------------------------------------------- reading
+
     def feed(self, data: bytes) -> list[tuple[int, Any]]:
         """Parse ``data`` (appended to what is left from earlier calls) into events."""
         events: list[tuple[int, Any]] = []
@@ -163,6 +229,7 @@ class FrameReader:
         op_binary = OP_BINARY
         op_cont = OP_CONT
         op_close = OP_CLOSE
+        client = self.client
         if self._failed:
             return events
         if self._buf:
@@ -178,6 +245,7 @@ class FrameReader:
         need = 0
         pos = 0
         max_size = self.max_message_size
+        keylen = 0 if client else 4
         while end - pos >= 2:
             b0 = data[pos]
             b1 = data[pos + 1]
@@ -196,7 +264,10 @@ class FrameReader:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 hlen = 10
             opcode = b0 & 0x0F
-            if not b1 & 0x80:
+            if client:
+                if b1 & 0x80:
+                    return self._fail(events, "server frame is masked")  # RFC 6455 5.1
+            elif not b1 & 0x80:
                 return self._fail(events, "client frame is not masked")  # RFC 6455 5.1
             # Judge the header before waiting for the payload: a frame that can never be valid
             # is never buffered, and a huge announced length never reaches the arithmetic.
@@ -205,18 +276,18 @@ class FrameReader:
                     return self._fail(events, f"unknown opcode {opcode}")
                 if length > 125:  # RFC 6455 5.5
                     if opcode == op_close:
-                        self.peer_closed = True
+                        self.close_received = True
                     return self._fail(events, "control frame payload over 125 bytes")
             elif opcode > 2:
                 return self._fail(events, f"unknown opcode {opcode}")
             elif (max_size and length > max_size) or length > _MAX_FRAME:
                 return self._too_big(events)
-            if end - pos < hlen + 4 + length:
-                need = hlen + 4 + length
+            if end - pos < hlen + keylen + length:
+                need = hlen + keylen + length
                 break
-            pstart = pos + hlen + 4  # after the 4-byte masking key
+            pstart = pos + hlen + keylen  # after the 4-byte masking key of a client frame
             pos = pstart + length
-            payload = _unmask(data, pstart, pos)
+            payload = data[pstart:pos] if client else _unmask(data, pstart, pos)
             fin = b0 & 0x80
             rsv = b0 & 0x70
             if opcode == op_text or opcode == op_binary:
@@ -233,6 +304,8 @@ class FrameReader:
                             payload = self.inflater.decompress(payload, max_size)
                         except ProtocolError as exc:
                             return self._error(events, exc)
+                    if self.close_sent:
+                        continue  # closing: messages are no longer delivered
                     if opcode == op_text:
                         try:
                             events.append((op_text, payload.decode("utf-8")))
@@ -277,6 +350,8 @@ class FrameReader:
                             whole = self.inflater.decompress(whole, max_size)
                         except ProtocolError as exc:
                             return self._error(events, exc)
+                    if self.close_sent:
+                        continue
                     if opcode == op_text:
                         try:
                             events.append((op_text, whole.decode("utf-8")))
@@ -288,13 +363,15 @@ class FrameReader:
                 # RFC 6455 5.5: control frames are final, short (checked above), and carry no
                 # reserved bits.
                 if opcode == op_close:
-                    self.peer_closed = True
+                    self.close_received = True
                 if not fin:
                     return self._fail(events, "fragmented control frame")
                 if rsv:
                     return self._fail(events, "reserved bits set on a control frame")
                 if opcode == op_close:
                     return self._close_event(events, payload)
+                if opcode == OP_PING and self.close_sent:
+                    continue  # closing: no pong is owed (RFC 6455 5.5.2 ends with the close)
                 events.append((opcode, payload))
         if pos < end:
             rest = data[pos:] if pos else data
@@ -305,20 +382,28 @@ class FrameReader:
 
     def _close_event(self, events: list[tuple[int, Any]], payload: bytes) -> list[tuple[int, Any]]:
         # RFC 6455 5.5.1: an optional 2-byte code, then a UTF-8 reason.  Nothing is read after it.
-        self._failed = True
-        self.peer_closed = True
         if not payload:
-            events.append((OP_CLOSE, (1005, "")))
-            return events
-        if len(payload) == 1:
-            return self._fail(events, "close frame with a 1-byte payload")
-        code = (payload[0] << 8) | payload[1]
-        if not is_valid_close_code(code):
-            return self._fail(events, f"invalid close code {code}")
-        try:
-            reason = payload[2:].decode("utf-8")
-        except UnicodeDecodeError:
-            return self._fail(events, "invalid UTF-8 in a close reason", 1007)
+            code = 1005
+            reason = ""
+        else:
+            if len(payload) == 1:
+                return self._fail(events, "close frame with a 1-byte payload")
+            code = (payload[0] << 8) | payload[1]
+            if not is_valid_close_code(code):
+                return self._fail(events, f"invalid close code {code}")
+            try:
+                reason = payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                return self._fail(events, "invalid UTF-8 in a close reason", 1007)
+        self._stop()
+        self.close_code = code
+        self.close_reason = reason
+        if not self.close_sent:
+            # RFC 6455 5.5.1 and 7.1.1: answer with a close echoing the code; the handshake is
+            # then complete and the server closes the TCP connection.
+            self.close_sent = True
+            self._out = self._close_frame(code, "")
+        self.state = ST_CLOSED
         events.append((OP_CLOSE, (code, reason)))
         return events
 
@@ -331,8 +416,32 @@ class FrameReader:
         return self._error(events, ProtocolError(message, code))
 
     def _error(self, events: list[tuple[int, Any]], exc: ProtocolError) -> list[tuple[int, Any]]:
+        """Fail the connection (RFC 6455 7.1.7): send a close with the error's code, then read
+        only the peer's close, unless the bad frame was that close.  After our close frame,
+        an error only ends the wait: nothing more is owed to the peer."""
+        self._stop()
+        if self.close_sent:
+            self.state = ST_CLOSED
+            return events
+        events.append((EV_ERROR, exc))
+        self.close_sent = True
+        self._out = self._close_frame(exc.code, _FAIL_REASONS.get(exc.code, "Protocol error"))
+        if self.close_received:
+            self.state = ST_CLOSED  # the bad frame was the peer's close: the handshake is over
+            return events
+        self.state = ST_CLOSING
+        # What follows the bad frame is read afresh, for the peer's close alone; the
+        # decompressor may be mid-stream, so compressed frames are errors from now on.
+        self._failed = False
+        self.inflater = None
+        return events
+
+    def _stop(self) -> None:
+        """Forget the partial frame and message; read nothing more until reset by ``_error``."""
         self._failed = True
         self._buf = []
+        self._have = 0
+        self._need = 0
+        self._frag_opcode = -1
         self._frag_parts = []
-        events.append((EV_ERROR, exc))
-        return events
+        self._frag_decoder = None

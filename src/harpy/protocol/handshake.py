@@ -24,6 +24,7 @@ __all__ = [
     "check_upgrade",
     "parse_cookies",
     "parse_request",
+    "refusal",
 ]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -156,24 +157,31 @@ def build_accept(key: str, headers: list[tuple[str, str]] | None = None) -> byte
     return (out + "\r\n").encode("latin-1")
 
 
-def build_refusal(
+def refusal(
     status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
-) -> bytes:
-    """A complete HTTP refusal that closes the connection; the body is ``reason`` as text."""
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    """The status phrase, headers and body of an HTTP refusal; the body is ``reason`` (or the
+    phrase) as text, and the connection closes after it."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
     body = ((reason or phrase) + "\n").encode("utf-8")
-    out = f"HTTP/1.1 {status} {phrase}\r\n"
-    names = set()
-    for name, value in headers or ():
-        out += f"{name}: {value}\r\n"
-        names.add(name.lower())
-    if "connection" not in names:
-        out += "Connection: close\r\n"
-    out += f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
-    return out.encode("latin-1") + body
+    out = list(headers or ())
+    if not any(name.lower() == "connection" for name, _ in out):
+        out.append(("Connection", "close"))
+    out.append(("Content-Type", "text/plain; charset=utf-8"))
+    out.append(("Content-Length", str(len(body))))
+    return phrase, out, body
+
+
+def build_refusal(
+    status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
+) -> bytes:
+    """A complete HTTP refusal (see :func:`refusal`), as bytes."""
+    phrase, fields, body = refusal(status, reason, headers)
+    head = f"HTTP/1.1 {status} {phrase}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields)
+    return (head + "\r\n").encode("latin-1") + body
 
 
 def parse_cookies(header: str) -> dict[str, str]:

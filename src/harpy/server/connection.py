@@ -1,9 +1,21 @@
 """The asyncio glue of one connection: handshake bytes, frame events, writes, closing, deadlines.
 
 :class:`Connection` is an ``asyncio.Protocol`` that owns the transport.  It knows nothing of
-routes or handlers: the application layer subclasses it and implements the ``_handle_*`` hooks.
-Writes made while a batch of events is being handled are corked and leave in one
-``transport.write`` at the end of the batch.
+routes or handlers.  The layer above subclasses it and talks to it at the message level:
+
+* it implements the ``_handle_*`` hooks (a request to decide on, open, a message, ping, pong,
+  drain, a protocol error, closed);
+* it answers with :meth:`Connection.check_upgrade`, :meth:`~Connection.accept` or
+  :meth:`~Connection.refuse`, then :meth:`~Connection.send_message`,
+  :meth:`~Connection.send_control`, :meth:`~Connection.close` and :meth:`~Connection.abort`;
+* fan-out hands one :class:`~harpy.protocol.Message` to many connections with
+  :meth:`~Connection.queue_message`.
+
+This class frames; another adapter (ASGI) overrides the same methods to emit its own events.
+The closing handshake is decided by the Sans-I/O :class:`~harpy.protocol.FrameReader`; this
+class only carries out what it decides (send its answer, close or abort the transport) and
+mirrors its state in :attr:`Connection.ready_state`.  Writes made while a batch of events is
+being handled are corked and leave in one ``transport.write`` at the end of the batch.
 """
 
 from __future__ import annotations
@@ -11,36 +23,42 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import HandshakeError, ProtocolError
 from ..protocol import (
     EV_ERROR,
     OP_BINARY,
-    OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    ST_CLOSED,
+    ST_OPEN,
     FrameReader,
+    Message,
     Request,
     build_accept,
-    build_close,
     build_frame,
     build_refusal,
+    check_upgrade,
     parse_request,
 )
 from ..protocol.deflate import deflate_bound
 
 if TYPE_CHECKING:
+    from ..protocol.deflate import PerMessageDeflate
     from .listener import Server
 
 __all__ = ["Connection", "Limits", "ReadyState"]
 
 logger = logging.getLogger("harpy")
 
+MiB = 1024 * 1024
+
 
 class ReadyState(enum.IntEnum):
-    """As the browser's and Bun's ``readyState``."""
+    """As the browser's and Bun's ``readyState``; OPEN to CLOSED follow the protocol core."""
 
     CONNECTING = 0
     OPEN = 1
@@ -54,52 +72,36 @@ _CLOSING = ReadyState.CLOSING
 _CLOSED = ReadyState.CLOSED
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """Per-route limits the connection enforces once upgraded (see ``App.ws`` for the docs)."""
+    """What a connection enforces once upgraded; each default is written here, once.
 
-    __slots__ = (
-        "backpressure_limit",
-        "close_on_backpressure_limit",
-        "close_timeout",
-        "idle_timeout",
-        "inactivity_timeout",
-        "max_message_size",
-        "max_missed_pongs",
-        "ping_interval",
-        "pong_timeout",
-        "send_pings",
-        "write_high_water",
-        "write_low_water",
-    )
+    The app layer's route options extend this class, so a route's options are its limits.
+    """
 
-    def __init__(
-        self,
-        *,
-        max_message_size: int = 16 * 1024 * 1024,
-        idle_timeout: float = 120.0,
-        close_timeout: float = 5.0,
-        backpressure_limit: int = 16 * 1024 * 1024,
-        close_on_backpressure_limit: bool = False,
-        write_high_water: int = 64 * 1024,
-        write_low_water: int = 16 * 1024,
-        ping_interval: float = 0.0,
-        pong_timeout: float = 0.0,
-        max_missed_pongs: int = 3,
-        inactivity_timeout: float = 0.0,
-        send_pings: bool = True,
-    ) -> None:
-        self.max_message_size = max_message_size
-        self.idle_timeout = idle_timeout
-        self.close_timeout = close_timeout
-        self.backpressure_limit = backpressure_limit
-        self.close_on_backpressure_limit = close_on_backpressure_limit
-        self.write_high_water = write_high_water
-        self.write_low_water = write_low_water
-        self.ping_interval = ping_interval
-        self.pong_timeout = pong_timeout
-        self.max_missed_pongs = max_missed_pongs
-        self.inactivity_timeout = inactivity_timeout
-        self.send_pings = send_pings
+    #: A whole message, compressed or not, over this many bytes closes with 1009 (0: no limit).
+    max_message_size: int = 16 * MiB
+    #: Close (1001) a connection that sent nothing for this long; 0 disables.
+    idle_timeout: float = 120.0
+    #: How long to wait for the peer's close frame after sending ours, before dropping TCP.
+    close_timeout: float = 5.0
+    #: Bytes queued for one connection past which a send is dropped (and counted).
+    backpressure_limit: int = 16 * MiB
+    #: Close with 1008 instead of dropping when the backpressure limit is passed.
+    close_on_backpressure_limit: bool = False
+    #: Write buffer watermarks: ``send`` returns -1 above the high one, drain fires below the low.
+    write_high_water: int = 64 * 1024
+    write_low_water: int = 16 * 1024
+    #: Heartbeat: ping every this many seconds; 0 disables.
+    ping_interval: float = 0.0
+    #: Close (1000 "No pong received") when a ping is unanswered this long; 0: no such bound.
+    pong_timeout: float = 0.0
+    #: Close (1000 "No pong received") after this many heartbeat pings in a row went unanswered.
+    max_missed_pongs: int = 3
+    #: Close (1000 "Inactivity timeout") when no message or ping came for this long; 0 disables.
+    inactivity_timeout: float = 0.0
+    #: Ping a silent connection at three quarters of ``idle_timeout``, as Bun's sendPings does.
+    send_pings: bool = True
 
 
 _DEFAULT_LIMITS = Limits()
@@ -114,13 +116,10 @@ class Connection(asyncio.Protocol):
     """One TCP (or TLS) connection, from the first request byte to the closed socket."""
 
     __slots__ = (
-        "_close_code",
-        "_close_reason",
-        "_close_sent",
         "_corked",
         "_deadline",
-        "_deflate",
         "_head",
+        "_key",
         "_last_active",
         "_last_seen",
         "_limits",
@@ -131,10 +130,12 @@ class Connection(asyncio.Protocol):
         "_ping_sent",
         "_reader",
         "_server",
-        "_timer_slot",
         "_write_paused",
+        "codec",
         "dropped",
         "ready_state",
+        "request",
+        "timer_slot",
         "transport",
     )
 
@@ -142,31 +143,34 @@ class Connection(asyncio.Protocol):
         self._server = server
         self.transport: asyncio.Transport | None = None
         self.ready_state = _CONNECTING
+        #: The upgrade request, once its head was read.
+        self.request: Request | None = None
+        #: The negotiated permessage-deflate codec, or None.
+        self.codec: PerMessageDeflate | None = None
+        #: Messages dropped at this connection's backpressure limit.
+        self.dropped = 0
+        #: The timer wheel's slot for this connection (the wheel's to change).
+        self.timer_slot = -1
         self._reader: Any = None
         self._head = b""
+        self._key = ""
         self._out: list[bytes] = []
         self._out_size = 0
         self._corked = False
         self._write_paused = False
-        self._close_sent = False
-        self._close_code = 1006
-        self._close_reason = ""
         self._limits = _DEFAULT_LIMITS
-        self._timer_slot = -1
         self._deadline = 0.0
         self._last_seen = 0.0
         self._last_active = 0.0  # last message or ping (inactivity_timeout)
         self._ping_at = 0.0  # when the next heartbeat ping is due
         self._ping_sent = 0.0  # when the unanswered ping went out; 0.0: none outstanding
         self._missed_pongs = 0
-        self._deflate: Any = None  # the negotiated permessage-deflate codec, if any
-        self.dropped = 0
 
-    # ----------------------------------------------------------------- hooks (app layer)
+    # ----------------------------------------------------------------- hooks (the layer above)
 
     def _handle_request(self, request: Request) -> None:
-        """Decide on the upgrade: call :meth:`_accept` or :meth:`_refuse`, now or later."""
-        self._refuse(404, "Not Found")
+        """Decide on the upgrade: call :meth:`accept` or :meth:`refuse`, now or later."""
+        self.refuse(404, "Not Found")
 
     def _handle_open(self) -> None:
         """The 101 is on the wire."""
@@ -195,8 +199,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         server = self._server
         server.connections.add(self)
-        now = server.loop.time()
-        self._deadline = now + server.handshake_timeout
+        self._deadline = server.loop.time() + server.handshake_timeout
         server.wheel.schedule(self, self._deadline)
 
     def data_received(self, data: bytes) -> None:
@@ -226,11 +229,19 @@ class Connection(asyncio.Protocol):
         server.wheel.cancel(self)
         was = self.ready_state
         self.ready_state = _CLOSED
+        code, reason = self._peer_close()
         self._reader = None
         self._out.clear()
         self._out_size = 0
         if was is not _CONNECTING:
-            self._handle_closed(self._close_code, self._close_reason)
+            self._handle_closed(code, reason)
+
+    def _peer_close(self) -> tuple[int, str]:
+        """The peer's close code and reason; 1006 when no close frame came."""
+        reader = self._reader
+        if reader is None:
+            return 1006, ""
+        return reader.close_code, reader.close_reason
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -240,7 +251,7 @@ class Connection(asyncio.Protocol):
         if self.ready_state is _OPEN:
             self._handle_drain()
 
-    # ----------------------------------------------------------------- handshake
+    # ----------------------------------------------------------------- the upgrade
 
     def _receive_head(self, data: bytes) -> None:
         head = self._head + data if self._head else data
@@ -248,38 +259,49 @@ class Connection(asyncio.Protocol):
         limit = self._server.max_header_size
         if end < 0:
             if len(head) > limit:
-                self._refuse(431, "Request Header Fields Too Large")
+                self.refuse(431, "Request Header Fields Too Large")
             else:
                 self._head = head
             return
         if end > limit:
-            self._refuse(431, "Request Header Fields Too Large")
+            self.refuse(431, "Request Header Fields Too Large")
             return
         self._head = head[end + 4 :]  # bytes sent ahead of the 101: fed once open
         try:
             request = parse_request(head[:end])
         except HandshakeError as exc:
-            self._refuse(exc.status, exc.reason, exc.headers)
+            self.refuse(exc.status, exc.reason, exc.headers)
             return
+        self.request = request
         self._handle_request(request)
 
-    def _accept(
+    def check_upgrade(self) -> None:
+        """Check that the request asks for a WebSocket upgrade (RFC 6455 4.2.1); raise
+        :class:`~harpy.HandshakeError` with the status to refuse with otherwise."""
+        assert self.request is not None
+        self._key = check_upgrade(self.request)
+
+    def accept(
         self,
-        key: str,
         headers: list[tuple[str, str]] | None,
         limits: Limits,
-        inflater: Any = None,
+        codec: PerMessageDeflate | None = None,
     ) -> None:
         """Answer 101 and start reading frames; the ``_handle_open`` hook runs before any."""
         transport = self.transport
         if self.ready_state is not _CONNECTING or transport is None or transport.is_closing():
             return
-        self._limits = limits
-        transport.write(build_accept(key, headers))
+        transport.write(build_accept(self._key, headers))
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
+        self._reader = FrameReader(limits.max_message_size, codec)
+        self._open(limits, codec)
+
+    def _open(self, limits: Limits, codec: PerMessageDeflate | None) -> None:
+        """CONNECTING -> OPEN: start the deadlines, run the open hook, then read what the peer
+        sent ahead of the 101."""
+        self._limits = limits
         self.ready_state = _OPEN
-        self._deflate = inflater
-        self._reader = FrameReader(limits.max_message_size, inflater)
+        self.codec = codec
         server = self._server
         self._last_seen = self._last_active = now = server.loop.time()
         self._deadline = 0.0
@@ -292,7 +314,7 @@ class Connection(asyncio.Protocol):
         if early and self._reader is not None:
             self.data_received(early)
 
-    def _refuse(
+    def refuse(
         self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
     ) -> None:
         """Answer an HTTP error and close: no upgrade happens."""
@@ -304,7 +326,32 @@ class Connection(asyncio.Protocol):
         transport.write(build_refusal(status, reason, headers))
         transport.close()
 
-    # ----------------------------------------------------------------- frames
+    # ----------------------------------------------------------------- facts of the transport
+
+    @property
+    def remote_address(self) -> str:
+        """The peer's IP address (or socket path), as the transport reports it."""
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        if isinstance(peer, tuple):
+            return str(peer[0])
+        return str(peer) if peer else ""
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection is encrypted (``wss``)."""
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("sslcontext") is not None
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (read-side backpressure, or an upgrade awaiting a hook)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # ----------------------------------------------------------------- frames in
 
     def _handle_events(self, events: list[tuple[int, Any]]) -> None:
         self._corked = True
@@ -323,78 +370,122 @@ class Connection(asyncio.Protocol):
                     self._ping_sent = 0.0
                     self._missed_pongs = 0
                     self._handle_pong(value)
-                elif kind == OP_CLOSE:
-                    self._receive_close(value[0], value[1])
                 elif kind == EV_ERROR:
                     self._handle_protocol_error(value)
-                    self._fail(value.code)
+                # OP_CLOSE: the reader answered it already; _follow_reader carries it out.
         finally:
             self._corked = False
-            self._flush()
+            self._follow_reader()
 
-    def _receive_close(self, code: int, reason: str) -> None:
-        # RFC 6455 5.5.1 and 7.1.1: answer the close (echoing its code), then the server closes TCP.
-        self._close_code = code
-        self._close_reason = reason
-        transport = self.transport
-        if not self._close_sent:
-            self._close_sent = True
-            self.ready_state = _CLOSING
-            self._out.append(build_close(code if code != 1005 else 1005, ""))
+    def _follow_reader(self) -> None:
+        """Carry out what the protocol core decided: send its answer, mirror its state, and
+        close the transport once the closing handshake is over (the server closes first,
+        RFC 6455 7.1.1)."""
+        reader = self._reader
+        if reader is None:
+            self._flush()
+            return
+        answer = reader.data_to_send()
+        if answer:
+            self._out.append(answer)
         self._flush()
-        if transport is not None:
-            transport.close()
+        state = reader.state
+        if state == ST_OPEN:
+            return
+        if self.ready_state is _OPEN:
+            self._enter_closing()
+        if state == ST_CLOSED and self.transport is not None:
+            self.transport.close()
 
-    def _fail(self, code: int) -> None:
-        """Fail the connection (RFC 6455 7.1.7): send a close, then read only the peer's close."""
-        if self._close_sent or self.transport is None:
-            if self.transport is not None:
-                self.transport.close()
-            return
-        reason = {1007: "Invalid payload data", 1009: "Message too big"}.get(code, "Protocol error")
-        self._start_close(code, reason)
-        if self._reader is not None and self._reader.peer_closed:
-            # The bad frame was the peer's close: the handshake is over on its side.
-            self._flush()
-            if self.transport is not None:
-                self.transport.close()
-            return
-        # The failed reader accepts nothing more; a fresh one finds the peer's close frame.
-        self._reader = FrameReader(self._limits.max_message_size, None)
+    def _enter_closing(self) -> None:
+        """OPEN -> CLOSING: our close frame is out; the peer has ``close_timeout`` to answer."""
+        self.ready_state = _CLOSING
+        self._deadline = self._server.loop.time() + self._limits.close_timeout
+        self._server.wheel.schedule(self, self._deadline)
 
     def _start_close(self, code: int, reason: str) -> None:
-        self._close_sent = True
-        self.ready_state = _CLOSING
-        frame = build_close(code, reason)
+        reader = self._reader
+        frame = reader.send_close(code, reason) if reader is not None else b""
+        if not frame:
+            return
         if self._corked or self._out:
             self._out.append(frame)
             if not self._corked:
                 self._flush()
         elif self.transport is not None:
             self.transport.write(frame)
-        now = self._server.loop.time()
-        self._deadline = now + self._limits.close_timeout
-        self._server.wheel.schedule(self, self._deadline)
+        self._enter_closing()
+        if reader.state == ST_CLOSED and self.transport is not None:
+            self.transport.close()
 
-    # ----------------------------------------------------------------- writes
+    # ----------------------------------------------------------------- messages out
 
-    def _flush(self) -> None:
-        out = self._out
-        if out:
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-            self._out_size = 0
+    def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
+        """Send one whole message; Bun's status: bytes written, -1 under backpressure, 0
+        dropped (closing, or past the backpressure limit).
 
-    def _write(self, frame: bytes) -> int:
-        """Write (or cork) one frame; Bun's status: bytes, -1 under backpressure, 0 dropped."""
+        With permessage-deflate, ``compress=None`` compresses from the threshold up, True
+        always, False never.
+        """
+        codec = self.codec
+        if codec is not None and codec.wants(len(payload), compress):
+            return self._send_compressed(codec, opcode, payload)
+        # _write, inlined: this is every uncompressed send.
         if self.ready_state is not _OPEN:
             return 0
+        frame = build_frame(opcode, payload)
         if not (self._write_paused or self._corked or self._out):
             self.transport.write(frame)  # type: ignore[union-attr]
             # The transport calls pause_writing() inside write() when this frame passed the
             # high watermark: then this send is "queued under backpressure".
+            return -1 if self._write_paused else len(frame)
+        return self._write(frame)
+
+    def _send_compressed(self, codec: PerMessageDeflate, opcode: int, payload: bytes) -> int:
+        if self.ready_state is not _OPEN:
+            return 0
+        if codec.shareable:
+            return self._write(build_frame(opcode, codec.compress(payload), True))
+        frame = self._own_compressed(codec, opcode, payload)
+        return 0 if frame is None else self._write(frame)
+
+    def send_control(self, opcode: int, payload: bytes) -> int:
+        """Send a ping or a pong (``payload`` of at most 125 bytes); status as ``send_message``."""
+        return self._write(build_frame(opcode, payload))
+
+    def queue_message(self, message: Message) -> bool:
+        """Queue a message shared with other connections; every queue leaves once per loop
+        tick.  False when it was dropped (closing, or past the backpressure limit)."""
+        codec = self.codec
+        if codec is None or not codec.wants(len(message.payload), message.compress):
+            frame = message.frame
+        elif codec.shareable:
+            frame = message.shared_frame(codec)
+        else:
+            own = self._own_compressed(codec, message.opcode, message.payload)
+            if own is None:
+                return False
+            frame = own
+        size = len(frame)
+        if self.ready_state is not _OPEN:
+            return False
+        if (
+            self._write_paused or self._out_size + size > self._limits.backpressure_limit
+        ) and self._over_limit(size):
+            return False
+        out = self._out
+        if not out and not self._corked:
+            self._server.flush_later(self)
+        out.append(frame)
+        self._out_size += size
+        return True
+
+    def _write(self, frame: bytes) -> int:
+        """Write (or queue behind what is queued) one frame; the status of ``send_message``."""
+        if self.ready_state is not _OPEN:
+            return 0
+        if not (self._write_paused or self._corked or self._out):
+            self.transport.write(frame)  # type: ignore[union-attr]
             return -1 if self._write_paused else len(frame)
         if self._past_limit(len(frame)):
             return 0
@@ -405,28 +496,6 @@ class Connection(asyncio.Protocol):
             self.transport.write(frame)  # type: ignore[union-attr]
         return -1 if self._write_paused else len(frame)
 
-    def _write_later(self, frame: bytes) -> bool:
-        """Queue a frame shared with other connections; every queue leaves once per loop tick.
-
-        Returns False when the frame was dropped (closing, or past the backpressure limit).
-        """
-        if not self.accepts(len(frame)):
-            return False
-        out = self._out
-        if not out and not self._corked:
-            self._server.flush_later(self)
-        out.append(frame)
-        self._out_size += len(frame)
-        return True
-
-    def accepts(self, size: int) -> bool:
-        """Whether a frame of about ``size`` bytes would be queued now (a refusal is counted).
-
-        Callers that must not do work for a dropped frame (advancing a compressor's context)
-        ask first, with the uncompressed size.
-        """
-        return self.ready_state is _OPEN and not self._past_limit(size)
-
     def _past_limit(self, size: int) -> bool:
         # Cheap test first: the kernel side only matters once writing is paused, and the
         # queue of this tick only once it nears the limit.
@@ -434,12 +503,14 @@ class Connection(asyncio.Protocol):
             return self._over_limit(size)
         return False
 
-    def _own_compressed(self, opcode: int, payload: bytes) -> bytes | None:
+    def _own_compressed(
+        self, codec: PerMessageDeflate, opcode: int, payload: bytes
+    ) -> bytes | None:
         """A frame compressed by this connection's own (context-keeping) compressor, or None
         when it would be dropped: the compressor never remembers a message never sent."""
-        if not self.accepts(deflate_bound(len(payload))):
+        if self.ready_state is not _OPEN or self._past_limit(deflate_bound(len(payload))):
             return None
-        return build_frame(opcode, self._deflate.compress(payload), True)
+        return build_frame(opcode, codec.compress(payload), True)
 
     def _over_limit(self, size: int) -> bool:
         """Past ``backpressure_limit``: count the drop, or close with 1008 when asked."""
@@ -455,6 +526,21 @@ class Connection(asyncio.Protocol):
             self._start_close(1008, "Backpressure limit exceeded")
         return True
 
+    def flush(self) -> None:
+        """Write what was queued this tick, unless a batch of events is still being handled
+        (its end writes everything at once)."""
+        if not self._corked:
+            self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            self._out_size = 0
+
     @property
     def buffered_amount(self) -> int:
         """Bytes accepted by ``send`` and not yet handed to the kernel."""
@@ -463,6 +549,21 @@ class Connection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             size += transport.get_write_buffer_size()
         return size
+
+    # ----------------------------------------------------------------- closing
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; before the upgrade, refuse it (503 on 1001, else 500)."""
+        if self.ready_state is _CONNECTING:
+            self.refuse(503 if code == 1001 else 500, "Closing")
+            return
+        if self.ready_state is _OPEN:
+            self._start_close(code, reason)
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a closing handshake."""
+        if self.transport is not None:
+            self.transport.abort()
 
     # ----------------------------------------------------------------- deadlines
 
@@ -482,19 +583,19 @@ class Connection(asyncio.Protocol):
             due = _earliest(due, self._ping_sent + limits.pong_timeout)
         return due
 
-    def _on_timer(self, now: float) -> float:
+    def on_timer(self, now: float) -> float:
+        """The timer wheel's call: act on what is due at ``now``; return the next deadline."""
         state = self.ready_state
-        transport = self.transport
-        if transport is None or state is _CLOSED:
+        if state is _CLOSED:
             return 0.0
         if state is _CONNECTING:
             if now >= self._deadline:
-                self._refuse(408, "Request Timeout")
+                self.refuse(408, "Request Timeout")
                 return 0.0
             return self._deadline
         if state is _CLOSING:
             if now >= self._deadline:
-                transport.abort()  # the peer never answered our close
+                self.abort()  # the peer never answered our close
                 return 0.0
             return self._deadline
         limits = self._limits
@@ -542,17 +643,3 @@ class Connection(asyncio.Protocol):
         if not self._ping_sent:
             self._ping_sent = now
         self._write(_PING)
-
-    # ----------------------------------------------------------------- closing (public)
-
-    def _close(self, code: int, reason: str) -> None:
-        if self.ready_state is _CONNECTING:
-            self._refuse(503 if code == 1001 else 500, "Closing")
-            return
-        if self.ready_state is not _OPEN:
-            return
-        self._start_close(code, reason)
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()

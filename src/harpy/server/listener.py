@@ -75,8 +75,7 @@ class Server:
         dirty = self._dirty
         self._dirty = []
         for conn in dirty:
-            if not conn._corked:
-                conn._flush()
+            conn.flush()
 
     @property
     def sockets(self) -> list[tuple[str, int]]:
@@ -96,12 +95,12 @@ class Server:
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
-            conn._close(code, reason)
+            conn.close(code, reason)
         deadline = self.loop.time() + timeout
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
-            conn._abort()
+            conn.abort()
         # Let connection_lost callbacks run before the loop goes away.
         for _ in range(3):
             if not self.connections:

@@ -16,11 +16,11 @@ __all__ = ["Timed", "TimerWheel"]
 
 
 class Timed(Protocol):
-    """Something with deadlines: the wheel keeps its slot in ``_timer_slot``."""
+    """Something with deadlines: the wheel keeps its slot in ``timer_slot``."""
 
-    _timer_slot: int
+    timer_slot: int
 
-    def _on_timer(self, now: float) -> float:
+    def on_timer(self, now: float) -> float:
         """Handle what is due at ``now``; return the next deadline, or 0.0 for none."""
         ...
 
@@ -43,7 +43,7 @@ class TimerWheel:
     def schedule(self, item: Timed, when: float) -> None:
         """Make ``item`` due at ``when`` (loop time), or never when ``when`` is 0."""
         slot = math.ceil(when / self.resolution) if when > 0 else -1
-        old = item._timer_slot
+        old = item.timer_slot
         if old == slot:
             return
         if old >= 0:
@@ -52,7 +52,7 @@ class TimerWheel:
                 items.discard(item)
                 if not items:
                     del self._slots[old]
-        item._timer_slot = slot
+        item.timer_slot = slot
         if slot < 0:
             return
         items = self._slots.get(slot)
@@ -89,9 +89,9 @@ class TimerWheel:
             if not items:
                 continue
             for item in items:
-                item._timer_slot = -1
-                nxt = item._on_timer(now)
-                if nxt > 0 and item._timer_slot < 0:
+                item.timer_slot = -1
+                nxt = item.on_timer(now)
+                if nxt > 0 and item.timer_slot < 0:
                     self.schedule(item, max(nxt, now + self.resolution))
         # Items moved while walking may have armed the timer for a far slot: the earliest wins.
         if self._slots:

@@ -232,7 +232,7 @@ class Backplane(ABC):
     async def _unsubscribe(self, topic: str) -> None:
         """Unsubscribe."""
 
-    def _deliver(self, topic: str, envelope: bytes) -> None:
+    def deliver(self, topic: str, envelope: bytes) -> None:
         """Hand a received message to ``on_message`` unless its topic was unsubscribed."""
         on_message = self._on_message
         if on_message is None or topic not in self._receiving:
@@ -280,36 +280,23 @@ class TrackedGroups(Groups):
 
     __slots__ = ("_on_first", "_on_last")
 
-    def __init__(
-        self, attr: str, on_first: Callable[[str], None], on_last: Callable[[str], None]
-    ) -> None:
-        super().__init__(attr)
+    def __init__(self, on_first: Callable[[str], None], on_last: Callable[[str], None]) -> None:
+        super().__init__()
         self._on_first = on_first
         self._on_last = on_last
 
     def add(self, member: Any, name: str) -> bool:
-        new_group = name not in self._groups
+        new_group = name not in self
         added = super().add(member, name)
         if added and new_group:
             self._on_first(name)
         return added
 
-    def remove(self, member: Any, name: str) -> bool:
-        removed = super().remove(member, name)
-        if removed and name not in self._groups:
+    def _leave(self, member: Any, name: str) -> None:
+        had = name in self
+        super()._leave(member, name)
+        if had and name not in self:
             self._on_last(name)
-        return removed
-
-    def remove_all(self, member: Any) -> None:
-        mine: set[str] | None = getattr(member, self._attr)
-        if not mine:
-            return
-        groups = self._groups
-        present = [name for name in mine if member in groups.get(name, ())]
-        super().remove_all(member)
-        for name in present:
-            if name not in groups:
-                self._on_last(name)
 
 
 class Relay:
@@ -328,7 +315,7 @@ class Relay:
         self.backplane = backplane
         self.node_id = os.urandom(NODE_ID_SIZE)
         self.retry_delay = retry_delay
-        self.topics = TrackedGroups("_topics", self._changed, self._changed)
+        self.topics = TrackedGroups(self._changed, self._changed)
         self._dirty: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None

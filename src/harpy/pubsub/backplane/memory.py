@@ -35,7 +35,7 @@ class MemoryBackplane(Backplane):
     async def _send(self, batch: list[tuple[str, bytes]]) -> None:
         for topic, envelope in batch:
             for peer in list(self._buses.get(self.name, ())):
-                peer._deliver(topic, envelope)
+                peer.deliver(topic, envelope)
 
     async def _subscribe(self, topic: str) -> None:
         pass

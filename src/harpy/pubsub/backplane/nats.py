@@ -116,7 +116,7 @@ class NatsBackplane(Backplane):
                 self._drop(1, f"{len(envelope)} bytes on {topic!r} exceed the NATS max_payload")
 
     async def _subscribe(self, topic: str) -> None:
-        deliver = self._deliver
+        deliver = self.deliver
 
         async def on_msg(msg: Any) -> None:
             deliver(topic, msg.data)

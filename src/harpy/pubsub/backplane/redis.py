@@ -138,7 +138,7 @@ class RedisBackplane(Backplane):
                         topic = channel[skip:].decode("utf-8")
                     except UnicodeDecodeError:
                         continue
-                    self._deliver(topic, data if isinstance(data, bytes) else bytes(data))
+                    self.deliver(topic, data if isinstance(data, bytes) else bytes(data))
             elif kind == "subscribe":
                 future = self._confirm.get(channel)
                 if future is not None and not future.done():
