@@ -10,13 +10,15 @@ import pytest
 import uvloop
 
 from harpy import protocol
+from tests.timing import FACTOR_VARIABLE, TIMEOUT_FACTOR, scaled
 
 #: No test may run longer than this (seconds): a hang fails instead of blocking the suite.
-TEST_TIMEOUT = 60.0
+TEST_TIMEOUT = scaled(60.0)
 
 
 def pytest_report_header() -> str:
-    return f"harpy core: {'compiled' if protocol.COMPILED else 'pure Python'}"
+    core = "compiled" if protocol.COMPILED else "pure Python"
+    return f"harpy core: {core}; {FACTOR_VARIABLE}={TIMEOUT_FACTOR:g}"
 
 
 @pytest.hookimpl(tryfirst=True)

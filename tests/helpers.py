@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import harpy
+from tests.timing import TIMEOUT, scaled
 
 
 @contextlib.asynccontextmanager
@@ -19,7 +20,7 @@ async def serve(app: harpy.App, **kwargs: Any) -> AsyncIterator[str]:
         assert app.url is not None
         yield app.url
     finally:
-        await app.shutdown(timeout=2)
+        await app.shutdown(timeout=scaled(2.0))
 
 
 class RawClient:
@@ -42,7 +43,7 @@ class RawClient:
         return await self.read_response()
 
     async def read_response(self) -> tuple[int, dict[str, str], bytes]:
-        data = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        data = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         lines = data.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ")[1])
         headers = {}
@@ -66,7 +67,7 @@ class RawClient:
     ) -> None:
         self.writer.write(client_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
 
-    async def read_frame(self, timeout: float = 5) -> tuple[int, bytes]:
+    async def read_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
         """(opcode, payload) of the next server frame."""
         head = await asyncio.wait_for(self.reader.readexactly(2), timeout)
         length = head[1] & 0x7F
@@ -77,7 +78,7 @@ class RawClient:
         payload = await asyncio.wait_for(self.reader.readexactly(length), timeout)
         return head[0] & 0x0F, payload
 
-    async def read_close(self, timeout: float = 5) -> int:
+    async def read_close(self, timeout: float = TIMEOUT) -> int:
         """Read frames up to the close frame; return its code (1005 when empty)."""
         for _ in range(1000):
             opcode, payload = await self.read_frame(timeout)
@@ -85,7 +86,7 @@ class RawClient:
                 return int.from_bytes(payload[:2], "big") if payload else 1005
         raise AssertionError("no close frame")
 
-    async def at_eof(self, timeout: float = 5) -> bool:
+    async def at_eof(self, timeout: float = TIMEOUT) -> bool:
         data = await asyncio.wait_for(self.reader.read(65536), timeout)
         return data == b""
 
