@@ -10,6 +10,7 @@ import pytest
 import uvloop
 
 from harpy import protocol
+from tests.helpers import ServeApp, serve, serve_asgi
 from tests.timing import FACTOR_VARIABLE, TIMEOUT_FACTOR, scaled
 
 #: No test may run longer than this (seconds): a hang fails instead of blocking the suite.
@@ -34,3 +35,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
     uvloop.run(main())
     return True
+
+
+@pytest.fixture(params=["native", "asgi"])
+def serve_app(request: pytest.FixtureRequest) -> ServeApp:
+    """Serve a harpy App on 127.0.0.1 port 0: natively, then under uvicorn through the ASGI
+    adapter.  ``async with serve_app(app) as url`` yields the ``ws://host:port`` base URL.
+
+    A plain fixture returning a factory: the test runner above runs coroutine tests, not async
+    fixtures.
+    """
+    return serve if request.param == "native" else serve_asgi

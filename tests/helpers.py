@@ -1,15 +1,21 @@
-"""Helpers for tests: a real harpy server on 127.0.0.1 port 0, and a byte-level client."""
+"""Helpers for tests: a real harpy server on 127.0.0.1 port 0 (native or under uvicorn through
+the ASGI adapter), and a byte-level client."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import uvicorn
+
 import harpy
-from tests.timing import TIMEOUT, scaled
+from harpy.asgi import ASGIApp
+from tests.timing import TIMEOUT, eventually, scaled
 
 
 @contextlib.asynccontextmanager
@@ -21,6 +27,45 @@ async def serve(app: harpy.App, **kwargs: Any) -> AsyncIterator[str]:
         yield app.url
     finally:
         await app.shutdown(timeout=scaled(2.0))
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_serve(app: Any, lifespan: str = "on") -> AsyncIterator[str]:
+    """Serve the ASGI app ``app`` with uvicorn on 127.0.0.1 port 0; yield ``ws://127.0.0.1:port``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="none",
+        lifespan=lifespan,
+        ws="websockets-sansio",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: server.started or task.done(), what="uvicorn started")
+        if task.done():
+            task.result()
+        assert server.started
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, scaled(10.0))
+        sock.close()
+
+
+def serve_asgi(app: harpy.App) -> AbstractAsyncContextManager[str]:
+    """As :func:`serve`, but under uvicorn through :class:`harpy.asgi.ASGIApp` (with lifespan)."""
+    return uvicorn_serve(ASGIApp(app))
+
+
+#: What the ``serve_app`` fixture gives: ``async with serve_app(app) as url`` (``ws://host:port``).
+ServeApp = Callable[[harpy.App], AbstractAsyncContextManager[str]]
 
 
 class RawClient:
