@@ -49,9 +49,13 @@ POLL_INTERVAL = 0.01
 
 
 async def eventually(
-    predicate: Callable[[], object], timeout: float = TIMEOUT, what: str = ""
+    predicate: Callable[[], object],
+    timeout: float = TIMEOUT,
+    what: str = "",
+    interval: float = POLL_INTERVAL,
 ) -> None:
-    """Poll ``predicate()`` every 10 ms until it is true; fail after ``timeout`` seconds.
+    """Poll ``predicate()`` every ``interval`` (10 ms) until it is true; fail after ``timeout``
+    seconds, saying what was awaited (``what``, else the predicate's source line).
 
     ``timeout`` is already a bound on this machine (``TIMEOUT`` or ``scaled(...)``).  For
     server-side state that no event reports (a handler having run after the client left, a
@@ -59,12 +63,12 @@ async def eventually(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    for _ in range(math.ceil(timeout / POLL_INTERVAL) + 1):
+    for _ in range(math.ceil(timeout / interval) + 1):
         if predicate():
             return
         if loop.time() >= deadline:
             break
-        await asyncio.sleep(POLL_INTERVAL)
+        await asyncio.sleep(interval)
     if predicate():
         return
     raise AssertionError(f"not true within {timeout:.2f} s: {what or _describe(predicate)}")

@@ -212,7 +212,7 @@ async def test_http_404_and_fallback() -> None:
 
     async def fallback(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
+            for _ in range(2):  # lifespan.startup, then lifespan.shutdown
                 message = await receive()
                 lifespan_events.append(message["type"])
                 await send({"type": message["type"] + ".complete"})
