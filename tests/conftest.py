@@ -10,13 +10,16 @@ import pytest
 import uvloop
 
 from harpy import protocol
+from tests.helpers import ServeApp, serve, serve_asgi
+from tests.timing import FACTOR_VARIABLE, TIMEOUT_FACTOR, scaled
 
 #: No test may run longer than this (seconds): a hang fails instead of blocking the suite.
-TEST_TIMEOUT = 60.0
+TEST_TIMEOUT = scaled(60.0)
 
 
 def pytest_report_header() -> str:
-    return f"harpy core: {'compiled' if protocol.COMPILED else 'pure Python'}"
+    core = "compiled" if protocol.COMPILED else "pure Python"
+    return f"harpy core: {core}; {FACTOR_VARIABLE}={TIMEOUT_FACTOR:g}"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -32,3 +35,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
     uvloop.run(main())
     return True
+
+
+@pytest.fixture(params=["native", "asgi"])
+def serve_app(request: pytest.FixtureRequest) -> ServeApp:
+    """Serve a harpy App on 127.0.0.1 port 0: natively, then under uvicorn through the ASGI
+    adapter.  ``async with serve_app(app) as url`` yields the ``ws://host:port`` base URL.
+
+    A plain fixture returning a factory: the test runner above runs coroutine tests, not async
+    fixtures.
+    """
+    return serve if request.param == "native" else serve_asgi

@@ -1,14 +1,21 @@
-"""Helpers for tests: a real harpy server on 127.0.0.1 port 0, and a byte-level client."""
+"""Helpers for tests: a real harpy server on 127.0.0.1 port 0 (native or under uvicorn through
+the ASGI adapter), and a byte-level client."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import uvicorn
+
 import harpy
+from harpy.asgi import ASGIApp
+from tests.timing import TIMEOUT, eventually, scaled
 
 
 @contextlib.asynccontextmanager
@@ -19,7 +26,46 @@ async def serve(app: harpy.App, **kwargs: Any) -> AsyncIterator[str]:
         assert app.url is not None
         yield app.url
     finally:
-        await app.shutdown(timeout=2)
+        await app.shutdown(timeout=scaled(2.0))
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_serve(app: Any, lifespan: str = "on") -> AsyncIterator[str]:
+    """Serve the ASGI app ``app`` with uvicorn on 127.0.0.1 port 0; yield ``ws://127.0.0.1:port``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="none",
+        lifespan=lifespan,
+        ws="websockets-sansio",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: server.started or task.done(), what="uvicorn started")
+        if task.done():
+            task.result()
+        assert server.started
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, scaled(10.0))
+        sock.close()
+
+
+def serve_asgi(app: harpy.App) -> AbstractAsyncContextManager[str]:
+    """As :func:`serve`, but under uvicorn through :class:`harpy.asgi.ASGIApp` (with lifespan)."""
+    return uvicorn_serve(ASGIApp(app))
+
+
+#: What the ``serve_app`` fixture gives: ``async with serve_app(app) as url`` (``ws://host:port``).
+ServeApp = Callable[[harpy.App], AbstractAsyncContextManager[str]]
 
 
 class RawClient:
@@ -42,7 +88,7 @@ class RawClient:
         return await self.read_response()
 
     async def read_response(self) -> tuple[int, dict[str, str], bytes]:
-        data = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        data = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         lines = data.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ")[1])
         headers = {}
@@ -66,7 +112,7 @@ class RawClient:
     ) -> None:
         self.writer.write(client_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
 
-    async def read_frame(self, timeout: float = 5) -> tuple[int, bytes]:
+    async def read_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
         """(opcode, payload) of the next server frame."""
         head = await asyncio.wait_for(self.reader.readexactly(2), timeout)
         length = head[1] & 0x7F
@@ -77,7 +123,7 @@ class RawClient:
         payload = await asyncio.wait_for(self.reader.readexactly(length), timeout)
         return head[0] & 0x0F, payload
 
-    async def read_close(self, timeout: float = 5) -> int:
+    async def read_close(self, timeout: float = TIMEOUT) -> int:
         """Read frames up to the close frame; return its code (1005 when empty)."""
         for _ in range(1000):
             opcode, payload = await self.read_frame(timeout)
@@ -85,7 +131,7 @@ class RawClient:
                 return int.from_bytes(payload[:2], "big") if payload else 1005
         raise AssertionError("no close frame")
 
-    async def at_eof(self, timeout: float = 5) -> bool:
+    async def at_eof(self, timeout: float = TIMEOUT) -> bool:
         data = await asyncio.wait_for(self.reader.read(65536), timeout)
         return data == b""
 

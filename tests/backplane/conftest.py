@@ -6,6 +6,7 @@ install it (``make test-deps``).
 
 from __future__ import annotations
 
+import math
 import shutil
 import socket
 import subprocess
@@ -17,9 +18,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from harpy.pubsub.backplane import Backplane, MemoryBackplane, NatsBackplane, RedisBackplane
+from tests.timing import scaled
 
 #: Seconds a server gets to accept TCP connections.
-START_TIMEOUT = 10.0
+START_TIMEOUT = scaled(10.0)
+#: Seconds between two tries to connect to it.
+RETRY_INTERVAL = 0.05
 
 BACKENDS = ["memory", "redis", "nats"]
 
@@ -31,16 +35,19 @@ def _free_port() -> int:
 
 
 def _wait_for_port(proc: subprocess.Popen[bytes], port: int, log: str) -> None:
+    # Polling, bounded in tries and time: a server process announces nothing when it is ready.
     deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    for _ in range(math.ceil(START_TIMEOUT / RETRY_INTERVAL)):
+        if time.monotonic() >= deadline:
+            break
         if proc.poll() is not None:
             with open(log, encoding="utf-8", errors="replace") as f:
                 pytest.fail(f"{proc.args!r} exited with {proc.returncode}:\n{f.read()[-2000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection(("127.0.0.1", port), timeout=scaled(0.5)):
                 return
         except OSError:
-            time.sleep(0.05)
+            time.sleep(RETRY_INTERVAL)
     proc.kill()
     proc.wait()
     pytest.fail(f"{proc.args!r} did not accept connections on port {port} in {START_TIMEOUT} s")
@@ -63,7 +70,7 @@ def _run_server(name: str, args: Callable[[str, int], list[str]]) -> Iterator[st
         finally:
             proc.terminate()
             try:
-                proc.wait(5)
+                proc.wait(scaled(5.0))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +20,8 @@ from harpy.pubsub.backplane import (
 )
 from harpy.pubsub.backplane.base import BackplaneState
 
+from ..timing import eventually, scaled
+
 MakeBackplane = Callable[[], Backplane]
 
 
@@ -33,12 +34,14 @@ class Inbox:
     def __call__(self, topic: str, envelope: bytes) -> None:
         self.items.append((topic, envelope))
 
-    async def wait_for(self, count: int, timeout: float = 3.0) -> list[tuple[str, bytes]]:
-        deadline = time.monotonic() + timeout
-        while len(self.items) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"got {len(self.items)} of {count} messages: {self.items}")
-            await asyncio.sleep(0.005)
+    async def wait_for(
+        self, count: int, timeout: float = scaled(3.0)
+    ) -> list[tuple[str, bytes]]:
+        try:
+            await eventually(lambda: len(self.items) >= count, timeout, interval=0.005)
+        except AssertionError:
+            got = f"got {len(self.items)} of {count} messages: {self.items}"
+            raise AssertionError(got) from None
         return self.items
 
 
@@ -98,7 +101,7 @@ async def test_subscribe_then_receive(make_backplane: MakeBackplane) -> None:
         a.publish("news", b"echo")
         assert (await inbox_a.wait_for(1))[0] == ("news", b"echo")
         await inbox_b.wait_for(2)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # time for a message that must not come: not a synchronisation
         assert inbox_b.items == [("news", b"hello"), ("news", b"echo")]
         assert inbox_a.items == [("news", b"echo")]
     finally:
@@ -122,7 +125,7 @@ async def test_unsubscribe_stops_delivery(make_backplane: MakeBackplane) -> None
         a.publish("gone", b"2")
         a.publish("marker", b"end")
         await inbox.wait_for(2)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # time for a message that must not come: not a synchronisation
         assert inbox.items == [("gone", b"1"), ("marker", b"end")]
     finally:
         await a.stop()

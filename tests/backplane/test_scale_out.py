@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ import harpy
 from harpy.pubsub.backplane import Backplane, MemoryBackplane
 
 from ..helpers import serve
+from ..timing import eventually
 
 MakeBackplane = Callable[[], Backplane]
 
@@ -39,15 +39,8 @@ def make_app(backplane: Backplane, **options: Any) -> harpy.App:
     return app
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
-
-
 async def nothing_more(client: ClientConnection, wait: float = 0.1) -> None:
+    # A window in which nothing may arrive: a slow machine cannot fail it, so it is not scaled.
     with pytest.raises(TimeoutError):
         got = await asyncio.wait_for(client.recv(), wait)
         raise AssertionError(f"unexpected message {got!r}")
@@ -139,6 +132,7 @@ async def test_last_local_subscriber_leaving_unsubscribes_the_backplane(
             await eventually(subscribed(n.b, "room"))
             await b1.send("leave")
             assert await b1.recv() == "left"
+            # Time for an unsubscription that must not come: not a synchronisation.
             await asyncio.sleep(0.05)
             assert subscribed(n.b, "room")()  # b2 still listens
             await b2.send("leave")

@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from harpy.cli import main
+from tests.timing import TIMEOUT, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,7 @@ async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, str]:
     )
     assert proc.stderr is not None
     for _ in range(50):
-        line = (await asyncio.wait_for(proc.stderr.readline(), 15)).decode()
+        line = (await asyncio.wait_for(proc.stderr.readline(), scaled(15.0))).decode()
         match = re.search(r"listening on (wss?://\S+)", line)
         if match:
             return proc, match.group(1)
@@ -42,12 +43,12 @@ async def test_cli_serves_and_sigterm_closes_with_1001_then_exits_0() -> None:
     try:
         async with connect(f"{url}/echo") as client:
             await client.send("ping?")
-            assert await asyncio.wait_for(client.recv(), 5) == "ping?"
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == "ping?"
             proc.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(client.recv(), 10)
+                await asyncio.wait_for(client.recv(), scaled(10.0))
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -60,9 +61,9 @@ async def test_sigint_also_shuts_down_gracefully() -> None:
         async with connect(f"{url}/echo") as client:
             proc.send_signal(signal.SIGINT)
             with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(client.recv(), 10)
+                await asyncio.wait_for(client.recv(), scaled(10.0))
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -79,7 +80,7 @@ def make_cert(tmp_path: Path) -> tuple[Path, Path]:
         ],
         check=True,
         capture_output=True,
-        timeout=60,
+        timeout=scaled(60.0),
     )
     return cert, key
 
@@ -94,9 +95,9 @@ async def test_tls_from_the_command_line(tmp_path: Path) -> None:
         context = ssl.create_default_context(cafile=str(cert))
         async with connect(f"{url}/echo", ssl=context) as client:
             await client.send("secret")
-            assert await asyncio.wait_for(client.recv(), 5) == "secret"
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == "secret"
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -16,10 +16,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 import harpy
 from tests.helpers import serve
+from tests.timing import TIMEOUT, eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-#: Upper bound of any single wait, in seconds.
-WAIT = 5.0
 SYNC = {"type": "sync"}
 
 
@@ -51,11 +50,11 @@ def game_app() -> harpy.App:
 
 
 def client(url: str) -> Any:
-    return connect(url, open_timeout=WAIT, close_timeout=WAIT)
+    return connect(url, open_timeout=TIMEOUT, close_timeout=TIMEOUT)
 
 
 async def recv(ws: ClientConnection) -> str | bytes:
-    return await asyncio.wait_for(ws.recv(), WAIT)
+    return await asyncio.wait_for(ws.recv(), TIMEOUT)
 
 
 async def recv_json(ws: ClientConnection) -> Any:
@@ -294,14 +293,9 @@ async def test_game_server_refuses_unknown_games_and_outsiders(game_app: harpy.A
         await synced(app, p1, p2)
 
         await p1.close()  # the last player leaves: the game is gone
-        await asyncio.wait_for(_until(lambda: game_id not in app.rooms), WAIT)
+        await eventually(lambda: game_id not in app.rooms)
         await send_json(p2, {"type": "join-game", "gameId": game_id})
         assert (await recv_json(p2))["type"] == "error"
-
-
-async def _until(predicate: Any) -> None:
-    while not predicate():
-        await asyncio.sleep(0.002)
 
 
 # --------------------------------------------------------------------------------- chat, echo

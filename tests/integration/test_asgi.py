@@ -1,12 +1,16 @@
-"""harpy.asgi.ASGIApp under a real uvicorn server, with real websockets clients."""
+"""harpy.asgi.ASGIApp under a real uvicorn server, with real websockets clients.
+
+What the adapter shares with the native server (handler order, async handlers, errors, the
+connection object) is tested on both through the ``serve_app`` fixture
+(tests/integration/test_handlers.py); here is what is the adapter's own: the handshake's answers
+as ASGI events, lifespan, fallback, root_path, HTTP, limits and backpressure through the channel.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,40 +20,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import harpy
 from harpy.asgi import ASGIApp
-from tests.helpers import RawClient, serve
-
-
-@contextlib.asynccontextmanager
-async def uvicorn_serve(app: Any, lifespan: str = "on") -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 port 0; yield ``ws://127.0.0.1:port``."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="none",
-        lifespan=lifespan,
-        ws="websockets-sansio",
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        if task.done():
-            task.result()
-        assert server.started
-        yield f"ws://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
+from tests.helpers import RawClient, serve, uvicorn_serve
+from tests.timing import TIMEOUT, eventually, scaled
 
 
 async def http_get(url: str, path: str) -> tuple[int, bytes]:
@@ -62,110 +34,6 @@ async def http_get(url: str, path: str) -> tuple[int, bytes]:
         return status, body
     finally:
         await client.close()
-
-
-async def test_echo_order_and_close_codes() -> None:
-    events: list[str] = []
-    closed = asyncio.Event()
-    app = harpy.App()
-
-    @app.ws("/order")
-    class Order:
-        async def open(self, ws: harpy.WebSocket[Any]) -> None:
-            events.append("open-start")
-            await asyncio.sleep(0.05)
-            events.append("open-end")
-
-        async def message(self, ws: harpy.WebSocket[Any], message: str | bytes) -> None:
-            events.append(f"msg {message!r}")
-            if message == "1":
-                await asyncio.sleep(0.02)  # a slow one is not overtaken by the next
-            ws.send(message)
-
-        def close(self, ws: harpy.WebSocket[Any], code: int, reason: str) -> None:
-            events.append(f"close {code} {reason}")
-            closed.set()
-
-    async with uvicorn_serve(ASGIApp(app)) as url, connect(f"{url}/order") as client:
-        for i in range(5):
-            await client.send(str(i))  # sent before open() finished
-        await client.send(b"\x00\xff")
-        got = [await asyncio.wait_for(client.recv(), 5) for _ in range(6)]
-        assert got == ["0", "1", "2", "3", "4", b"\x00\xff"]
-        await client.close(4000, "bye")
-        await asyncio.wait_for(closed.wait(), 5)
-    assert events[:2] == ["open-start", "open-end"]
-    assert events[2:-1] == [f"msg {i!r}" for i in ["0", "1", "2", "3", "4", b"\x00\xff"]]
-    assert events[-1] == "close 4000 bye"
-    assert events.count("close 4000 bye") == 1
-
-
-async def test_send_counts_and_server_close() -> None:
-    results: list[int] = []
-    codes: list[tuple[int, str]] = []
-    closed = asyncio.Event()
-    app = harpy.App()
-
-    def message(ws: harpy.WebSocket[Any], message: str | bytes) -> None:
-        results.append(ws.send("hello"))
-        results.append(ws.send(b"x" * 200))
-        results.append(ws.send_json({"a": 1}))
-        ws.close(4001, "done")
-        results.append(ws.send("late"))
-
-    def close(ws: harpy.WebSocket[Any], code: int, reason: str) -> None:
-        codes.append((code, reason))
-        closed.set()
-
-    app.ws("/c", {"message": message, "close": close})
-    async with uvicorn_serve(ASGIApp(app)) as url, connect(f"{url}/c") as client:
-        await client.send("go")
-        assert await client.recv() == "hello"
-        assert await client.recv() == b"x" * 200
-        assert json.loads(await client.recv()) == {"a": 1}
-        with pytest.raises(ConnectionClosed) as info:
-            await asyncio.wait_for(client.recv(), 5)
-        assert info.value.rcvd is not None
-        assert (info.value.rcvd.code, info.value.rcvd.reason) == (4001, "done")
-        await asyncio.wait_for(closed.wait(), 5)
-    assert results == [2 + 5, 4 + 200, 2 + 7, 0]
-    assert codes == [(4001, "done")]
-
-
-async def test_request_facts() -> None:
-    seen: dict[str, Any] = {}
-    app = harpy.App()
-
-    def open_(ws: harpy.WebSocket[Any]) -> None:
-        seen.update(
-            params=ws.params,
-            query=ws.query,
-            cookies=ws.cookies,
-            header=ws.headers.get("x-test"),
-            remote=ws.remote_address,
-            path=ws.path,
-            url=ws.data["url"],
-            route=ws.route,
-            state=ws.ready_state,
-        )
-        ws.send("ok")
-
-    app.ws("/rooms/:room/users/{user}", {"open": open_})
-    async with uvicorn_serve(ASGIApp(app)) as url, connect(
-        f"{url}/rooms/a%20b/users/7?x=1&y=2&x=3",
-        additional_headers={"Cookie": "sid=abc; theme=dark", "X-Test": "yes"},
-    ) as client:
-        assert await client.recv() == "ok"
-    assert seen["params"] == {"room": "a b", "user": "7"}
-    assert seen["query"] == {"x": "1", "y": "2"}
-    assert seen["cookies"] == {"sid": "abc", "theme": "dark"}
-    assert seen["header"] == "yes"
-    assert seen["remote"] == "127.0.0.1"
-    assert seen["path"] == "/rooms/a%20b/users/7"
-    assert seen["url"].startswith("ws://127.0.0.1:")
-    assert seen["url"].endswith("/rooms/a%20b/users/7?x=1&y=2&x=3")
-    assert seen["route"] == "/rooms/:room/users/{user}"
-    assert seen["state"] == harpy.ReadyState.OPEN
 
 
 async def test_subprotocols() -> None:
@@ -192,7 +60,7 @@ async def test_authenticate_and_origins() -> None:
     app = harpy.App()
 
     async def hook(request: harpy.UpgradeRequest) -> Any:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a hook that really suspends: the case under test
         token = request.headers.get("authorization")
         if token == "Bearer good":
             return {"success": True, "data": {"user": "ann"}}
@@ -225,7 +93,7 @@ async def test_authenticate_and_origins() -> None:
             assert info.value.response.body == body
         async with connect(f"{url}/auth", additional_headers={"Authorization": "Bearer deny"}) as c:
             with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(c.recv(), 5)
+                await asyncio.wait_for(c.recv(), TIMEOUT)
             assert closed.value.rcvd is not None
             assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "nope")
         with pytest.raises(InvalidStatus) as info:
@@ -273,20 +141,16 @@ async def test_publish_and_broadcast_across_native_and_asgi() -> None:
         assert app.subscriber_count("news") == 2
         assert len(app.connections) == 2
         await asgi.send("hi")
-        assert await asyncio.wait_for(native.recv(), 5) == "asgi: hi"
+        assert await asyncio.wait_for(native.recv(), TIMEOUT) == "asgi: hi"
         await native.send("hello")
-        assert await asyncio.wait_for(asgi.recv(), 5) == "native: hello"
+        assert await asyncio.wait_for(asgi.recv(), TIMEOUT) == "native: hello"
         assert app.publish("news", {"n": 1}) == 2
         assert app.broadcast(b"\x01", rooms=["lobby"]) == 2
         for client in (native, asgi):
-            assert json.loads(await asyncio.wait_for(client.recv(), 5)) == {"n": 1}
-            assert await asyncio.wait_for(client.recv(), 5) == b"\x01"
+            assert json.loads(await asyncio.wait_for(client.recv(), TIMEOUT)) == {"n": 1}
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == b"\x01"
         await asgi.close()
-        for _ in range(100):
-            if app.subscriber_count("news") == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert app.subscriber_count("news") == 1
+        await eventually(lambda: app.subscriber_count("news") == 1)
         assert app.room_members("lobby")[0].query == {"who": "native"}
 
 
@@ -312,7 +176,7 @@ async def test_lifespan_hooks_and_shutdown_closes_connections() -> None:
         client = await connect(f"{url}/x")
         assert await client.recv() == "hi"
         assert asgi.connections == 1
-    await asyncio.wait_for(closed.wait(), 5)
+    await asyncio.wait_for(closed.wait(), TIMEOUT)
     assert events[0] == "startup"
     assert events[-1] == "shutdown"
     assert events[1].startswith("close ")  # the ASGI server closed it first (1012)
@@ -348,7 +212,7 @@ async def test_http_404_and_fallback() -> None:
 
     async def fallback(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
+            for _ in range(2):  # lifespan.startup, then lifespan.shutdown
                 message = await receive()
                 lifespan_events.append(message["type"])
                 await send({"type": message["type"] + ".complete"})
@@ -419,12 +283,12 @@ async def test_handler_error_message_size_and_rate_limit() -> None:
             assert await client.recv() == "ok"
             await client.send("boom")
             with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(client.recv(), 5)
+                await asyncio.wait_for(client.recv(), TIMEOUT)
             assert info.value.rcvd is not None and info.value.rcvd.code == 1011
         async with connect(f"{url}/e") as client:
             await client.send("é" * 60)  # 120 bytes of UTF-8
             with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(client.recv(), 5)
+                await asyncio.wait_for(client.recv(), TIMEOUT)
             assert info.value.rcvd is not None and info.value.rcvd.code == 1009
         async with connect(f"{url}/r") as client:
             for i in range(3):
@@ -432,7 +296,7 @@ async def test_handler_error_message_size_and_rate_limit() -> None:
             assert await client.recv() == "0"
             assert await client.recv() == "1"
             with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(client.recv(), 5)
+                await asyncio.wait_for(client.recv(), TIMEOUT)
             assert info.value.rcvd is not None and info.value.rcvd.code == 1008
     assert errors == ["ValueError", "PayloadTooBig"]
 
@@ -455,8 +319,8 @@ async def test_backpressure_and_drain() -> None:
     async with uvicorn_serve(ASGIApp(app)) as url, connect(f"{url}/b") as client:
         await client.send("go")
         for _ in range(20):
-            assert await asyncio.wait_for(client.recv(), 5) == b"x" * 4096
-        await asyncio.wait_for(drained.wait(), 5)
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == b"x" * 4096
+        await asyncio.wait_for(drained.wait(), TIMEOUT)
     assert statuses[0] == 4 + 4096
     assert -1 in statuses
     assert 0 not in statuses
@@ -464,7 +328,7 @@ async def test_backpressure_and_drain() -> None:
 
 async def test_first_message_auth_and_terminate() -> None:
     class Token(harpy.FirstMessageAuth):
-        timeout = 5.0
+        timeout = scaled(5.0)  # how long the client may take to send it: a bound
 
         def verify(self, message: str | bytes) -> Any:
             if message != "secret":
@@ -494,16 +358,13 @@ async def test_first_message_auth_and_terminate() -> None:
             assert await client.recv() == "user-1: hi"
             await client.send("kill")
             with pytest.raises(ConnectionClosed):
-                await asyncio.wait_for(client.recv(), 5)
+                await asyncio.wait_for(client.recv(), TIMEOUT)
         async with connect(f"{url}/f") as client:
             await client.send("wrong")
             with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(client.recv(), 5)
+                await asyncio.wait_for(client.recv(), TIMEOUT)
             assert info.value.rcvd is not None and info.value.rcvd.code == 4003
-    for _ in range(100):
-        if closes:
-            break
-        await asyncio.sleep(0.01)
+        await eventually(lambda: closes)
     assert closes == [1006]
 
 
@@ -511,7 +372,7 @@ async def test_limits_handshake_timeout_and_abrupt_disconnect() -> None:
     closes: list[int] = []
 
     async def slow(request: harpy.UpgradeRequest) -> bool:
-        await asyncio.sleep(3)
+        await asyncio.sleep(3)  # outlasts handshake_timeout (the case under test)
         return True
 
     app = harpy.App(max_connections=1, handshake_timeout=0.3)
@@ -526,10 +387,7 @@ async def test_limits_handshake_timeout_and_abrupt_disconnect() -> None:
         assert info.value.response.status_code == 503
         assert first.transport is not None
         first.transport.abort()  # no closing handshake
-        for _ in range(200):
-            if closes:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: closes)
         assert len(closes) == 1  # uvicorn reports a lost connection as 1005
         async with connect(f"{url}/one") as again:  # the place was given back
             assert await again.recv() == "in"
@@ -563,10 +421,9 @@ async def test_without_server_extensions_or_upgrade_headers() -> None:
         async def send(message: Any) -> None:
             sent.append(dict(message))
             if message["type"] == "websocket.send":
-                await asyncio.sleep(0.01)
                 inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
 
-        await asyncio.wait_for(asgi(scope, inbox.get, send), 5)
+        await asyncio.wait_for(asgi(scope, inbox.get, send), TIMEOUT)
         return sent
 
     connect_event = {"type": "websocket.connect"}

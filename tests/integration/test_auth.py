@@ -14,13 +14,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import harpy
 from tests.helpers import RawClient, serve
-
-TIMEOUT = 5.0
+from tests.timing import TIMEOUT, eventually, scaled
 
 
 def client(url: str, **kwargs: Any) -> connect:
     """A websockets client with bounded waits and no proxy from the environment."""
-    return connect(url, proxy=None, open_timeout=TIMEOUT, close_timeout=2, **kwargs)
+    return connect(url, proxy=None, open_timeout=TIMEOUT, close_timeout=scaled(2.0), **kwargs)
 
 
 async def refused(url: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
@@ -41,15 +40,6 @@ async def closed(ws: ClientConnection) -> tuple[int | None, str | None]:
 
 async def recv(ws: ClientConnection) -> str | bytes:
     return await asyncio.wait_for(ws.recv(), TIMEOUT)
-
-
-async def until(predicate: Any, timeout: float = TIMEOUT) -> None:
-    """Poll ``predicate()`` until true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 class Report:
@@ -88,7 +78,7 @@ async def test_hook_data_goes_on_ws_auth(kind: str) -> None:
         return {"user": request.headers.get("x-user"), "room": request.params["room"]}
 
     async def async_hook(request: harpy.UpgradeRequest) -> Any:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a hook that really suspends: the case under test
         return sync_hook(request)
 
     report = Report()
@@ -190,7 +180,7 @@ async def test_hook_raising_reject_refuses_with_its_status(kind: str) -> None:
         raise harpy.Reject(403, "Forbidden")
 
     async def async_hook(request: harpy.UpgradeRequest) -> Any:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # suspends once, then fails: the case under test
         raise harpy.Reject(403, "Forbidden")
 
     report = Report()
@@ -213,7 +203,7 @@ async def test_hook_crash_is_500_and_logged_not_sent(
         raise RuntimeError("secret-xyz")
 
     async def async_hook(request: harpy.UpgradeRequest) -> Any:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # suspends once, then fails: the case under test
         raise RuntimeError("secret-xyz")
 
     report = Report()
@@ -236,9 +226,12 @@ async def test_hook_crash_is_500_and_logged_not_sent(
 
 async def test_slow_async_hook_does_not_hold_up_other_clients() -> None:
     order: list[str] = []
+    hook_running = asyncio.Event()
+    release = asyncio.Event()
 
     async def slow(request: harpy.UpgradeRequest) -> Any:
-        await asyncio.sleep(0.2)
+        hook_running.set()
+        await release.wait()  # pending until the fast client is done
         return {"slow": True}
 
     app = harpy.App()
@@ -252,14 +245,13 @@ async def test_slow_async_hook_does_not_hold_up_other_clients() -> None:
                 assert await recv(ws) == '{"auth":{"slow":true},"subprotocol":null}'
 
         task = asyncio.create_task(slow_client())
-        await asyncio.sleep(0.02)  # the slow hook is running now
-        started = time.monotonic()
+        await asyncio.wait_for(hook_running.wait(), TIMEOUT)
         async with client(f"{url}/fast") as ws:
             for i in range(3):
                 await ws.send(str(i))
                 assert await recv(ws) == str(i)
         order.append("fast done")
-        assert time.monotonic() - started < 0.15
+        release.set()
         await asyncio.wait_for(task, TIMEOUT)
     assert order == ["fast done", "slow open"]
 
@@ -268,10 +260,15 @@ async def test_async_hook_outlasting_the_handshake_timeout() -> None:
     # The handshake timeout bounds a slow hook: 408.  When the hook returns later, nothing is
     # made for the dead connection (its data factory does not run) and the server carries on.
     made: list[int] = []
+    release = asyncio.Event()
+    returned = asyncio.Event()
 
     async def slow(request: harpy.UpgradeRequest) -> bool:
-        await asyncio.sleep(0.6)
-        return True
+        try:
+            await release.wait()  # until the 408 went out: the hook outlasts the timeout
+            return True
+        finally:
+            returned.set()
 
     app = harpy.App(handshake_timeout=0.3)
     app.ws("/slow", Report(), authenticate=slow, data=lambda: made.append(1))
@@ -279,7 +276,8 @@ async def test_async_hook_outlasting_the_handshake_timeout() -> None:
     async with serve(app) as url:
         status, _, _ = await refused(f"{url}/slow")
         assert status == 408
-        await asyncio.sleep(0.5)  # the hook has returned by now
+        release.set()
+        await asyncio.wait_for(returned.wait(), TIMEOUT)
         async with client(f"{url}/echo") as ws:
             await ws.send("x")
             assert await recv(ws) == "x"
@@ -370,7 +368,7 @@ async def test_max_connections() -> None:
         assert status == 503
         assert headers["retry-after"] == "5"
         await first.close()
-        await until(lambda: len(app.connections) == 1)
+        await eventually(lambda: len(app.connections) == 1)
         async with client(f"{url}/echo") as third:
             await third.send("in")
             assert await recv(third) == "in"
@@ -385,24 +383,34 @@ async def test_connection_limits_hold_during_slow_async_authentication(
     # The limits are checked before the hook runs but counted only once the 101 went out: with
     # an async hook, handshakes in flight together must still not pass them.
     async def slow(request: harpy.UpgradeRequest) -> bool:
+        # A slow hook, so that the four handshakes are in flight together: the case under test.
         await asyncio.sleep(0.2)
         return True
+
+    statuses: list[int] = []
+    all_answered = asyncio.Event()
+
+    def answered(status: int) -> None:
+        statuses.append(status)
+        if len(statuses) == 4:
+            all_answered.set()
 
     app = harpy.App(**{limit: 2})
     app.ws("/slow", {"message": echo}, authenticate=slow)
     async with serve(app) as url:
 
-        async def attempt() -> int:
+        async def attempt() -> None:
             try:
                 async with client(f"{url}/slow") as ws:
                     await ws.send("x")
                     await recv(ws)
-                    await asyncio.sleep(0.3)  # hold it while the others try
-                    return 101
+                    answered(101)
+                    # Hold the place until every attempt has its answer.
+                    await asyncio.wait_for(all_answered.wait(), TIMEOUT)
             except InvalidStatus as exc:
-                return exc.response.status_code
+                answered(exc.response.status_code)
 
-        statuses = await asyncio.gather(*(attempt() for _ in range(4)))
+        await asyncio.wait_for(asyncio.gather(*(attempt() for _ in range(4))), TIMEOUT)
     assert sorted(statuses) == [101, 101, status, status], statuses
 
 
@@ -415,7 +423,7 @@ async def test_max_connections_per_ip() -> None:
             assert (status, body) == (429, b"Too many connections from this address\n")
             await first.send("ok")
             assert await recv(first) == "ok"
-        await until(lambda: len(app.connections) == 0)
+        await eventually(lambda: len(app.connections) == 0)
         async with client(f"{url}/echo") as again:
             await again.send("ok")
             assert await recv(again) == "ok"
@@ -433,6 +441,7 @@ async def test_rate_limit_closes_a_flooder_not_a_well_behaved_client() -> None:
             for i in range(5):
                 await polite.send(f"p{i}")
                 assert await recv(polite) == f"p{i}"
+                # The pace of a well-behaved client, under rate_limit: the case under test.
                 await asyncio.sleep(0.1)
 
         task = asyncio.create_task(behave())
@@ -441,7 +450,7 @@ async def test_rate_limit_closes_a_flooder_not_a_well_behaved_client() -> None:
                 await flood.send(f"f{i}")
         echoed = []
         with contextlib.suppress(ConnectionClosed):
-            while True:
+            for _ in range(51):  # at most the 50 sent, then the close
                 echoed.append(await recv(flood))
         assert await closed(flood) == (1008, "Rate limit exceeded")
         assert 5 <= len(echoed) < 10  # the burst, then the close
@@ -470,7 +479,7 @@ async def test_slowloris_gets_408_and_others_are_served() -> None:
             await slow.writer.drain()
             status, _, _ = await slow.read_response()
             assert status == 408
-            assert 0.4 < time.monotonic() - started < 1.5
+            assert 0.4 < time.monotonic() - started < scaled(1.5)
             # The body, then the server closes the connection.
             assert await asyncio.wait_for(slow.reader.read(), TIMEOUT) == b"Request Timeout\n"
         finally:

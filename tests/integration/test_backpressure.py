@@ -13,11 +13,11 @@ from websockets.asyncio.client import connect
 
 import harpy
 from tests.helpers import RawClient, serve
+from tests.timing import TIMEOUT, eventually, scaled
 
 OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
 KiB = 1024
 CHUNK = 64 * KiB
-TIMEOUT = 5.0
 
 
 @contextlib.asynccontextmanager
@@ -55,14 +55,6 @@ async def read_chunks(client: RawClient, count: int) -> list[int]:
         assert len(payload) == CHUNK
         numbers.append(int.from_bytes(payload[:4], "big"))
     return numbers
-
-
-async def wait_for(predicate: Any, timeout: float = TIMEOUT) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 class Flood:
@@ -112,7 +104,7 @@ async def test_send_reports_backpressure_and_drain_fires_once_below_low_water() 
     app = harpy.App()
     app.ws("/flood", flood, write_high_water=64 * KiB, write_low_water=16 * KiB)
     async with serve(app) as url, slow_reader(url, "/flood") as client:
-        await wait_for(lambda: flood.results and flood.results[-1] in (-1, 0))
+        await eventually(lambda: flood.results and flood.results[-1] in (-1, 0))
         results = flood.results
         assert results[-1] == -1, results
         assert all(r == CHUNK + 10 for r in results[:-1]), results  # bytes of each frame
@@ -122,7 +114,8 @@ async def test_send_reports_backpressure_and_drain_fires_once_below_low_water() 
         assert flood.drains == []  # nothing was read yet
         numbers = await read_chunks(client, len(results))  # a -1 send is queued, not lost
         assert numbers == list(range(len(results)))
-        await wait_for(lambda: flood.drains)
+        await eventually(lambda: flood.drains)
+        # Time for a second drain, which must not come: not a synchronisation.
         await asyncio.sleep(0.2)
         assert len(flood.drains) == 1, flood.drains
         assert flood.drains[0] <= 16 * KiB
@@ -148,7 +141,7 @@ async def test_the_send_that_passes_high_water_returns_minus_one() -> None:
     app = harpy.App()
     app.ws("/flood", {"open": open_}, write_high_water=64 * KiB, write_low_water=16 * KiB)
     async with serve(app) as url, slow_reader(url, "/flood"):
-        await wait_for(lambda: after and after[-1][0] == -1)
+        await eventually(lambda: after and after[-1][0] == -1)
         crossing = [(i, r, b) for i, (r, b) in enumerate(after) if r > 0 and b > 64 * KiB]
         assert crossing == [], (
             "send returned the byte count although the frame left the buffer above "
@@ -167,7 +160,7 @@ async def test_backpressure_limit_drops_and_counts() -> None:
         backpressure_limit=256 * KiB,
     )
     async with serve(app) as url, slow_reader(url, "/flood") as client:
-        await wait_for(lambda: flood.results and flood.results.count(0) == 5)
+        await eventually(lambda: flood.results and flood.results.count(0) == 5)
         results = flood.results
         first_blocked = results.index(-1)
         first_dropped = results.index(0)
@@ -202,7 +195,7 @@ async def test_close_on_backpressure_limit_closes_1008() -> None:
         close_on_backpressure_limit=True,
     )
     async with serve(app) as url, slow_reader(url, "/flood") as client:
-        await wait_for(lambda: flood.results and flood.results[-3:] == [0, 0, 0])
+        await eventually(lambda: flood.results and flood.results[-3:] == [0, 0, 0])
         results = flood.results
         first_dropped = results.index(0)
         assert all(r != 0 for r in results[:first_dropped])
@@ -270,7 +263,7 @@ async def test_slow_async_handler_pauses_reading_and_loses_nothing() -> None:
         stats["max_queue"] = max(stats["max_queue"], ws.pending)
         if ws.dispatch is harpy.Dispatch.PAUSED:
             stats["paused_seen"] += 1
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.001)  # a slow handler: the case under test
         handled.append(message)
         if len(handled) == count:
             done.set()
@@ -282,7 +275,7 @@ async def test_slow_async_handler_pauses_reading_and_loses_nothing() -> None:
     async with serve(app) as url, connect(f"{url}/slow") as client:
         for text in sent:
             await client.send(text)  # waits only when the client's own buffer is full
-        await asyncio.wait_for(done.wait(), 30)
+        await asyncio.wait_for(done.wait(), scaled(30.0))
         assert handled == sent
         assert stats["paused_seen"] > 0, "reading was never paused"
         assert stats["max_queue"] < limit + 600, stats
@@ -293,4 +286,4 @@ async def test_slow_async_handler_pauses_reading_and_loses_nothing() -> None:
         handled.clear()
         done.clear()
         await client.send("last")
-        await wait_for(lambda: handled == ["last"])
+        await eventually(lambda: handled == ["last"])

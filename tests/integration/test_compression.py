@@ -15,12 +15,12 @@ from websockets.asyncio.client import ClientConnection, connect
 
 import harpy
 from tests.helpers import RawClient, serve
+from tests.timing import TIMEOUT, eventually
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE = 0x0, 0x1, 0x2, 0x8
 RSV1 = 0x40
 TAIL = b"\x00\x00\xff\xff"
 OFFER = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
-TIMEOUT = 5.0
 
 
 # ----------------------------------------------------------------- raw helpers
@@ -374,11 +374,7 @@ def pubsub_app(**options: Any) -> harpy.App:
 
 
 async def wait_subscribers(app: harpy.App, count: int) -> None:
-    for _ in range(500):
-        if app.subscriber_count("news") == count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{app.subscriber_count('news')} subscribers, not {count}")
+    await eventually(lambda: app.subscriber_count("news") == count, what=f"{count} subscribers")
 
 
 async def test_publish_to_50_compressing_subscribers() -> None:

@@ -14,6 +14,7 @@ import harpy
 from harpy.protocol import message as pubsub
 from harpy.server.connection import Connection
 from tests.helpers import serve
+from tests.timing import TIMEOUT
 
 SUBSCRIBERS = 20
 
@@ -43,10 +44,10 @@ async def test_a_published_message_is_framed_once(monkeypatch: pytest.MonkeyPatc
         clients = [await connect(f"{url}/sub") for _ in range(SUBSCRIBERS)]
         try:
             for c in clients:
-                assert await asyncio.wait_for(c.recv(), 5) == "ready"
+                assert await asyncio.wait_for(c.recv(), TIMEOUT) == "ready"
             assert app.publish("news", "x" * 100) == SUBSCRIBERS
             for c in clients:
-                assert await asyncio.wait_for(c.recv(), 5) == "x" * 100
+                assert await asyncio.wait_for(c.recv(), TIMEOUT) == "x" * 100
         finally:
             for c in clients:
                 await c.close()
@@ -68,11 +69,11 @@ async def test_a_published_message_is_compressed_once(monkeypatch: pytest.Monkey
         clients = [await connect(f"{url}/sub") for _ in range(SUBSCRIBERS)]
         try:
             for c in clients:
-                assert await asyncio.wait_for(c.recv(), 5) == "ready"
+                assert await asyncio.wait_for(c.recv(), TIMEOUT) == "ready"
                 assert c.protocol.extensions, "permessage-deflate was negotiated"
             app.publish("news", text)
             for c in clients:
-                assert await asyncio.wait_for(c.recv(), 5) == text
+                assert await asyncio.wait_for(c.recv(), TIMEOUT) == text
         finally:
             for c in clients:
                 await c.close()
@@ -97,12 +98,12 @@ async def test_deliveries_of_one_tick_leave_in_one_write_per_connection(
         clients = [await connect(f"{url}/sub") for _ in range(SUBSCRIBERS)]
         try:
             for c in clients:
-                assert await asyncio.wait_for(c.recv(), 5) == "ready"
+                assert await asyncio.wait_for(c.recv(), TIMEOUT) == "ready"
             monkeypatch.setattr(Connection, "_flush", counting)
             for i in range(10):  # ten publishes in one tick: no await in between
                 app.publish("news", f"m{i}")
             for c in clients:
-                got = [await asyncio.wait_for(c.recv(), 5) for _ in range(10)]
+                got = [await asyncio.wait_for(c.recv(), TIMEOUT) for _ in range(10)]
                 assert got == [f"m{i}" for i in range(10)]
             monkeypatch.setattr(Connection, "_flush", real)
         finally:

@@ -14,9 +14,10 @@ from websockets.asyncio.client import connect
 
 import harpy
 from tests.helpers import RawClient, serve
+from tests.timing import TIMEOUT, scaled
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-TIMEOUT = 5.0
+CLOSE_TIMEOUT = scaled(1.0)
 
 
 def upgrade_head(
@@ -59,14 +60,14 @@ def echo_app(**options: Any) -> harpy.App:
 
 
 async def assert_echo(url: str, path: str = "/echo") -> None:
-    async with connect(url + path, open_timeout=TIMEOUT, close_timeout=1) as ws:
+    async with connect(url + path, open_timeout=TIMEOUT, close_timeout=CLOSE_TIMEOUT) as ws:
         await ws.send("ping?")
         assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "ping?"
 
 
 async def first_json(url: str, **kwargs: Any) -> Any:
     """Connect, return the JSON document the server's ``open`` handler sends, close."""
-    async with connect(url, open_timeout=TIMEOUT, close_timeout=1, **kwargs) as ws:
+    async with connect(url, open_timeout=TIMEOUT, close_timeout=CLOSE_TIMEOUT, **kwargs) as ws:
         return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
 
 
@@ -211,7 +212,7 @@ async def test_oversized_headers_in_small_writes_are_431() -> None:
                 with contextlib.suppress(ConnectionError):
                     client.writer.write(head[start : start + 256])
                     await client.writer.drain()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # one write at a time: the small writes under test
             status, _, _ = await asyncio.wait_for(response, TIMEOUT)
             assert status == 431
             await asyncio.wait_for(client.reader.read(), TIMEOUT)  # then the server closes
@@ -231,8 +232,8 @@ async def test_slowloris_gets_408_while_others_are_served() -> None:
             await assert_echo(url)  # served while the slow client hangs
             status, _, _ = await slow.read_response()
             assert status == 408
-            await asyncio.wait_for(slow.reader.read(), 2)  # then the server closes
-            assert loop.time() - started < 2.0
+            await asyncio.wait_for(slow.reader.read(), scaled(2.0))  # then the server closes
+            assert loop.time() - started < scaled(2.0)
         finally:
             await slow.close()
         await assert_echo(url)
@@ -244,7 +245,7 @@ async def test_slowloris_gets_408_while_others_are_served() -> None:
 async def test_good_upgrade_with_websockets() -> None:
     async with (
         serve(echo_app()) as url,
-        connect(url + "/echo", open_timeout=TIMEOUT, close_timeout=1) as ws,
+        connect(url + "/echo", open_timeout=TIMEOUT, close_timeout=CLOSE_TIMEOUT) as ws,
     ):
         for message in ("hello", b"\x00\x01binary", "é" * 1000):
             await ws.send(message)
@@ -331,7 +332,7 @@ async def test_request_facts_headers_address_path_url() -> None:
         connect(
             url + "/facts/7?k=v",
             open_timeout=TIMEOUT,
-            close_timeout=1,
+            close_timeout=CLOSE_TIMEOUT,
             additional_headers={"X-Custom-Thing": "Value 1"},
         ) as ws,
     ):
@@ -434,8 +435,8 @@ async def test_data_class_gives_each_connection_a_fresh_instance() -> None:
     app.ws("/s/:name", {"open": open_}, data=Session)
     async with (
         serve(app) as url,
-        connect(url + "/s/one", open_timeout=TIMEOUT, close_timeout=1) as one,
-        connect(url + "/s/two", open_timeout=TIMEOUT, close_timeout=1) as two,
+        connect(url + "/s/one", open_timeout=TIMEOUT, close_timeout=CLOSE_TIMEOUT) as one,
+        connect(url + "/s/two", open_timeout=TIMEOUT, close_timeout=CLOSE_TIMEOUT) as two,
     ):
         assert json.loads(await asyncio.wait_for(one.recv(), TIMEOUT)) == ["one"]
         assert json.loads(await asyncio.wait_for(two.recv(), TIMEOUT)) == ["two"]

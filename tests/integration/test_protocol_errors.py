@@ -12,9 +12,9 @@ from websockets.asyncio.client import connect
 
 import harpy
 from tests.helpers import RawClient, client_frame, serve
+from tests.timing import TIMEOUT, scaled
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-TIMEOUT = 5.0
 
 
 def close_payload(code: int, reason: bytes = b"") -> bytes:
@@ -58,7 +58,7 @@ async def upgraded(url: str, path: str = "/echo") -> AsyncIterator[RawClient]:
 
 async def assert_echo(url: str) -> None:
     """A well-behaved client is still served."""
-    async with connect(url + "/echo", open_timeout=TIMEOUT, close_timeout=1) as ws:
+    async with connect(url + "/echo", open_timeout=TIMEOUT, close_timeout=scaled(1.0)) as ws:
         await ws.send("still there?")
         assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "still there?"
 
@@ -71,7 +71,7 @@ async def assert_eof(client: RawClient, timeout: float = TIMEOUT) -> None:
 async def read_data_frame(client: RawClient) -> tuple[int, bytes]:
     """The next frame that is not a server ping (a heartbeat may come at any time)."""
     for _ in range(100):
-        frame = await client.read_frame(2)
+        frame = await client.read_frame(scaled(2.0))
         if frame[0] != OP_PING:
             return frame
     raise AssertionError("only pings")
@@ -123,7 +123,8 @@ async def test_unmasked_frame_then_close_exchange() -> None:
             assert opcode == OP_CLOSE
             assert int.from_bytes(payload[:2], "big") == 1002
             payload[2:].decode("utf-8")  # the reason is UTF-8
-            # The connection stays up until the client answers the close...
+            # The connection stays up until the client answers the close... (a window in which
+            # nothing may arrive: a slow machine cannot fail it, so it is not scaled)
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(client.reader.read(1), 0.1)
             client.send_frame(OP_CLOSE, close_payload(1002))
@@ -212,9 +213,9 @@ async def test_peer_that_never_answers_close_is_dropped_after_close_timeout() ->
             client.send_frame(OP_TEXT, b"hi", mask=False)
             assert await client.read_close() == 1002
             sent_close_at = loop.time()
-            await assert_eof(client, 2.0)  # no answer from us: the server drops TCP
+            await assert_eof(client, scaled(2.0))  # no answer from us: the server drops TCP
             waited = loop.time() - sent_close_at
-            assert 0.4 <= waited < 1.5
+            assert 0.4 <= waited < scaled(1.5)
         assert await asyncio.wait_for(recorder.closed.get(), TIMEOUT) == (1006, "")
         await assert_echo(url)
 
@@ -299,15 +300,16 @@ async def test_idle_client_is_closed_while_active_client_stays_open() -> None:
                     body = f"message {i}".encode()
                     busy.send_frame(OP_TEXT, body)
                     assert await read_data_frame(busy) == (OP_TEXT, body)
+                    # Activity well within idle_timeout: the case under test.
                     await asyncio.sleep(0.2)
 
             talking = asyncio.ensure_future(keep_talking())
             try:
-                assert await silent.read_close(2.5) == 1001
-                assert loop.time() - started < 2.0
+                assert await silent.read_close(scaled(2.5)) == 1001
+                assert loop.time() - started < scaled(2.0)
                 silent.send_frame(OP_CLOSE, close_payload(1001))
                 await assert_eof(silent)
-                await asyncio.wait_for(talking, 3)
+                await asyncio.wait_for(talking, scaled(3.0))
             finally:
                 talking.cancel()
             busy.send_frame(OP_CLOSE, close_payload(1000))
@@ -329,11 +331,11 @@ async def test_idle_timeout_of_another_connection_is_not_postponed() -> None:
     app.ws("/echo", recorder, idle_timeout=1.2)
     async with serve(app) as url, upgraded(url, "/quick") as quick, upgraded(url) as slow:
         opened = loop.time()
-        assert await quick.read_close(2.5) == 1001
-        assert loop.time() - opened < 0.9
+        assert await quick.read_close(scaled(2.5)) == 1001
+        assert loop.time() - opened < scaled(0.9)
         quick.send_frame(OP_CLOSE, close_payload(1001))
         await assert_eof(quick)
-        assert await slow.read_close(2.5) == 1001
-        assert 1.1 <= loop.time() - opened < 1.8
+        assert await slow.read_close(scaled(2.5)) == 1001
+        assert 1.1 <= loop.time() - opened < scaled(1.8)
         slow.send_frame(OP_CLOSE, close_payload(1001))
         await assert_eof(slow)

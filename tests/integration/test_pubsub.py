@@ -17,9 +17,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 import harpy
 from tests.helpers import RawClient, serve
+from tests.timing import TIMEOUT, eventually, scaled
 
-#: Upper bound of any single wait, in seconds.
-WAIT = 5.0
 SYNC = "--sync--"
 KiB = 1024
 
@@ -56,25 +55,32 @@ async def clients(url: str, path: str, *names: str) -> AsyncIterator[list[Client
     async with contextlib.AsyncExitStack() as stack:
         out = []
         for name in names:
-            client = connect(f"{url}{path}?name={name}", open_timeout=WAIT, close_timeout=WAIT)
+            client = connect(
+                f"{url}{path}?name={name}", open_timeout=TIMEOUT, close_timeout=TIMEOUT
+            )
             out.append(await stack.enter_async_context(client))
         yield out
 
 
 async def recv(client: ClientConnection) -> str | bytes:
-    return await asyncio.wait_for(client.recv(), WAIT)
+    return await asyncio.wait_for(client.recv(), TIMEOUT)
 
 
 async def recv_n(client: ClientConnection, n: int) -> list[str | bytes]:
     return [await recv(client) for _ in range(n)]
 
 
-async def recv_until(client: ClientConnection, last: str) -> list[str | bytes]:
-    """Every message up to (without) ``last``."""
+async def recv_until(
+    client: ClientConnection, last: str, limit: int = 10_000
+) -> list[str | bytes]:
+    """Every message up to (without) ``last``, among at most ``limit``."""
     got: list[str | bytes] = []
-    while (message := await recv(client)) != last:
+    for _ in range(limit):
+        message = await recv(client)
+        if message == last:
+            return got
         got.append(message)
-    return got
+    raise AssertionError(f"no {last!r} among {limit} messages")
 
 
 async def synced(app: harpy.App, *clients: ClientConnection) -> None:
@@ -83,14 +89,6 @@ async def synced(app: harpy.App, *clients: ClientConnection) -> None:
     app.broadcast(SYNC)
     for client in clients:
         assert await recv(client) == SYNC
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.002)
-
-    await asyncio.wait_for(poll(), WAIT)
 
 
 def harpy_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -215,7 +213,7 @@ async def test_a_topic_disappears_when_its_last_subscriber_leaves_or_closes() ->
         conns["b"].unsubscribe("news")
         assert app.topics == ["sports"]
         await c.close()
-        await wait_until(lambda: ("c", 1000) in closed)
+        await eventually(lambda: ("c", 1000) in closed)
         assert app.topics == []
         assert app.subscriber_count("sports") == 0
         assert app.publish("sports", "anyone?") == 0
@@ -248,7 +246,7 @@ async def test_thousands_of_topics_are_freed_when_the_subscriber_closes() -> Non
         assert await recv(m) == "last"
 
         await m.close()
-        await wait_until(lambda: ("many", 1000) in closed)
+        await eventually(lambda: ("many", 1000) in closed)
         assert sorted(app.topics) == sorted(f"topic-{i}" for i in range(10))
         assert app.subscriber_count("topic-3") == 1
         assert app.subscriber_count("topic-4999") == 0
@@ -261,7 +259,7 @@ async def test_thousands_of_topics_are_freed_when_the_subscriber_closes() -> Non
         assert len(app.topics) == 10
 
         await f.close()
-        await wait_until(lambda: ("few", 1000) in closed)
+        await eventually(lambda: ("few", 1000) in closed)
         assert app.topics == []
 
 
@@ -274,7 +272,7 @@ async def test_shutdown_empties_topics_and_rooms() -> None:
             ws.subscribe("news")
             ws.join("lobby")
         assert app.topics == ["news"] and app.rooms == ["lobby"]
-        await app.shutdown(timeout=2)  # while both clients are still connected
+        await app.shutdown(timeout=scaled(2.0))  # while both clients are still connected
         assert app.topics == []
         assert app.rooms == []
         assert len(app.connections) == 0
@@ -295,7 +293,7 @@ async def test_500_messages_reach_20_subscribers_in_order() -> None:
         readers = [asyncio.create_task(recv_n(sub, 500)) for sub in subs]
         for message in expected:  # back to back: no wait for any delivery
             await pub.send(message)
-        results = await asyncio.wait_for(asyncio.gather(*readers), WAIT)
+        results = await asyncio.wait_for(asyncio.gather(*readers), TIMEOUT)
         for got in results:
             assert got == expected
         await synced(app, pub, *subs)  # nothing more, and nothing to the publisher
@@ -419,7 +417,7 @@ async def test_subscribers_come_and_go_while_a_handler_publishes(
         (pub,) = await stack.enter_async_context(clients(url, "/pub", "p"))
 
         async def join() -> ClientConnection:
-            return await stack.enter_async_context(connect(f"{url}/sub", open_timeout=WAIT))
+            return await stack.enter_async_context(connect(f"{url}/sub", open_timeout=TIMEOUT))
 
         steady_reads = [asyncio.create_task(recv_until(c, "end")) for c in steady]
         leaver_reads = [asyncio.create_task(recv_until(c, "left")) for c in leavers]
@@ -431,16 +429,16 @@ async def test_subscribers_come_and_go_while_a_handler_publishes(
             if i in (30, 120, 210):
                 await leavers[(i - 30) // 90].send("leave")
             if i % 10 == 0:
-                await asyncio.sleep(0)
-        joiners = await asyncio.wait_for(asyncio.gather(*joins), WAIT)
+                await asyncio.sleep(0)  # let the server run mid-stream: the interleaving under test
+        joiners = await asyncio.wait_for(asyncio.gather(*joins), TIMEOUT)
         joiner_reads = [asyncio.create_task(recv_until(c, "end")) for c in joiners]
         await pub.send("end")
 
-        for got in await asyncio.wait_for(asyncio.gather(*steady_reads), WAIT):
+        for got in await asyncio.wait_for(asyncio.gather(*steady_reads), TIMEOUT):
             assert got == expected
-        for got in await asyncio.wait_for(asyncio.gather(*leaver_reads), WAIT):
+        for got in await asyncio.wait_for(asyncio.gather(*leaver_reads), TIMEOUT):
             assert got == expected[: len(got)]  # everything up to leaving, nothing after
-        for got in await asyncio.wait_for(asyncio.gather(*joiner_reads), WAIT):
+        for got in await asyncio.wait_for(asyncio.gather(*joiner_reads), TIMEOUT):
             assert got == expected[len(expected) - len(got) :]  # everything since joining
         assert app.subscriber_count("feed") == 3 + len(joiners)
         await synced(app, pub, *steady, *leavers, *joiners)
@@ -477,11 +475,11 @@ async def test_a_subscriber_dropping_mid_stream_does_not_disturb_the_others(
         for i, message in enumerate(expected):
             await pub.send(message)
             if i % 10 == 0:
-                await asyncio.sleep(0)
-        await asyncio.wait_for(quitting, WAIT)
-        for got in await asyncio.wait_for(asyncio.gather(*reads), WAIT):
+                await asyncio.sleep(0)  # let the server run mid-stream: the interleaving under test
+        await asyncio.wait_for(quitting, TIMEOUT)
+        for got in await asyncio.wait_for(asyncio.gather(*reads), TIMEOUT):
             assert got == expected
-        await wait_until(lambda: ("quitter", 1006) in closed)
+        await eventually(lambda: ("quitter", 1006) in closed)
         assert app.publish("feed", "after") == 5
         assert app.subscriber_count("feed") == 5
         for c in steady:
@@ -556,7 +554,7 @@ async def test_default_room_is_joined_on_open_and_left_on_close() -> None:
         await synced(app, g1, g2, o)
         assert conns["g2"].leave("lobby") is True
         await g1.close()
-        await wait_until(lambda: ("g1", 1000) in closed)
+        await eventually(lambda: ("g1", 1000) in closed)
         assert app.rooms == []
 
 
@@ -693,7 +691,7 @@ async def test_join_and_subscribe_on_a_closed_connection_raise_invalid_state() -
         ws.join("red")
         ws.subscribe("news")
         await a.close()
-        await wait_until(lambda: len(in_close) == 3)
+        await eventually(lambda: len(in_close) == 3)
         assert in_close == [frozenset({"red"}), False, harpy.InvalidState]
         assert ws.ready_state == harpy.ReadyState.CLOSED
         with pytest.raises(harpy.InvalidState):
@@ -738,7 +736,7 @@ async def test_auto_broadcast_is_off_by_default() -> None:
     async with serve(app) as url, clients(url, "/room", "a", "b", "c") as (a, b, c):
         await a.send("hi")
         await a.send(b"bin")
-        await wait_until(lambda: len(seen) == 2)
+        await eventually(lambda: len(seen) == 2)
         await synced(app, a, b, c)
 
 
@@ -772,7 +770,7 @@ async def test_auto_broadcast_per_route() -> None:
         clients(url, "/quiet", "q1", "q2") as (q1, q2),
     ):
         await q1.send("hush")
-        await wait_until(lambda: seen == ["hush"])
+        await eventually(lambda: seen == ["hush"])
         await synced(app, a, b, q1, q2)
         await a.send("shout")
         assert [await recv(b), await recv(q1), await recv(q2)] == ["shout"] * 3
@@ -783,7 +781,7 @@ async def test_auto_broadcast_waits_for_an_async_handler() -> None:
     done: list[str | bytes] = []
 
     async def message(ws: harpy.WebSocket[Any], m: str | bytes) -> None:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a slow async handler: the case under test
         done.append(m)
 
     app = harpy.App(auto_broadcast=True)
@@ -808,7 +806,7 @@ async def test_auto_broadcast_skips_a_message_whose_handler_raised(
         raise RuntimeError("refused")
 
     async def coroutine(ws: harpy.WebSocket[Any], m: str | bytes) -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # suspends once, then fails: the case under test
         raise RuntimeError("refused")
 
     app = harpy.App(auto_broadcast=True)
@@ -823,7 +821,7 @@ async def test_auto_broadcast_skips_a_message_whose_handler_raised(
     ):
         for sender in (p, q):
             await sender.send("bad input")
-            await asyncio.wait_for(sender.wait_closed(), WAIT)
+            await asyncio.wait_for(sender.wait_closed(), TIMEOUT)
             assert sender.close_code == 1011
             await synced(app, listener)
 
@@ -835,7 +833,7 @@ async def test_auto_broadcast_without_a_message_handler() -> None:
     async with serve(app) as url, clients(url, "/room", "a", "b") as (a, b):
         await a.send("hi")
         pong = await a.ping()  # answered only once the server has handled "hi"
-        await asyncio.wait_for(pong, WAIT)
+        await asyncio.wait_for(pong, TIMEOUT)
         app.broadcast(SYNC)
         assert await recv(b) == "hi"
         assert await recv(b) == SYNC
@@ -895,8 +893,9 @@ async def publish_paced(
     for i, payload in enumerate(payloads):
         counts.append(app.publish("feed", payload))
         if i % 16 == 15:
-            await asyncio.sleep(0)
-            await wait_until(lambda: all(ws.buffered_amount <= 64 * KiB for ws in fast))
+            await eventually(
+                lambda: all(ws.buffered_amount <= 64 * KiB for ws in fast), interval=0.002
+            )
     return counts
 
 
@@ -910,12 +909,12 @@ async def test_a_slow_consumer_loses_messages_and_the_fast_ones_lose_none() -> N
         slow_client = await raw_slow_client(url)
         try:
             assert await slow_client.upgrade("/feed?name=slow") == 101
-            await wait_until(lambda: "slow" in conns)
+            await eventually(lambda: "slow" in conns)
             slow = conns["slow"]
             fast = [conns[name] for name in fast_names]
             reads = [asyncio.create_task(recv_n(c, len(payloads))) for c in fast_clients]
             counts = await publish_paced(app, payloads, fast)
-            for got in await asyncio.wait_for(asyncio.gather(*reads), WAIT):
+            for got in await asyncio.wait_for(asyncio.gather(*reads), TIMEOUT):
                 assert got == payloads  # every one, in order
             assert slow.dropped > 0
             assert app.dropped == slow.dropped
@@ -933,19 +932,22 @@ async def test_a_slow_consumer_loses_messages_and_the_fast_ones_lose_none() -> N
 async def test_close_on_backpressure_limit_closes_the_slow_consumer_with_1008() -> None:
     conns: Conns = {}
     closed: list[tuple[str, int]] = []
-    app = slow_consumer_app(conns, closed, close_on_backpressure_limit=True, close_timeout=2.0)
+    # close_timeout bounds the wait for the client's answer to the close: scaled.
+    app = slow_consumer_app(
+        conns, closed, close_on_backpressure_limit=True, close_timeout=scaled(2.0)
+    )
     payloads = [i.to_bytes(4, "big") + bytes(4 * KiB - 4) for i in range(1000)]
     fast_names = [f"fast{i}" for i in range(5)]
     async with serve(app) as url, clients(url, "/feed", *fast_names) as fast_clients:
         slow_client = await raw_slow_client(url)
         try:
             assert await slow_client.upgrade("/feed?name=slow") == 101
-            await wait_until(lambda: "slow" in conns)
+            await eventually(lambda: "slow" in conns)
             slow = conns["slow"]
             fast = [conns[name] for name in fast_names]
             reads = [asyncio.create_task(recv_n(c, len(payloads))) for c in fast_clients]
             counts = await publish_paced(app, payloads, fast)
-            for got in await asyncio.wait_for(asyncio.gather(*reads), WAIT):
+            for got in await asyncio.wait_for(asyncio.gather(*reads), TIMEOUT):
                 assert got == payloads
             assert slow.ready_state == harpy.ReadyState.CLOSING
             assert counts[-1] == 5  # it is no longer sent anything
@@ -954,7 +956,7 @@ async def test_close_on_backpressure_limit_closes_the_slow_consumer_with_1008() 
             # The client finds the close frame (1008) behind what was queued, and answers it.
             assert await slow_client.read_close() == 1008
             slow_client.send_frame(0x8, (1008).to_bytes(2, "big"))
-            await wait_until(lambda: ("slow", 1008) in closed)
+            await eventually(lambda: ("slow", 1008) in closed)
             assert app.subscriber_count("feed") == 5
             assert [name for name, _ in closed] == ["slow"]
             assert app.publish("feed", b"after") == 5
@@ -973,14 +975,14 @@ async def test_backpressure_limit_bounds_a_burst_published_in_one_tick() -> None
         slow_client = await raw_slow_client(url)
         try:
             assert await slow_client.upgrade("/feed?name=slow") == 101
-            await wait_until(lambda: "slow" in conns)
+            await eventually(lambda: "slow" in conns)
             slow = conns["slow"]
             payload = bytes(4 * KiB)
             counts = [app.publish("feed", payload) for _ in range(2000)]  # one tick: 8 MB
             assert slow.buffered_amount <= 256 * KiB
             assert slow.dropped > 0
             assert sum(counts) == 2000 - slow.dropped
-            await asyncio.sleep(0)  # the tick's flush
+            await asyncio.sleep(0)  # one tick, for its flush: the bound after it is under test
             assert slow.buffered_amount <= 256 * KiB
         finally:
             await slow_client.close()
@@ -1000,13 +1002,13 @@ async def test_a_dropped_message_does_not_corrupt_a_compressed_stream() -> None:
         try:
             extension = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
             assert await slow_client.upgrade("/feed?name=slow", extension) == 101
-            await wait_until(lambda: "slow" in conns)
+            await eventually(lambda: "slow" in conns)
             slow = conns["slow"]
             accepted = 0
             for i, message in enumerate(messages):
                 accepted += app.publish("feed", message)
                 if i % 10 == 9:
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # a flush between publishes: the case under test
             assert slow.dropped > 0
             assert accepted == len(messages) - slow.dropped
             inflater = zlib.decompressobj(-15)
@@ -1030,7 +1032,7 @@ async def test_broadcast_skips_a_connection_still_waiting_for_first_message_auth
     broadcast reaches it (its ``open`` has not run)."""
 
     class Token(harpy.FirstMessageAuth):
-        timeout = 5.0
+        timeout = scaled(5.0)  # how long the client may take to send it: a bound
 
         def verify(self, message: str | bytes) -> Any:
             if message != "secret":

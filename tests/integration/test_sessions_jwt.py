@@ -22,8 +22,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 import harpy
 from harpy.auth import jwt
 from tests.helpers import RawClient, serve
+from tests.timing import TIMEOUT, scaled
 
-TIMEOUT = 5.0
 SECRET = "jwt-test-secret-" + "q" * 40
 OTHER_SECRET = "jwt-other-secret-" + "z" * 40
 SESSION_SECRET = "session-test-secret-" + "w" * 40
@@ -91,7 +91,7 @@ def forged_signature(token: str) -> str:
 
 
 def client(url: str, **kwargs: Any) -> connect:
-    return connect(url, proxy=None, open_timeout=TIMEOUT, close_timeout=2, **kwargs)
+    return connect(url, proxy=None, open_timeout=TIMEOUT, close_timeout=scaled(2.0), **kwargs)
 
 
 async def recv(ws: ClientConnection) -> str | bytes:
@@ -198,7 +198,7 @@ async def test_session_refused_cookies_close_1008(case: str) -> None:
         CREDENTIALS.append(unknown)
         headers = cookie("session_id", unknown)
     elif case == "expired":
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # past the ttl (0.1 s) under test: not a synchronisation
         headers = cookie("session_id", value)
     elif case == "garbage":
         headers = cookie("session_id", "x" * 4000 + ".." + "y" * 43)
@@ -293,7 +293,7 @@ async def test_memory_store_expiry_and_oldest_eviction() -> None:
     data["n"] = 99  # a copy: the stored data does not change
     assert await store.get("d") == {"n": 4}
     await store.set("e", {}, 0.05)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # past the ttl (0.05 s) under test: not a synchronisation
     assert await store.get("e") is None
     await store.delete("d")
     await store.delete("missing")
@@ -304,9 +304,13 @@ async def test_memory_store_expiry_and_oldest_eviction() -> None:
 
 
 def chat_app(**jwt_options: Any) -> tuple[harpy.App, list[Any]]:
-    """Seed 002's ``/chat``: the token in the first message; ``open`` runs once it passed."""
+    """Seed 002's ``/chat``: the token in the first message; ``open`` runs once it passed.
+
+    The first message's ``timeout`` bounds how long a test's client may take to send it
+    (scaled); the test of that timeout sets its own.
+    """
     opened: list[Any] = []
-    options: dict[str, Any] = {"audience": AUDIENCE, "issuer": ISSUER, "timeout": 0.3}
+    options: dict[str, Any] = {"audience": AUDIENCE, "issuer": ISSUER, "timeout": scaled(0.3)}
     options.update(jwt_options)
     app = harpy.App()
 
@@ -360,11 +364,11 @@ async def test_jwt_first_message_open_runs_before_a_message_sent_right_behind_th
 
 
 async def test_jwt_first_message_timeout_closes_auth_timeout() -> None:
-    app, opened = chat_app()
+    app, opened = chat_app(timeout=0.3)  # the configuration under test: not scaled
     async with serve(app) as url, client(f"{url}/chat") as ws:
         started = time.monotonic()
         assert await closed(ws) == (1008, "Auth Timeout")
-        assert 0.25 < time.monotonic() - started < 1.5
+        assert 0.25 < time.monotonic() - started < scaled(1.5)
     assert opened == []
     assert len(app.connections) == 0
 

@@ -32,8 +32,14 @@ from harpy.testing import (
     _open,
     build_client_frame,
 )
+from tests.timing import TIMEOUT, eventually, scaled
 
 # ----------------------------------------------------------------- apps
+
+
+def server_for(app: harpy.App) -> TestServer:
+    """A TestServer whose waits are bounds for this machine (by default 5 s and 2 s)."""
+    return TestServer(app, timeout=TIMEOUT, shutdown_timeout=scaled(2.0))
 
 
 def echo(ws: harpy.WebSocket[Any], message: str | bytes) -> None:
@@ -50,7 +56,7 @@ def echo_app(**options: Any) -> harpy.App:
 
 
 async def test_echo_text_binary_and_json() -> None:
-    async with TestServer(echo_app()) as server, server.connect("/echo") as ws:
+    async with server_for(echo_app()) as server, server.connect("/echo") as ws:
         assert ws.status == 101
         assert ws.subprotocol is None and ws.extensions is None
         await ws.send("héllo")
@@ -69,7 +75,7 @@ async def test_echo_text_binary_and_json() -> None:
 
 
 async def test_large_messages_each_length_encoding() -> None:
-    async with TestServer(echo_app()) as server, server.connect("/echo") as ws:
+    async with server_for(echo_app()) as server, server.connect("/echo") as ws:
         for size in (125, 126, 65535, 65536, 1024 * 1024):
             data = os.urandom(size)
             await ws.send(data)
@@ -80,7 +86,7 @@ async def test_large_messages_each_length_encoding() -> None:
 
 
 async def test_fragmented_client_message_is_reassembled_by_the_server() -> None:
-    async with TestServer(echo_app()) as server, server.connect("/echo") as ws:
+    async with server_for(echo_app()) as server, server.connect("/echo") as ws:
         await ws.send_frame(OP_TEXT, b"ab", fin=False)
         await ws.send_frame(OP_PING, b"between")  # a control frame inside the message
         await ws.send_frame(0x0, "c€".encode(), fin=True)
@@ -88,11 +94,11 @@ async def test_fragmented_client_message_is_reassembled_by_the_server() -> None:
 
 
 async def test_receive_timeout_has_a_helpful_message() -> None:
-    async with TestServer(echo_app()) as server, server.connect("/echo") as ws:
+    async with server_for(echo_app()) as server, server.connect("/echo") as ws:
         with pytest.raises(
             asyncio.TimeoutError, match=re.escape("no message within 0.05 s on /echo")
         ):
-            await ws.receive(timeout=0.05)
+            await ws.receive(timeout=0.05)  # the timeout under test: not scaled
 
 
 # ----------------------------------------------------------------- closing
@@ -106,7 +112,7 @@ async def test_server_initiated_close_is_visible() -> None:
         ws.close(4001, "go away")
 
     app.ws("/bye", {"message": message})
-    async with TestServer(app) as server, server.connect("/bye") as ws:
+    async with server_for(app) as server, server.connect("/bye") as ws:
         await ws.send("hi")
         assert await ws.receive() == "last words"  # what came before the close still arrives
         with pytest.raises(ClosedError) as info:
@@ -128,32 +134,32 @@ async def test_client_close_handshake_reaches_the_close_handler() -> None:
         closed.put_nowait((code, reason))
 
     app.ws("/c", {"message": echo, "close": close})
-    async with TestServer(app) as server:
+    async with server_for(app) as server:
         async with server.connect("/c") as ws:
             await ws.close(4000, "bye")
-            assert await ws.wait_closed(timeout=2) == (4000, "")  # harpy echoes the code
+            # harpy echoes the code
+            assert await ws.wait_closed(timeout=scaled(2.0)) == (4000, "")
             await ws.close()  # closing again does nothing
-        assert await asyncio.wait_for(closed.get(), 2) == (4000, "bye")
+        assert await asyncio.wait_for(closed.get(), scaled(2.0)) == (4000, "bye")
         async with server.connect("/c"):
             pass  # leaving the block closes with 1000
-        assert await asyncio.wait_for(closed.get(), 2) == (1000, "")
+        assert await asyncio.wait_for(closed.get(), scaled(2.0)) == (1000, "")
     with pytest.raises(ValueError):
         await ws.close(1006)
 
 
 async def test_abort_drops_the_connection() -> None:
-    async with TestServer(echo_app()) as server:
+    async with server_for(echo_app()) as server:
         async with server.connect("/echo") as ws:
             ws.abort()
             assert ws.closed and ws.close_code == 1006
             with pytest.raises(ClosedError):
                 await ws.receive()
-        await asyncio.sleep(0.05)
-        assert len(server.app.connections) == 0
+        await eventually(lambda: len(server.app.connections) == 0)
 
 
 async def test_server_shutdown_closes_clients_with_1001() -> None:
-    server = TestServer(echo_app())
+    server = server_for(echo_app())
     async with server:
         ws = await server.connect("/echo")
         await ws.send("x")
@@ -173,13 +179,12 @@ async def test_pings_are_answered_both_ways() -> None:
         {"message": echo, "ping": lambda ws, data: pings.append(data)},
         ping_interval=0.05,
     )
-    async with TestServer(app) as server, server.connect("/p") as ws:
+    async with server_for(app) as server, server.connect("/p") as ws:
         rtt = await ws.ping(b"x")
-        assert 0 <= rtt < 2
+        assert 0 <= rtt < scaled(2.0)
         await ws.ping()
         assert pings == [b"x", b""]
-        await asyncio.sleep(0.3)  # the heartbeat pings; the client answers each
-        assert ws.pings_received
+        await eventually(lambda: ws.pings_received)  # the heartbeat's; the client answers each
         await ws.send("still open")
         assert await ws.receive() == "still open"
         with pytest.raises(ValueError):
@@ -194,7 +199,7 @@ async def test_refusals() -> None:
     app.ws("/echo", {"message": echo})
     app.ws("/private", {"message": echo}, authenticate=lambda request: False)
     app.ws("/site", {"message": echo}, allowed_origins=["https://app.example"])
-    async with TestServer(app) as server:
+    async with server_for(app) as server:
         refused = await server.connect("/nope", expect_refusal=True)
         assert isinstance(refused, HandshakeRefused)
         assert refused.status == 404 and refused.body
@@ -217,7 +222,7 @@ async def test_refusals() -> None:
 async def test_subprotocol_negotiation() -> None:
     app = harpy.App()
     app.ws("/p", {"message": echo}, subprotocols=["chat", "v2"], require_subprotocol=True)
-    async with TestServer(app) as server:
+    async with server_for(app) as server:
         async with server.connect("/p", subprotocols=["other", "v2", "chat"]) as ws:
             assert ws.subprotocol == "v2"
             assert ws.response_headers["sec-websocket-protocol"] == "v2"
@@ -240,7 +245,7 @@ async def test_headers_cookies_query_reach_the_server() -> None:
         )
 
     app.ws("/room/:name", {"open": open_})
-    async with TestServer(app) as server:
+    async with server_for(app) as server:
         async with server.connect(
             "/room/lobby?name=a&x=1",
             headers={"Cookie": "sid=abc=; theme=dark", "X-Agent": "tests"},
@@ -258,7 +263,7 @@ async def test_headers_cookies_query_reach_the_server() -> None:
 
 
 async def test_many_clients_concurrently() -> None:
-    async with TestServer(echo_app()) as server:
+    async with server_for(echo_app()) as server:
 
         async def one(i: int) -> None:
             async with server.connect(f"/echo?i={i}") as ws:
@@ -267,9 +272,8 @@ async def test_many_clients_concurrently() -> None:
                 for j in range(5):
                     assert await ws.receive() == f"{i}-{j}"
 
-        await asyncio.gather(*(one(i) for i in range(50)))
-        await asyncio.sleep(0)
-        assert len(server.app.connections) == 0
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(50))), TIMEOUT)
+        await eventually(lambda: len(server.app.connections) == 0)
 
 
 async def test_compression() -> None:
@@ -277,7 +281,7 @@ async def test_compression() -> None:
     app.ws("/z", {"message": echo}, compression=True)
     app.ws("/plain", {"message": echo})
     text = "compress me " * 5000
-    async with TestServer(app) as server:
+    async with server_for(app) as server:
         async with server.connect("/z", compression=True) as ws:
             assert ws.extensions is not None
             assert ws.extensions.startswith("permessage-deflate")
@@ -298,7 +302,7 @@ async def test_compression() -> None:
 
 
 async def test_not_running() -> None:
-    server = TestServer(echo_app())
+    server = server_for(echo_app())
     with pytest.raises(RuntimeError):
         server.connect("/echo")
     assert TestServer.__test__ is False  # imported into a test module, it is not collected
@@ -328,7 +332,9 @@ def accept(key: str) -> bytes:
     ).encode()
 
 
-async def connect_to(port: int, timeout: float = 2) -> ClientWebSocket | HandshakeRefused:
+async def connect_to(
+    port: int, timeout: float = scaled(2.0)
+) -> ClientWebSocket | HandshakeRefused:
     return await _open(
         "127.0.0.1",
         port,
@@ -367,7 +373,7 @@ async def test_misbehaving_servers_are_reported() -> None:
     server, port = await fake_server(silent)
     async with server:
         with pytest.raises(asyncio.TimeoutError, match="no handshake answer"):
-            await connect_to(port, timeout=0.1)
+            await connect_to(port, timeout=0.1)  # the timeout under test: not scaled
 
 
 # ----------------------------------------------------------------- the parser, Sans-I/O

@@ -14,6 +14,7 @@ import harpy
 from harpy.server import make_ssl_context
 from tests.e2e.test_cli import make_cert
 from tests.helpers import serve
+from tests.timing import TIMEOUT
 
 
 @pytest.mark.parametrize("form", ["context", "paths"])
@@ -37,7 +38,7 @@ async def test_wss_echo_and_url(tmp_path: Path, form: str) -> None:
         client_ctx = ssl.create_default_context(cafile=str(cert))
         async with connect(f"{url}/secure", ssl=client_ctx) as client:
             await client.send("hello")
-            assert await asyncio.wait_for(client.recv(), 5) == "hello"
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == "hello"
     assert seen[0].startswith("wss://")
 
 

@@ -23,6 +23,7 @@ from websockets.protocol import Protocol, Side, State
 import harpy.protocol
 from harpy.exceptions import PayloadTooBig, ProtocolError
 from harpy.protocol import _core
+from tests.timing import scaled
 
 try:
     from harpy.protocol import _ccore
@@ -624,7 +625,7 @@ def test_largest_announced_length(
         [sys.executable, "-c", _HUGE_LENGTH_SCRIPT, *argv],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120.0),
         check=False,
     )
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
