@@ -21,7 +21,6 @@ from .app import Admission, App, Connections, Dispatch, Handlers, Route, Router,
 from .auth import Deny, FirstMessageAuth, MemoryStore, Session, SessionStore, UpgradeRequest
 from .exceptions import (
     ConfigurationError,
-    ConnectionClosed,
     HandshakeError,
     HarpyError,
     InvalidState,
@@ -41,7 +40,6 @@ __all__ = [
     "App",
     "Backplane",
     "ConfigurationError",
-    "ConnectionClosed",
     "Connections",
     "Deny",
     "Dispatch",

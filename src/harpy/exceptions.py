@@ -8,7 +8,6 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
-    "ConnectionClosed",
     "HandshakeError",
     "HarpyError",
     "InvalidState",
@@ -33,15 +32,6 @@ class RouteError(ConfigurationError):
 
 class InvalidState(HarpyError):
     """An action is not allowed in the connection's current state; the message names it."""
-
-
-class ConnectionClosed(HarpyError):
-    """The connection is closed; carries the close code and reason."""
-
-    def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(f"connection closed with code {code}" + (f": {reason}" if reason else ""))
-        self.code = code
-        self.reason = reason
 
 
 class ProtocolError(HarpyError):

@@ -287,7 +287,9 @@ class WebSocket(Connection, Generic[T]):
         return self._app.topic_groups.remove(self, topic)
 
     def is_subscribed(self, topic: str) -> bool:
-        return topic in self._topics_now()
+        if self._groups_at_close is not None:
+            return topic in self._groups_at_close[0]
+        return self._app.topic_groups.has(self, topic)
 
     @property
     def subscriptions(self) -> list[str]:
@@ -324,7 +326,9 @@ class WebSocket(Connection, Generic[T]):
         return self._app.room_groups.remove(self, room)
 
     def in_room(self, room: str) -> bool:
-        return room in self.rooms
+        if self._groups_at_close is not None:
+            return room in self._groups_at_close[1]
+        return self._app.room_groups.has(self, room)
 
     @property
     def rooms(self) -> frozenset[str]:
