@@ -54,6 +54,14 @@ SERVERS: dict[str, list[str]] = {
     "websockets": [PY, str(BENCH / "peers" / "websockets_server.py"), *_ADDR],
     "aiohttp": [PY, str(BENCH / "peers" / "aiohttp_server.py"), *_ADDR],
 }
+# HARPY_BENCH_BASELINE=/path/to/another/harpy/checkout (with its own .venv) adds the server
+# "harpy-base": that checkout's harpy serving this tree's bench/app.py, in the same run, so a
+# change is measured against the code before it.
+_BASELINE = os.environ.get("HARPY_BENCH_BASELINE")
+if _BASELINE:
+    SERVERS["harpy-base"] = [
+        str(Path(_BASELINE) / ".venv" / "bin" / "python"), "-m", "harpy", "bench.app:app", *_ADDR
+    ]
 WORKLOADS = ["echo", "handshake", "idle", "fanout", "fanoutz", "heartbeat"]
 
 ECHO_SIZES = [32, 4096]

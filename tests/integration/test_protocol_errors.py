@@ -339,3 +339,18 @@ async def test_idle_timeout_of_another_connection_is_not_postponed() -> None:
         assert 1.1 <= loop.time() - opened < scaled(1.8)
         slow.send_frame(OP_CLOSE, close_payload(1001))
         await assert_eof(slow)
+
+
+async def test_garbage_after_a_failure_ends_the_wait_for_the_close_at_once() -> None:
+    """After failing on a bad frame header, the rest of that frame arrives in a later read:
+    it is not a close frame, so the server closes TCP then, not after close_timeout."""
+    app, recorder = echo_app(close_timeout=30.0)
+    async with serve(app) as url, upgraded(url) as client:
+        frame = client_frame(0x7, b"Hello, world!")  # reserved opcode 7
+        client.writer.write(frame[:2])
+        await client.writer.drain()
+        code = await client.read_close()
+        assert code == 1002
+        client.writer.write(frame[2:] + client_frame(OP_PING, b""))
+        await assert_eof(client, scaled(2.0))
+        assert len(recorder.errors) == 1

@@ -216,6 +216,8 @@ class Connection(asyncio.Protocol):
                     return
             if events:
                 self._handle_events(events)
+            elif reader.close_sent:
+                self._follow_reader()  # closing: the core may have ended it without an event
             return
         if self.ready_state is _CONNECTING:
             self._receive_head(data)
