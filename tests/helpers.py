@@ -1,11 +1,15 @@
 """Helpers for tests: a real harpy server on 127.0.0.1 port 0 (native or under uvicorn through
-the ASGI adapter), and a byte-level client."""
+the ASGI adapter), and a byte-level client.
+
+The byte-level client builds its frames with :func:`harpy.testing.build_client_frame` and reads
+the server's one at a time, raw (RSV bits, fragments and close payloads as sent), since tests
+check exactly those bytes; messages are read by ``harpy.testing`` or ``websockets`` clients.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -15,6 +19,7 @@ import uvicorn
 
 import harpy
 from harpy.asgi import ASGIApp
+from harpy.testing import build_client_frame
 from tests.timing import TIMEOUT, eventually, scaled
 
 
@@ -112,16 +117,25 @@ class RawClient:
     ) -> None:
         self.writer.write(client_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
 
-    async def read_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
-        """(opcode, payload) of the next server frame."""
+    async def read_raw_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+        """(first header byte: FIN, RSV1-3 and opcode; payload) of the next server frame.
+
+        Reads that frame's bytes and no more, so a test may go on reading the stream itself.
+        """
         head = await asyncio.wait_for(self.reader.readexactly(2), timeout)
+        assert not head[1] & 0x80, "a server frame must not be masked"
         length = head[1] & 0x7F
         if length == 126:
             length = int.from_bytes(await self.reader.readexactly(2), "big")
         elif length == 127:
             length = int.from_bytes(await self.reader.readexactly(8), "big")
         payload = await asyncio.wait_for(self.reader.readexactly(length), timeout)
-        return head[0] & 0x0F, payload
+        return head[0], payload
+
+    async def read_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+        """(opcode, payload) of the next server frame."""
+        b0, payload = await self.read_raw_frame(timeout)
+        return b0 & 0x0F, payload
 
     async def read_close(self, timeout: float = TIMEOUT) -> int:
         """Read frames up to the close frame; return its code (1005 when empty)."""
@@ -144,18 +158,10 @@ class RawClient:
 def client_frame(
     opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
 ) -> bytes:
-    """A client frame, masked with a random key unless ``mask`` is False."""
-    b0 = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        head = bytes((b0, mbit | n))
-    elif n < 65536:
-        head = bytes((b0, mbit | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((b0, mbit | 127)) + n.to_bytes(8, "big")
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + key + masked
+    """A client frame, masked with a random key unless ``mask`` is False; ``rsv`` is any of the
+    reserved bits (0x40, 0x20, 0x10): what a well-behaved client does not send."""
+    frame = build_client_frame(opcode, payload, fin=fin)
+    if mask:
+        return bytes((frame[0] | rsv,)) + frame[1:]
+    head = len(frame) - 4 - len(payload)  # the header, without the masking key
+    return bytes((frame[0] | rsv, frame[1] & 0x7F)) + frame[2:head] + payload

@@ -11,26 +11,40 @@ without a third-party client in between::
 
 Every wait is bounded (5 s unless told otherwise) and raises :class:`asyncio.TimeoutError`
 with a message saying what was awaited, so a broken server fails a test instead of hanging it.
-Frame parsing is Sans-I/O (:class:`_ClientParser`: bytes in, events out) so it can be checked
-against harpy's own frame builder without a socket.
+Server frames are read by harpy's own Sans-I/O core in client mode (``FrameReader(client=True)``,
+which also holds the closing handshake), and permessage-deflate is harpy's codec the other way
+round (:func:`harpy.protocol.deflate.client_codec`): the client checks the server's frames with
+the code the server checks the client's with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import codecs
 import contextlib
 import hashlib
 import json
 import os
-import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, overload
 
 from .app import App
+from .exceptions import ProtocolError
+from .protocol import (
+    EV_ERROR,
+    OP_BINARY,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    ST_CLOSED,
+    FrameReader,
+    is_valid_close_code,
+)
+from .protocol import OP_CLOSE as OP_CLOSE  # with OP_CONT, still importable from here for
+from .protocol import OP_CONT as OP_CONT  # send_frame(), as before
+from .protocol.deflate import PerMessageDeflate, client_codec
 from .protocol.handshake import GUID
 
 __all__ = [
@@ -48,17 +62,6 @@ DEFAULT_TIMEOUT = 5.0
 #: A received message (after decompression) larger than this fails the connection with 1009.
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
-EV_ERROR = -1
-
-_TAIL = b"\x00\x00\xff\xff"
-_utf8_decoder = codecs.getincrementaldecoder("utf-8")
-_Event = tuple[int, Any]
 _Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 T = TypeVar("T")
 
@@ -140,229 +143,18 @@ def build_client_frame(
     return head + key + _mask(payload, key)
 
 
-def _close_payload(code: int, reason: str) -> bytes:
-    return b"" if code == 1005 else code.to_bytes(2, "big") + reason.encode("utf-8")
+class _CountingInflater:
+    """The client's codec as the frame reader sees it: counts the compressed messages it reads."""
 
+    __slots__ = ("codec", "messages")
 
-def _valid_close_code(code: int) -> bool:
-    return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
+    def __init__(self, codec: PerMessageDeflate) -> None:
+        self.codec = codec
+        self.messages = 0
 
-
-class _ClientParser:
-    """Server frames in, events out: the client side of RFC 6455 5, without I/O.
-
-    Events are ``(OP_TEXT, str)``, ``(OP_BINARY, bytes)``, ``(OP_PING, bytes)``,
-    ``(OP_PONG, bytes)``, ``(OP_CLOSE, (code, reason))`` (1005 for an empty close frame) and
-    ``(EV_ERROR, (code, message))`` when the server broke the protocol; nothing is parsed after
-    a close or an error.  ``inflate`` (set once permessage-deflate is agreed) turns the joined
-    payload of an RSV1 message into its data.
-    """
-
-    def __init__(
-        self,
-        max_message_size: int = MAX_MESSAGE_SIZE,
-        inflate: Callable[[bytes, int], bytes] | None = None,
-    ) -> None:
-        self.max_message_size = max_message_size
-        self.inflate = inflate
-        self.compressed_messages = 0  # how many RSV1 messages arrived: lets a test see them
-        #: True after a close frame or an error: nothing more is parsed.
-        self._buf = bytearray()
-        self.done = False
-        self._frag_opcode = -1
-        self._frag_parts: list[bytes] = []
-        self._frag_size = 0
-        self._frag_compressed = False
-        self._frag_decoder: codecs.IncrementalDecoder | None = None
-
-    def feed(self, data: bytes) -> list[_Event]:
-        """Parse ``data`` (after what is left from earlier calls) into events."""
-        events: list[_Event] = []
-        if self.done:
-            return events
-        buf = self._buf
-        buf += data
-        pos = 0
-        end = len(buf)
-        while end - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            length = b1 & 0x7F
-            hlen = 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                hlen = 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                if length >> 63:
-                    return self._fail(events, "frame length has its most significant bit set")
-                hlen = 10
-            if b1 & 0x80:
-                return self._fail(events, "server frame is masked")  # RFC 6455 5.1
-            opcode = b0 & 0x0F
-            fin = bool(b0 & 0x80)
-            rsv = b0 & 0x70
-            if opcode >= 8:
-                if opcode > 10:
-                    return self._fail(events, f"unknown opcode {opcode}")
-                if length > 125:
-                    return self._fail(events, "control frame payload over 125 bytes")
-                if not fin:
-                    return self._fail(events, "fragmented control frame")
-                if rsv:
-                    return self._fail(events, "reserved bits set on a control frame")
-            elif opcode > 2:
-                return self._fail(events, f"unknown opcode {opcode}")
-            elif self._frag_size + length > self.max_message_size:
-                return self._fail(events, "message over the client's size limit", 1009)
-            if end - pos < hlen + length:
-                break
-            start = pos + hlen
-            pos = start + length
-            payload = bytes(buf[start:pos])
-            if opcode >= 8:
-                if opcode == OP_CLOSE:
-                    del buf[:pos]
-                    return self._close(events, payload)
-                events.append((opcode, payload))
-                continue
-            if opcode == OP_CONT:
-                if self._frag_opcode == -1:
-                    return self._fail(events, "continuation frame without a message to continue")
-                if rsv:
-                    return self._fail(events, "reserved bits set on a continuation frame")
-            else:
-                if self._frag_opcode != -1:
-                    return self._fail(events, "new data frame inside a fragmented message")
-                if rsv and (rsv != 0x40 or self.inflate is None):
-                    return self._fail(events, "reserved bits set without an extension")
-                self._frag_opcode = opcode
-                self._frag_compressed = bool(rsv)
-                self._frag_parts = []
-                self._frag_size = 0
-                self._frag_decoder = (
-                    _utf8_decoder() if opcode == OP_TEXT and not rsv and not fin else None
-                )
-            self._frag_parts.append(payload)
-            self._frag_size += length
-            if self._frag_decoder is not None:  # fail fast on invalid UTF-8 mid-message
-                try:
-                    self._frag_decoder.decode(payload, fin)
-                except UnicodeDecodeError:
-                    return self._fail(events, "invalid UTF-8 in a text message", 1007)
-            if fin:
-                error = self._finish(events)
-                if error is not None:
-                    return error
-        if pos:
-            del buf[:pos]
-        return events
-
-    def _finish(self, events: list[_Event]) -> list[_Event] | None:
-        whole = b"".join(self._frag_parts)
-        opcode = self._frag_opcode
-        self._frag_opcode = -1
-        self._frag_parts = []
-        self._frag_size = 0
-        self._frag_decoder = None
-        if self._frag_compressed:
-            self.compressed_messages += 1
-            assert self.inflate is not None
-            try:
-                whole = self.inflate(whole, self.max_message_size)
-            except zlib.error as exc:
-                return self._fail(events, f"invalid compressed data: {exc}", 1007)
-            except OverflowError:
-                return self._fail(events, "message over the client's size limit", 1009)
-        if opcode == OP_TEXT:
-            try:
-                events.append((OP_TEXT, whole.decode("utf-8")))
-            except UnicodeDecodeError:
-                return self._fail(events, "invalid UTF-8 in a text message", 1007)
-        else:
-            events.append((OP_BINARY, whole))
-        return None
-
-    def _close(self, events: list[_Event], payload: bytes) -> list[_Event]:
-        self.done = True
-        if not payload:
-            events.append((OP_CLOSE, (1005, "")))
-            return events
-        if len(payload) == 1:
-            return self._fail(events, "close frame with a 1-byte payload")
-        code = int.from_bytes(payload[:2], "big")
-        if not _valid_close_code(code):
-            return self._fail(events, f"invalid close code {code}")
-        try:
-            reason = payload[2:].decode("utf-8")
-        except UnicodeDecodeError:
-            return self._fail(events, "invalid UTF-8 in a close reason", 1007)
-        events.append((OP_CLOSE, (code, reason)))
-        return events
-
-    def _fail(self, events: list[_Event], message: str, code: int = 1002) -> list[_Event]:
-        self.done = True
-        self._buf = bytearray()
-        self._frag_parts = []
-        events.append((EV_ERROR, (code, message)))
-        return events
-
-
-class _Deflate:
-    """The client's permessage-deflate state (RFC 7692), from the server's response header."""
-
-    def __init__(self, response: str) -> None:
-        params = [p.strip() for p in response.split(";")]
-        if params[0].lower() != "permessage-deflate":
-            raise ValueError(f"unexpected extension {params[0]!r}")
-        self.server_no_context_takeover = False
-        self.client_no_context_takeover = False
-        self.client_bits = 15
-        for param in params[1:]:
-            name, _, value = param.partition("=")
-            name = name.strip().lower()
-            value = value.strip().strip('"')
-            if name == "server_no_context_takeover":
-                self.server_no_context_takeover = True
-            elif name == "client_no_context_takeover":
-                self.client_no_context_takeover = True
-            elif name == "server_max_window_bits":
-                if not value.isdigit() or not 8 <= int(value) <= 15:
-                    raise ValueError(f"bad server_max_window_bits {value!r}")
-            elif name == "client_max_window_bits":
-                if not value.isdigit() or not 8 <= int(value) <= 15:
-                    raise ValueError(f"bad client_max_window_bits {value!r}")
-                self.client_bits = max(int(value), 9)  # zlib cannot deflate with 8 bits
-            else:
-                raise ValueError(f"unknown permessage-deflate parameter {name!r}")
-        self._inflater: Any = None
-        self._deflater: Any = None
-
-    def inflate(self, payload: bytes, max_size: int) -> bytes:
-        """One whole server message; OverflowError past ``max_size`` (no bomb is expanded)."""
-        if not payload:
-            return b""
-        inflater = self._inflater
-        if inflater is None or self.server_no_context_takeover or inflater.eof:
-            inflater = zlib.decompressobj(-15)  # a 15-bit window reads any smaller one
-        self._inflater = inflater
-        data: bytes = inflater.decompress(payload + _TAIL, max_size + 1)
-        if len(data) > max_size:
-            raise OverflowError("message too large once inflated")
-        return data
-
-    def deflate(self, payload: bytes) -> bytes:
-        """One client message, without the ``00 00 ff ff`` tail (RFC 7692 7.2.1)."""
-        deflater = self._deflater
-        if deflater is None or self.client_no_context_takeover:
-            deflater = zlib.compressobj(6, zlib.DEFLATED, -self.client_bits)
-        self._deflater = deflater
-        data: bytes = deflater.compress(payload) + deflater.flush(zlib.Z_SYNC_FLUSH)
-        return data[:-4] if data.endswith(_TAIL) else data
+    def decompress(self, payload: bytes, max_size: int) -> bytes:
+        self.messages += 1
+        return self.codec.decompress(payload, max_size)
 
 
 # ----------------------------------------------------------------- the connection
@@ -392,7 +184,7 @@ class ClientWebSocket:
         status: int,
         response_headers: dict[str, str],
         subprotocol: str | None,
-        deflate: _Deflate | None,
+        deflate: PerMessageDeflate | None,
         timeout: float,
         target: str,
     ) -> None:
@@ -406,13 +198,14 @@ class ClientWebSocket:
         self._reader = reader
         self._writer = writer
         self._deflate = deflate
-        self._parser = _ClientParser(inflate=deflate.inflate if deflate else None)
+        self._inflater = _CountingInflater(deflate) if deflate else None
+        # Server frames in, events out; it also holds the closing handshake and makes the
+        # client's close frames (masked), so that its state is the connection's.
+        self._frames = FrameReader(MAX_MESSAGE_SIZE, self._inflater, client=True)
         self._messages: deque[str | bytes | _ServerClosed] = deque()
         self._arrived = asyncio.Event()
         self._pong_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
-        self._close_sent = False
-        self._close_received: tuple[int, str] | None = None
-        self._error: ClosedError | None = None
+        self._error: ProtocolViolation | None = None
         self._closed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -435,14 +228,13 @@ class ClientWebSocket:
     @property
     def compressed_messages_received(self) -> int:
         """How many received messages were compressed (permessage-deflate, RSV1)."""
-        return self._parser.compressed_messages
+        return self._inflater.messages if self._inflater is not None else 0
 
     def _end(self) -> ClosedError:
         if self._error is not None:
             return self._error
-        if self._close_received is not None:
-            return ClosedError(*self._close_received)
-        return ClosedError(1006, "")
+        # 1006 and "" until the server's close frame arrived.
+        return ClosedError(self._frames.close_code, self._frames.close_reason)
 
     # ----------------------------------------------------------------- sending
 
@@ -462,7 +254,7 @@ class ClientWebSocket:
             raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
         rsv1 = False
         if self._deflate is not None and compress:
-            payload = self._deflate.deflate(payload)
+            payload = self._deflate.compress(payload)
             rsv1 = True
         await self._write(build_client_frame(opcode, payload, rsv1=rsv1))
 
@@ -489,7 +281,7 @@ class ClientWebSocket:
         return loop.time() - started
 
     async def _write(self, frame: bytes) -> None:
-        if self._close_sent or self.closed:
+        if self._frames.close_sent or self.closed:
             raise self._end() if self.closed else ClosedError(1006, "close frame already sent")
         self._writer.write(frame)
         with contextlib.suppress(ConnectionError):
@@ -538,13 +330,13 @@ class ClientWebSocket:
         Raises :class:`asyncio.TimeoutError` when the server does not complete it in time
         (the connection is then dropped).  Does nothing once the connection is closed.
         """
-        if code != 1005 and not _valid_close_code(code):
+        if code != 1005 and not is_valid_close_code(code):
             raise ValueError(f"invalid close code {code}")
         if len(reason.encode("utf-8")) > 123:
             raise ValueError("a close reason is at most 123 bytes")
-        if not self._close_sent and not self.closed:
-            self._close_sent = True
-            self._writer.write(build_client_frame(OP_CLOSE, _close_payload(code, reason)))
+        frame = b"" if self.closed else self._frames.send_close(code, reason)
+        if frame:  # b"" once a close frame was sent (ours, or the echo of the server's)
+            self._writer.write(frame)
             with contextlib.suppress(ConnectionError):
                 await self._writer.drain()
         try:
@@ -596,50 +388,45 @@ class ClientWebSocket:
             raise TimeoutError(f"{what} within {seconds} s on {self.target}") from None
 
     async def _read_loop(self) -> None:
+        frames = self._frames
         try:
-            while not self._parser.done:
+            # Until the closing handshake is over, or the server broke the protocol: the client
+            # then fails the connection at once, without waiting for the server's close.
+            while frames.state != ST_CLOSED and self._error is None:
                 data = await self._reader.read(65536)
                 if not data:
                     break
-                for kind, value in self._parser.feed(data):
+                for kind, value in frames.feed(data):
                     self._handle(kind, value)
-            if self._error is None and self._close_received is not None and self._close_sent:
+                answer = frames.data_to_send()  # the echo of the server's close, or ours failing
+                if answer:
+                    self._writer.write(answer)
+            if self._error is None and frames.state == ST_CLOSED:
                 # RFC 6455 7.1.1: the server closes TCP first; wait for it (bounded).
                 with contextlib.suppress(TimeoutError, ConnectionError):
                     await asyncio.wait_for(self._reader.read(), self.timeout)
         except ConnectionError:
             pass
         finally:
-            if self._error is not None:
-                self._writer.transport.abort()
-            else:
-                self._writer.close()
+            self._writer.close()  # after what was written: the failing close frame included
             self._set_closed()
 
     def _handle(self, kind: int, value: Any) -> None:
+        # The reader reports no message or ping once the client's close is sent, and answers
+        # the server's close itself (data_to_send).
         if kind == OP_TEXT or kind == OP_BINARY:
             self._messages.append(value)
             self._arrived.set()
         elif kind == OP_PING:
             self.pings_received.append(value)
-            if not self._close_sent:
-                self._writer.write(build_client_frame(OP_PONG, value))
+            self._writer.write(build_client_frame(OP_PONG, value))
         elif kind == OP_PONG:
             for waiter in self._pong_waiters.pop(value, ()):
                 if not waiter.done():
                     waiter.set_result(None)
-        elif kind == OP_CLOSE:
-            self._close_received = value
-            if not self._close_sent:  # echo the code (RFC 6455 5.5.1)
-                self._close_sent = True
-                code, _ = value
-                self._writer.write(build_client_frame(OP_CLOSE, _close_payload(code, "")))
-        else:
-            code, message = value
-            self._error = ProtocolViolation(code, message)
-            if not self._close_sent:
-                self._close_sent = True
-                self._writer.write(build_client_frame(OP_CLOSE, _close_payload(code, "")))
+        elif kind == EV_ERROR:
+            error: ProtocolError = value
+            self._error = ProtocolViolation(error.code, str(error))
 
     def _set_closed(self) -> None:
         if self._closed.is_set():
@@ -743,9 +530,9 @@ async def _open(
                 raise ProtocolViolation(1002, problem)
             extensions = response.get("sec-websocket-extensions")
             try:
-                deflate = _Deflate(extensions) if extensions else None
-            except ValueError as exc:
-                raise ProtocolViolation(1010, str(exc)) from None
+                deflate = client_codec(extensions) if extensions else None
+            except ProtocolError as exc:
+                raise ProtocolViolation(exc.code, str(exc)) from None
         except BaseException:
             writer.transport.abort()
             raise

@@ -49,20 +49,6 @@ async def raw(url: str, path: str, extra: str = "") -> AsyncIterator[tuple[RawCl
         await client.close()
 
 
-async def read_raw(client: RawClient, timeout: float = TIMEOUT) -> tuple[int, bytes]:
-    """(first header byte, payload) of the next server frame: FIN, RSV1-3 and opcode."""
-    reader = client.reader
-    head = await asyncio.wait_for(reader.readexactly(2), timeout)
-    assert not head[1] & 0x80, "a server frame must not be masked"
-    length = head[1] & 0x7F
-    if length == 126:
-        length = int.from_bytes(await reader.readexactly(2), "big")
-    elif length == 127:
-        length = int.from_bytes(await reader.readexactly(8), "big")
-    payload = await asyncio.wait_for(reader.readexactly(length), timeout)
-    return head[0], payload
-
-
 def inflate(payload: bytes) -> bytes:
     """One server message (no context takeover), as RFC 7692 7.2.2 reads it."""
     return zlib.decompressobj(-15).decompress(payload + TAIL)
@@ -212,7 +198,7 @@ async def test_raw_client_sees_compressed_frames_and_its_compressed_frames_are_r
         assert agreed.startswith("permessage-deflate")
         text = sample(3000).encode()
         client.send_frame(OP_TEXT, deflate(text), rsv=RSV1)
-        b0, payload = await read_raw(client)
+        b0, payload = await client.read_raw_frame()
         assert b0 == 0x80 | RSV1 | OP_TEXT
         assert len(payload) < len(text)
         assert inflate(payload) == text
@@ -221,7 +207,7 @@ async def test_raw_client_sees_compressed_frames_and_its_compressed_frames_are_r
         client.send_frame(OP_BINARY, data[:5], fin=False, rsv=RSV1)
         client.send_frame(OP_CONT, data[5:10], fin=False)
         client.send_frame(OP_CONT, data[10:])
-        b0, payload = await read_raw(client)
+        b0, payload = await client.read_raw_frame()
         assert b0 == 0x80 | RSV1 | OP_BINARY
         assert inflate(payload) == b"\x07" * 10000
 
@@ -281,7 +267,7 @@ async def test_plugin_form_threshold_compresses_only_large_messages() -> None:
         assert agreed.startswith("permessage-deflate")
         for size, compressed in ((10, False), (1023, False), (1024, True), (50_000, True)):
             client.send_frame(OP_TEXT, f"auto:{size}".encode())
-            b0, payload = await read_raw(client)
+            b0, payload = await client.read_raw_frame()
             assert b0 & 0x0F == OP_TEXT
             assert bool(b0 & RSV1) is compressed, size
             assert (inflate(payload) if compressed else payload) == sample(size).encode()
@@ -289,9 +275,9 @@ async def test_plugin_form_threshold_compresses_only_large_messages() -> None:
                 assert len(payload) < size
         # The echo of a small binary message stays plain; a large one is compressed.
         client.send_frame(OP_BINARY, b"\x01" * 100)
-        assert await read_raw(client) == (0x80 | OP_BINARY, b"\x01" * 100)
+        assert await client.read_raw_frame() == (0x80 | OP_BINARY, b"\x01" * 100)
         client.send_frame(OP_BINARY, b"\x01" * 2000)
-        b0, payload = await read_raw(client)
+        b0, payload = await client.read_raw_frame()
         assert b0 == 0x80 | RSV1 | OP_BINARY
         assert inflate(payload) == b"\x01" * 2000
 
@@ -301,7 +287,7 @@ async def test_plugin_form_disabled_is_no_compression() -> None:
     async with serve(app) as url, raw(url, "/echo", OFFER) as (client, agreed):
         assert agreed == ""
         client.send_frame(OP_TEXT, b"auto:5000")
-        assert await read_raw(client) == (0x80 | OP_TEXT, sample(5000).encode())
+        assert await client.read_raw_frame() == (0x80 | OP_TEXT, sample(5000).encode())
 
 
 async def test_per_send_override() -> None:
@@ -309,14 +295,14 @@ async def test_per_send_override() -> None:
     async with serve(app) as url, raw(url, "/echo", OFFER) as (client, _agreed):
         # compress=False: plain, however large.
         client.send_frame(OP_TEXT, b"plain:50000")
-        assert await read_raw(client) == (0x80 | OP_TEXT, sample(50000).encode())
+        assert await client.read_raw_frame() == (0x80 | OP_TEXT, sample(50000).encode())
         # compress=True: compressed, however small.
         client.send_frame(OP_TEXT, b"force:10")
-        b0, payload = await read_raw(client)
+        b0, payload = await client.read_raw_frame()
         assert b0 == 0x80 | RSV1 | OP_TEXT
         assert inflate(payload) == sample(10).encode()
         client.send_frame(OP_TEXT, b"force:0")
-        b0, payload = await read_raw(client)
+        b0, payload = await client.read_raw_frame()
         assert b0 == 0x80 | RSV1 | OP_TEXT
         assert inflate(payload) == b""
 
@@ -326,7 +312,7 @@ async def test_compress_true_without_negotiation_sends_plain_frames() -> None:
     async with serve(app) as url, raw(url, "/echo") as (client, agreed):
         assert agreed == ""
         client.send_frame(OP_TEXT, b"force:3000")
-        assert await read_raw(client) == (0x80 | OP_TEXT, sample(3000).encode())
+        assert await client.read_raw_frame() == (0x80 | OP_TEXT, sample(3000).encode())
 
 
 async def test_client_without_offer_gets_plain_frames() -> None:
@@ -335,7 +321,7 @@ async def test_client_without_offer_gets_plain_frames() -> None:
         assert agreed == ""
         for size in (0, 10, 100_000):
             client.send_frame(OP_TEXT, f"auto:{size}".encode())
-            assert await read_raw(client) == (0x80 | OP_TEXT, sample(size).encode())
+            assert await client.read_raw_frame() == (0x80 | OP_TEXT, sample(size).encode())
         # An RSV1 frame on a connection that did not negotiate compression: 1002.
         client.send_frame(OP_TEXT, deflate(b"hello"), rsv=RSV1)
         assert await client.read_close() == 1002
@@ -351,7 +337,7 @@ async def test_compression_off_by_default_declines_the_offer() -> None:
         async with raw(url, "/echo", OFFER) as (client, agreed):
             assert agreed == ""
             client.send_frame(OP_TEXT, b"auto:100000")
-            assert await read_raw(client) == (0x80 | OP_TEXT, sample(100_000).encode())
+            assert await client.read_raw_frame() == (0x80 | OP_TEXT, sample(100_000).encode())
         async with connect(f"{url}/echo") as ws_client:  # offers permessage-deflate
             assert not ws_client.protocol.extensions
             assert ws_client.response is not None
@@ -416,13 +402,14 @@ async def test_publish_to_a_mix_of_compressing_and_plain_subscribers() -> None:
         for client in [*deflating, *plain]:
             got = [await asyncio.wait_for(client.recv(), TIMEOUT) for _ in range(3)]
             assert got == [payload, "small", payload]
-        b0, data = await read_raw(raw_deflate)
+        b0, data = await raw_deflate.read_raw_frame()
         assert b0 == 0x80 | RSV1 | OP_TEXT and inflate(data) == payload.encode()
-        assert await read_raw(raw_deflate) == (0x80 | OP_TEXT, b"small")  # under the threshold
-        assert await read_raw(raw_deflate) == (0x80 | OP_TEXT, payload.encode())
-        assert await read_raw(raw_plain) == (0x80 | OP_TEXT, payload.encode())
-        assert await read_raw(raw_plain) == (0x80 | OP_TEXT, b"small")
-        assert await read_raw(raw_plain) == (0x80 | OP_TEXT, payload.encode())
+        # Under the threshold: not compressed.
+        assert await raw_deflate.read_raw_frame() == (0x80 | OP_TEXT, b"small")
+        assert await raw_deflate.read_raw_frame() == (0x80 | OP_TEXT, payload.encode())
+        assert await raw_plain.read_raw_frame() == (0x80 | OP_TEXT, payload.encode())
+        assert await raw_plain.read_raw_frame() == (0x80 | OP_TEXT, b"small")
+        assert await raw_plain.read_raw_frame() == (0x80 | OP_TEXT, payload.encode())
 
 
 # ----------------------------------------------------------------- hostile input
@@ -463,7 +450,7 @@ async def test_decompression_bomb_closes_1009_without_inflating_it() -> None:
         # Just under the limit is fine.
         async with raw(url, "/echo", OFFER) as (client, _agreed):
             client.send_frame(OP_BINARY, deflate(bytes(64 * 1024)), rsv=RSV1)
-            b0, payload = await read_raw(client)
+            b0, payload = await client.read_raw_frame()
             assert b0 == 0x80 | RSV1 | OP_BINARY
             assert inflate(payload) == bytes(64 * 1024)
     assert any(isinstance(e, harpy.PayloadTooBig) for e in echo.errors)

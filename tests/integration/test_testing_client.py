@@ -1,5 +1,5 @@
-"""``harpy.testing``: the test client against real harpy apps, and its frame parser against
-harpy's own frame codec."""
+"""``harpy.testing``: the test client against real harpy apps, and the frame reader it uses
+(harpy's own, in client mode) against harpy's frame builder."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 import harpy
+from harpy.exceptions import ProtocolError
 from harpy.protocol import (
+    EV_ERROR,
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -21,14 +23,14 @@ from harpy.protocol import (
     accept_key,
     build_frame,
 )
-from harpy.protocol.deflate import PerMessageDeflate
+from harpy.protocol.deflate import PerMessageDeflate, client_codec
 from harpy.testing import (
+    MAX_MESSAGE_SIZE,
     ClientWebSocket,
     ClosedError,
     HandshakeRefused,
     ProtocolViolation,
     TestServer,
-    _ClientParser,
     _open,
     build_client_frame,
 )
@@ -311,29 +313,34 @@ async def test_not_running() -> None:
 # ----------------------------------------------------------------- a misbehaving server
 
 
-async def fake_server(answer: Any) -> tuple[asyncio.Server, int]:
-    """A TCP server that reads the upgrade request and lets ``answer(key, writer)`` reply."""
+async def fake_server(
+    answer: Any, received: list[bytes] | None = None
+) -> tuple[asyncio.Server, int]:
+    """A TCP server that reads the upgrade request and lets ``answer(key, writer)`` reply;
+    what the client sends after its request is appended to ``received``."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
         key = head.split("Sec-WebSocket-Key: ")[1].split("\r\n")[0]
         await answer(key, writer)
-        await reader.read()  # until the client is done
+        rest = await reader.read()  # until the client is done
+        if received is not None:
+            received.append(rest)
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
 
-def accept(key: str) -> bytes:
+def accept(key: str, extra: str = "") -> bytes:
     return (
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n{extra}\r\n"
     ).encode()
 
 
 async def connect_to(
-    port: int, timeout: float = scaled(2.0)
+    port: int, timeout: float = scaled(2.0), compression: bool = False
 ) -> ClientWebSocket | HandshakeRefused:
     return await _open(
         "127.0.0.1",
@@ -341,7 +348,7 @@ async def connect_to(
         "/",
         headers=None,
         subprotocols=None,
-        compression=False,
+        compression=compression,
         timeout=timeout,
         expect_refusal=False,
     )
@@ -376,20 +383,64 @@ async def test_misbehaving_servers_are_reported() -> None:
             await connect_to(port, timeout=0.1)  # the timeout under test: not scaled
 
 
-# ----------------------------------------------------------------- the parser, Sans-I/O
+async def test_a_violation_is_answered_with_a_close_frame() -> None:
+    async def bad_utf8(key: str, writer: asyncio.StreamWriter) -> None:
+        writer.write(accept(key) + build_frame(OP_PING, b"p") + build_frame(OP_TEXT, b"\xff"))
+
+    received: list[bytes] = []
+    server, port = await fake_server(bad_utf8, received)
+    async with server:
+        ws = await connect_to(port)
+        assert isinstance(ws, ClientWebSocket)
+        with pytest.raises(ProtocolViolation) as info:
+            await ws.receive()
+        assert info.value.code == 1007 and "UTF-8" in str(info.value)
+        assert await ws.wait_closed() == (1007, "invalid UTF-8 in a text message")
+        await eventually(lambda: received)
+    # The pong, then the close that fails the connection (masked, a fixed reason), then EOF.
+    events = FrameReader().feed(received[0])
+    assert events == [(0xA, b"p"), (OP_CLOSE, (1007, "Invalid payload data"))]
 
 
-def feed_in_pieces(parser: _ClientParser, data: bytes, rng: random.Random) -> list[Any]:
+@pytest.mark.parametrize(
+    "extension",
+    [
+        "permessage-deflate; x=1",
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate, permessage-deflate",
+        "x-webkit-deflate-frame",
+    ],
+)
+async def test_a_bad_extension_response_is_refused(extension: str) -> None:
+    async def answer(key: str, writer: asyncio.StreamWriter) -> None:
+        writer.write(accept(key, f"Sec-WebSocket-Extensions: {extension}\r\n"))
+
+    server, port = await fake_server(answer)
+    async with server:
+        with pytest.raises(ProtocolViolation) as info:
+            await connect_to(port, compression=True)
+        assert info.value.code == 1010
+
+
+# ----------------------------------------------------------------- the reader, Sans-I/O
+
+
+def client_reader(inflater: Any = None, max_message_size: int = MAX_MESSAGE_SIZE) -> FrameReader:
+    """A frame reader as harpy.testing's client reads server frames with."""
+    return FrameReader(max_message_size, inflater, client=True)
+
+
+def feed_in_pieces(reader: FrameReader, data: bytes, rng: random.Random) -> list[Any]:
     events: list[Any] = []
     pos = 0
     while pos < len(data):
         step = rng.randint(1, 70000)
-        events += parser.feed(data[pos : pos + step])
+        events += reader.feed(data[pos : pos + step])
         pos += step
     return events
 
 
-def test_parser_reads_harpy_frames_split_anywhere() -> None:
+def test_reader_reads_harpy_frames_split_anywhere() -> None:
     rng = random.Random(6455)
     messages: list[tuple[int, Any]] = []
     stream = b""
@@ -402,20 +453,20 @@ def test_parser_reads_harpy_frames_split_anywhere() -> None:
     stream += build_frame(OP_CLOSE, (1000).to_bytes(2, "big") + b"done")
     stream += build_frame(OP_TEXT, b"after the close")
     for _ in range(3):
-        events = feed_in_pieces(_ClientParser(), stream, rng)
+        events = feed_in_pieces(client_reader(), stream, rng)
         assert events == [*messages, (OP_CLOSE, (1000, "done"))]
 
 
-def test_parser_fragments_and_interleaved_control_frames() -> None:
-    parser = _ClientParser()
+def test_reader_fragments_and_interleaved_control_frames() -> None:
+    reader = client_reader()
     parts = [
         bytes((0x01, 3)) + "ab\xe2".encode("latin-1"),  # text, not final, a split character
         build_frame(OP_PING, b"1"),
         bytes((0x00, 2)) + b"\x82\xac",  # continuation, not final: "€" completed
         bytes((0x80, 1)) + b"!",  # final continuation
     ]
-    assert parser.feed(b"".join(parts)) == [(OP_PING, b"1"), (OP_TEXT, "ab€!")]
-    assert parser.feed(build_frame(OP_CLOSE, b"")) == [(OP_CLOSE, (1005, ""))]
+    assert reader.feed(b"".join(parts)) == [(OP_PING, b"1"), (OP_TEXT, "ab€!")]
+    assert reader.feed(build_frame(OP_CLOSE, b"")) == [(OP_CLOSE, (1005, ""))]
 
 
 @pytest.mark.parametrize(
@@ -429,38 +480,38 @@ def test_parser_fragments_and_interleaved_control_frames() -> None:
         (bytes((0x80, 1)) + b"x", 1002, "without a message"),
         (bytes((0x01, 1)) + b"x" + bytes((0x81, 1)) + b"y", 1002, "inside a fragmented"),
         (bytes((0x81, 1, 0xFF)), 1007, "invalid UTF-8"),
-        (bytes((0x01, 1, 0xFF)), 1007, "invalid UTF-8"),
+        (bytes((0x01, 1, 0xFF)), 1007, "invalid UTF-8"),  # fails fast, before the message ends
         (bytes((0x88, 1, 3)), 1002, "1-byte"),
         (bytes((0x88, 2, 0x03, 0xED)), 1002, "invalid close code 1005"),
         (bytes((0x88, 3, 0x03, 0xE8, 0xFF)), 1007, "close reason"),
         (bytes((0x82, 127, 0x80)) + b"\x00" * 7, 1002, "most significant"),
-        (bytes((0x82, 127)) + (1 << 40).to_bytes(8, "big"), 1009, "size limit"),
+        (bytes((0x82, 127)) + (1 << 40).to_bytes(8, "big"), 1009, "max_message_size"),
+        # The size of a message is judged over its fragments.
+        (bytes((0x02, 126, 0x80, 0)) + b"x" * 0x8000 + bytes((0x80, 1, 0)), 1009, "max_message"),
     ],
 )
-def test_parser_rejects_protocol_violations(data: bytes, code: int, what: str) -> None:
-    parser = _ClientParser()
-    events = parser.feed(data)
-    assert events[-1][0] == -1
-    assert events[-1][1][0] == code and what in events[-1][1][1]
-    assert parser.done and parser.feed(build_frame(OP_TEXT, b"x")) == []
+def test_reader_rejects_protocol_violations(data: bytes, code: int, what: str) -> None:
+    reader = client_reader(max_message_size=1 << 15)
+    events = reader.feed(data)
+    assert events[-1][0] == EV_ERROR
+    error = events[-1][1]
+    assert isinstance(error, ProtocolError)
+    assert error.code == code and what in str(error)
+    assert reader.close_sent and reader.feed(build_frame(OP_TEXT, b"x")) == []
 
 
-def test_parser_inflates_harpy_compressed_messages() -> None:
-    from harpy.testing import _Deflate
-
+def test_reader_inflates_harpy_compressed_messages() -> None:
     for response in ("permessage-deflate", "permessage-deflate; server_no_context_takeover"):
         codec = PerMessageDeflate(server_no_context_takeover="no_context" in response)
-        deflate = _Deflate(response)
-        parser = _ClientParser(inflate=deflate.inflate)
+        reader = client_reader(client_codec(response))
         for message in (b"hello " * 1000, b"", b"hello " * 1000, b"x"):
             frame = build_frame(OP_BINARY, codec.compress(message), rsv1=True)
-            assert parser.feed(frame) == [(OP_BINARY, message)]
-        assert parser.compressed_messages == 4
+            assert reader.feed(frame) == [(OP_BINARY, message)]
     bomb = PerMessageDeflate().compress(b"\x00" * 100_000)
-    parser = _ClientParser(max_message_size=1000, inflate=_Deflate("permessage-deflate").inflate)
-    assert parser.feed(build_frame(OP_BINARY, bomb, rsv1=True))[0][1][0] == 1009
-    parser = _ClientParser()  # RSV1 without the extension
-    assert parser.feed(build_frame(OP_BINARY, bomb, rsv1=True))[0][1][0] == 1002
+    reader = client_reader(client_codec("permessage-deflate"), max_message_size=1000)
+    assert reader.feed(build_frame(OP_BINARY, bomb, rsv1=True))[0][1].code == 1009
+    reader = client_reader()  # RSV1 without the extension
+    assert reader.feed(build_frame(OP_BINARY, bomb, rsv1=True))[0][1].code == 1002
 
 
 def test_client_frames_are_read_by_harpys_reader() -> None:

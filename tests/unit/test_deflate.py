@@ -9,7 +9,10 @@ import tracemalloc
 import zlib
 
 import pytest
-from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.extensions.permessage_deflate import PerMessageDeflate as WsDeflate
 from websockets.frames import Frame, Opcode
 from websockets.headers import build_extension, parse_extension
@@ -18,6 +21,7 @@ from harpy.exceptions import ConfigurationError, PayloadTooBig, ProtocolError
 from harpy.protocol.deflate import (
     DeflateOptions,
     PerMessageDeflate,
+    client_codec,
     compress_shared,
     negotiate,
 )
@@ -439,6 +443,138 @@ def test_websockets_client_offering_8_bits_is_declined() -> None:
     factory = ClientPerMessageDeflateFactory(server_max_window_bits=8)
     offer = build_extension([(factory.name, list(factory.get_request_params()))])
     assert negotiate([offer], DeflateOptions()) is None
+
+
+# --- the client's codec -----------------------------------------------------------------------
+
+CLIENT_OFFER = "permessage-deflate; client_max_window_bits"
+
+
+@pytest.mark.parametrize(
+    ("response", "state"),
+    [
+        ("permessage-deflate", (False, False, 15, 15)),
+        ("permessage-deflate; server_no_context_takeover", (True, False, 15, 15)),
+        ("permessage-deflate;client_no_context_takeover", (False, True, 15, 15)),
+        ("PerMessage-Deflate; server_max_window_bits=8", (False, False, 8, 15)),
+        ('permessage-deflate; client_max_window_bits="10"', (False, False, 15, 10)),
+        (
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+            "server_max_window_bits=12; client_max_window_bits=8",
+            (True, True, 12, 8),
+        ),
+        (" permessage-deflate , ", (False, False, 15, 15)),
+    ],
+)
+def test_client_codec_reads_the_response(response: str, state: tuple[bool, bool, int, int]) -> None:
+    codec = client_codec(response)
+    assert codec.client is True
+    assert (
+        codec.shareable,
+        codec.client_no_context_takeover,
+        codec.window_bits,
+        codec.client_window_bits,
+    ) == state
+    assert repr(codec).endswith(", client=True)")
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "",
+        "x-webkit-deflate-frame",
+        "permessage-deflate, permessage-deflate",
+        "permessage-deflate; x=1",
+        "permessage-deflate; server_no_context_takeover=1",
+        "permessage-deflate; client_no_context_takeover; client_no_context_takeover",
+        "permessage-deflate; server_max_window_bits",
+        "permessage-deflate; server_max_window_bits=7",
+        "permessage-deflate; server_max_window_bits=16",
+        "permessage-deflate; server_max_window_bits=09",
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate; client_max_window_bits=x",
+        "permessage-deflate; client_max_window_bits=15; server_max_window_bits=15; =",
+    ],
+)
+def test_client_codec_refuses_a_bad_response(response: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        client_codec(response)
+    assert info.value.code == 1010
+
+
+def test_client_and_server_codecs_round_trip() -> None:
+    for options in SERVERS:
+        response, server = negotiate(CLIENT_OFFER, options) or ("", None)
+        assert server is not None
+        client = client_codec(response)
+        for message in MESSAGES:
+            assert server.decompress(client.compress(message), 1 << 20) == message
+            assert client.decompress(server.compress(message), 1 << 20) == message
+
+
+def test_client_codec_context_takeover_is_the_clients() -> None:
+    client = client_codec("permessage-deflate; server_no_context_takeover")
+    first, second = client.compress(TEXT * 3), client.compress(TEXT * 3)
+    assert len(second) < len(first)  # the client keeps its history...
+    with pytest.raises(zlib.error):
+        inflate(second)
+    client = client_codec("permessage-deflate; client_no_context_takeover")
+    outputs = [client.compress(message) for message in MESSAGES]
+    for message, output in zip(MESSAGES, outputs, strict=True):
+        assert inflate(output) == message  # ...unless told not to
+
+
+def test_client_codec_reads_server_context_takeover() -> None:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    payloads = [
+        (compressor.compress(TEXT * 3) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4] for _ in range(3)
+    ]
+    client = client_codec("permessage-deflate; client_no_context_takeover")
+    for payload in payloads:
+        assert client.decompress(payload, 1 << 20) == TEXT * 3
+    client = client_codec("permessage-deflate; server_no_context_takeover")
+    assert client.decompress(payloads[0], 1 << 20) == TEXT * 3
+    with pytest.raises(ProtocolError) as info:
+        client.decompress(payloads[1], 1 << 20)
+    assert info.value.code == 1007
+
+
+@pytest.mark.parametrize("bits", range(8, 16))
+def test_client_codec_compresses_within_client_max_window_bits(bits: int) -> None:
+    # A message repeating a block from 600 bytes back: with 9 bits (512) the copy is out of
+    # reach, so the second half is written out; the server's inflater reads it either way.
+    block = _rng.randbytes(600)
+    client = client_codec(f"permessage-deflate; client_max_window_bits={bits}")
+    output = client.compress(block + block)
+    assert (len(output) > 1100) is (bits <= 9)  # 8 is compressed with 9: zlib has no 8
+    assert inflate(output, max(bits, 9)) == block + block
+    server = accept(f"{CLIENT_OFFER}={bits}") if bits > 8 else None
+    if server is not None:
+        assert server.decompress(output, 1 << 20) == block + block
+
+
+def test_client_codec_limits_and_errors() -> None:
+    client = client_codec("permessage-deflate")
+    bomb = PerMessageDeflate().compress(b"\x00" * 100_000)
+    with pytest.raises(PayloadTooBig):
+        client.decompress(bomb, 1000)
+    with pytest.raises(ProtocolError) as info:
+        client.decompress(b"\xff\xff", 1000)
+    assert info.value.code == 1007
+    assert client.decompress(bomb, 0) == b"\x00" * 100_000
+
+
+@pytest.mark.parametrize("server", CLIENTS)  # the same parameters, on websockets' server side
+def test_websockets_server_round_trip(server: dict[str, object]) -> None:
+    factory = ServerPerMessageDeflateFactory(**server)  # type: ignore[arg-type]
+    [(_name, offered)] = parse_extension(CLIENT_OFFER)
+    params, ws = factory.process_request_params(offered, [])
+    client = client_codec(build_extension([(factory.name, params)]))
+    for message in MESSAGES:
+        frame = ws.encode(Frame(Opcode.BINARY, message))
+        assert client.decompress(bytes(frame.data), 1 << 20) == message
+        decoded = ws.decode(Frame(Opcode.BINARY, client.compress(message), rsv1=True))
+        assert bytes(decoded.data) == message
 
 
 # --- RFC 7692 7.2.3 examples ------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""permessage-deflate (RFC 7692), server side, without I/O: header values and bytes in, bytes out.
+"""permessage-deflate (RFC 7692), without I/O: header values and bytes in, bytes out.
 
-The three pieces:
+The server's pieces:
 
 * :class:`DeflateOptions` is the application's configuration; :meth:`DeflateOptions.from_value`
   turns the ``compression=`` argument (``True``, ``False``, ``None``, a mapping of the fields or
@@ -14,6 +14,10 @@ The three pieces:
   the first frame of every message it sends compressed (RFC 7692 6), and compresses only
   messages of at least ``codec.threshold`` bytes.
 
+The client's piece: :func:`client_codec` reads the server's ``Sec-WebSocket-Extensions``
+response and returns the same codec the other way round (``PerMessageDeflate(client=True)``):
+``decompress`` reads server messages and ``compress`` writes client messages.
+
 Sending one message to many connections: when ``codec.shareable`` is true (the connection
 negotiated ``server_no_context_takeover``), every message is compressed independently, so the
 output of ``compress_shared(payload, window_bits=w)`` may be sent to any shareable connection
@@ -23,7 +27,8 @@ frame.
 Window sizes: zlib cannot compress raw deflate with an 8-bit window (it fails on ``wbits=-8``),
 so the server never agrees to ``server_max_window_bits=8`` and never asks a client for 8.  The
 inflater never uses fewer than 9 bits: a zlib-based client that agreed to 8 really compresses
-with 9, and a larger window always reads a stream made with a smaller one.
+with 9, and a larger window always reads a stream made with a smaller one.  The client codec
+does just that when a server asks it for 8 bits.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "deflate_bound",
     "DeflateOptions",
     "PerMessageDeflate",
+    "client_codec",
     "compress_shared",
     "negotiate",
 ]
@@ -224,7 +230,8 @@ def _parse_extension(element: str) -> tuple[str, _Params | None] | None:
 
 
 def _parse_offer(params: _Params) -> tuple[bool, bool, int | None, int | bool | None] | None:
-    """The four RFC 7692 7.1 parameters of an offer, or None to decline it (RFC 7692 5.1).
+    """The four RFC 7692 7.1 parameters of an offer (or of a response), or None to decline it
+    (RFC 7692 5.1).
 
     Returns ``(server_no_context_takeover, client_no_context_takeover, server_max_window_bits,
     client_max_window_bits)``; ``client_max_window_bits`` is True when offered without a value.
@@ -346,6 +353,35 @@ def _accept(
     return "; ".join(response), codec
 
 
+def client_codec(response: str) -> PerMessageDeflate:
+    """The client's codec for the permessage-deflate a server accepted (RFC 7692 5, 7.1).
+
+    ``response`` is the ``Sec-WebSocket-Extensions`` value of the server's 101, in answer to an
+    offer of ``permessage-deflate; client_max_window_bits`` (which leaves every parameter to the
+    server).  Raises :class:`ProtocolError` with code 1010 when the response is not exactly one
+    permessage-deflate element with valid, distinct parameters: the client must then fail the
+    connection.  The codec's ``decompress`` reads server messages and ``compress`` writes client
+    messages (see :class:`PerMessageDeflate`, ``client=True``).
+    """
+    elements = [element for element in _split(response, ",") if element.strip(_OWS)]
+    parsed = _parse_extension(elements[0]) if len(elements) == 1 else None
+    if parsed is None or parsed[0] != EXTENSION_NAME:
+        raise ProtocolError(f"unexpected extension response {response!r}", 1010)
+    agreed = None if parsed[1] is None else _parse_offer(parsed[1])
+    if agreed is None:
+        raise ProtocolError(f"invalid permessage-deflate parameters in {response!r}", 1010)
+    server_nct, client_nct, server_bits, client_bits = agreed
+    if client_bits is True:  # 7.1.2.2: a response gives the client's window as a value
+        raise ProtocolError(f"client_max_window_bits without a value in {response!r}", 1010)
+    return PerMessageDeflate(
+        server_no_context_takeover=server_nct,
+        client_no_context_takeover=client_nct,
+        server_max_window_bits=server_bits or _MAX_BITS,
+        client_max_window_bits=client_bits or _MAX_BITS,
+        client=True,
+    )
+
+
 # --- compression ------------------------------------------------------------------------------
 
 # Shared compressors, per (level, window_bits, memory_level).  Each message is ended with
@@ -407,13 +443,21 @@ class PerMessageDeflate:
     bytes), ``shareable`` (server_no_context_takeover is in force, so :func:`compress_shared`
     output may be sent here), ``window_bits`` (the server's LZ77 window in force),
     ``client_window_bits`` (the most the client may use), ``client_no_context_takeover``,
-    ``level`` and ``memory_level``.
+    ``level``, ``memory_level`` and ``client``.
+
+    The codec is a server's unless ``client`` is true: the parameters keep their meaning, but a
+    client's codec compresses under the ``client_*`` ones and inflates under the ``server_*``
+    ones.  A client told to use an 8-bit window compresses with 9 (see the module docstring).
     """
 
     __slots__ = (
+        "_deflate_bits",
         "_deflater",
         "_inflate_bits",
         "_inflater",
+        "_keep_inflater",
+        "_own_nct",
+        "client",
         "client_no_context_takeover",
         "client_window_bits",
         "level",
@@ -433,9 +477,14 @@ class PerMessageDeflate:
         threshold: int = 0,
         level: int = 6,
         memory_level: int = 8,
+        client: bool = False,
     ) -> None:
-        _check_window_bits("server_max_window_bits", server_max_window_bits)
+        if client:
+            _check_int("server_max_window_bits", server_max_window_bits, 8, _MAX_BITS)
+        else:
+            _check_window_bits("server_max_window_bits", server_max_window_bits)
         _check_int("client_max_window_bits", client_max_window_bits, 8, _MAX_BITS)
+        self.client = client
         self.shareable = server_no_context_takeover
         self.client_no_context_takeover = client_no_context_takeover
         self.window_bits = server_max_window_bits
@@ -443,7 +492,17 @@ class PerMessageDeflate:
         self.threshold = threshold
         self.level = level
         self.memory_level = memory_level
-        self._inflate_bits = -max(client_max_window_bits, _MIN_BITS)
+        # What this side writes under, and what it reads under: the peer's parameters.
+        if client:
+            self._own_nct = client_no_context_takeover
+            self._deflate_bits = max(client_max_window_bits, _MIN_BITS)
+            self._keep_inflater = not server_no_context_takeover
+            self._inflate_bits = -max(server_max_window_bits, _MIN_BITS)
+        else:
+            self._own_nct = server_no_context_takeover
+            self._deflate_bits = server_max_window_bits
+            self._keep_inflater = not client_no_context_takeover
+            self._inflate_bits = -max(client_max_window_bits, _MIN_BITS)
         self._inflater: zlib._Decompress | None = None
         self._deflater: zlib._Compress | None = None
 
@@ -452,11 +511,13 @@ class PerMessageDeflate:
             f"PerMessageDeflate(server_no_context_takeover={self.shareable}, "
             f"client_no_context_takeover={self.client_no_context_takeover}, "
             f"server_max_window_bits={self.window_bits}, "
-            f"client_max_window_bits={self.client_window_bits})"
+            f"client_max_window_bits={self.client_window_bits}"
+            + (", client=True)" if self.client else ")")
         )
 
     def decompress(self, payload: _Buffer, max_size: int) -> bytes:
-        """Inflate one whole client message; ``max_size`` <= 0 means no bound.
+        """Inflate one whole message of the peer (a server's codec reads client messages, a
+        client's codec server messages); ``max_size`` <= 0 means no bound.
 
         Raises :class:`PayloadTooBig` when the result would exceed ``max_size``, having inflated
         at most ``max_size + 1`` bytes, so a small bomb cannot make the server allocate a huge
@@ -492,7 +553,7 @@ class PerMessageDeflate:
         # 7.2.3.4: a sender may end a message with a BFINAL block; its stream is over and the
         # next message starts a new one.  Bytes after that block carry no data (7.2.3.4 pads
         # with an empty stored block) and are dropped with the inflater.
-        if not self.client_no_context_takeover and not inflater.eof:
+        if self._keep_inflater and not inflater.eof:
             self._inflater = inflater  # 7.2.3.2: the next message may refer to this one
         return data
 
@@ -502,19 +563,20 @@ class PerMessageDeflate:
         return compress is True or (compress is None and size >= self.threshold)
 
     def compress(self, payload: _Buffer) -> bytes:
-        """Deflate one server message, without the trailing ``00 00 ff ff`` (RFC 7692 7.2.1).
+        """Deflate one message of this side (server or client), without the trailing
+        ``00 00 ff ff`` (RFC 7692 7.2.1).
 
-        With server_no_context_takeover this is :func:`compress_shared` (no per-connection
-        compressor); otherwise the connection's compressor keeps its history between messages
-        (7.2.3.2), so repeated content shrinks.
+        With no context takeover for this side this is :func:`compress_shared` (no
+        per-connection compressor); otherwise the connection's compressor keeps its history
+        between messages (7.2.3.2), so repeated content shrinks.
         """
         if not payload:
             return _EMPTY
-        if self.shareable:
-            return compress_shared(payload, self.window_bits, self.level, self.memory_level)
+        if self._own_nct:
+            return compress_shared(payload, self._deflate_bits, self.level, self.memory_level)
         deflater = self._deflater
         if deflater is None:
-            deflater = _new_compressor(self.level, self.window_bits, self.memory_level)
+            deflater = _new_compressor(self.level, self._deflate_bits, self.memory_level)
         # Held only by this call: if it is interrupted between the two zlib calls, the next
         # message starts a fresh compressor, which the client can still read.
         self._deflater = None
