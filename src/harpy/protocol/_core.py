@@ -264,11 +264,12 @@ class FrameReader:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 hlen = 10
             opcode = b0 & 0x0F
-            if client:
-                if b1 & 0x80:
-                    return self._fail(events, "server frame is masked")  # RFC 6455 5.1
-            elif not b1 & 0x80:
-                return self._fail(events, "client frame is not masked")  # RFC 6455 5.1
+            if ((b1 & 0x80) != 0) == client:  # RFC 6455 5.1: clients mask, servers do not
+                if opcode == op_close:
+                    self.close_received = True  # a bad close is still the peer's last frame
+                if client:
+                    return self._fail(events, "server frame is masked")
+                return self._fail(events, "client frame is not masked")
             # Judge the header before waiting for the payload: a frame that can never be valid
             # is never buffered, and a huge announced length never reaches the arithmetic.
             if opcode >= 8:
