@@ -338,13 +338,9 @@ class _ASGIWebSocket(WebSocket[Any]):
 
     def _over(self, size: int) -> bool:
         """Past ``backpressure_limit``: count the drop, or close with 1008 when asked."""
-        limits = self._limits
-        if self._queued + size <= limits.backpressure_limit:
+        if self._queued + size <= self._limits.backpressure_limit:
             return False
-        self.dropped += 1
-        self._server.dropped += 1
-        if limits.close_on_backpressure_limit:
-            self._start_close(1008, "Backpressure limit exceeded")
+        self._drop_at_limit()
         return True
 
     def _start_close(self, code: int, reason: str) -> None:

@@ -522,11 +522,16 @@ class Connection(asyncio.Protocol):
             return True
         if transport.get_write_buffer_size() + self._out_size + size <= limits.backpressure_limit:
             return False
+        self._drop_at_limit()
+        return True
+
+    def _drop_at_limit(self) -> None:
+        """A message dropped at the backpressure limit: count it, or close with 1008 when the
+        route asks for that."""
         self.dropped += 1
         self._server.dropped += 1
-        if limits.close_on_backpressure_limit:
+        if self._limits.close_on_backpressure_limit:
             self._start_close(1008, "Backpressure limit exceeded")
-        return True
 
     def flush(self) -> None:
         """Write what was queued this tick, unless a batch of events is still being handled
