@@ -103,10 +103,11 @@ class Connections:
     def count(self, pattern: str | None = None) -> int:
         return len(self._all) if pattern is None else len(self._by_route.get(pattern, ()))
 
-    def add(self, ws: WebSocket[Any]) -> None:
-        """Register an open connection (the connection does, once ``open`` may run)."""
+    def add(self, ws: WebSocket[Any], pattern: str) -> None:
+        """Register an open connection of the route ``pattern`` (the connection does, once
+        ``open`` may run)."""
         self._all[ws] = None
-        self._by_route.setdefault(ws.route, {})[ws] = None
+        self._by_route.setdefault(pattern, {})[ws] = None
 
     def discard(self, ws: WebSocket[Any]) -> bool:
         """Forget a closed connection; False when it was not registered."""
@@ -166,6 +167,9 @@ class App(Routes):
         self.max_header_size = max_header_size
         self.shutdown_timeout = shutdown_timeout
         self._table: RouteTable[Route] = RouteTable()
+        #: ``match(path)``: the route for a raw (still percent-encoded) request path, and its
+        #: parameters, or None (the table's own method: no extra call per upgrade).
+        self.match: Callable[[str], tuple[Route, dict[str, str]] | None] = self._table.match
         #: The open connections, by route.
         self.connections = Connections()
         #: Carries publications to and from other processes (None: this process only).
@@ -192,9 +196,6 @@ class App(Routes):
     def routes(self) -> list[Route]:
         return [route for _, route in self._table]
 
-    def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
-        """The route for a raw (still percent-encoded) request path, and its parameters."""
-        return self._table.match(path)
 
     # ----------------------------------------------------------------- admission
 
@@ -222,10 +223,6 @@ class App(Routes):
             else:
                 self._per_ip.pop(address, None)
 
-    @property
-    def limits_connections(self) -> bool:
-        """Whether upgrades go through :meth:`admit` (a connection limit is set)."""
-        return bool(self.max_connections or self.max_connections_per_ip)
 
     # ----------------------------------------------------------------- one message to many
 

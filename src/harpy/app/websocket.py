@@ -51,40 +51,44 @@ _ID_PREFIX = os.urandom(4).hex()
 _OPEN = ReadyState.OPEN
 
 
-class Admission(enum.Enum):
-    """Where a connection stands with its route; the transitions are in ``_ADMISSION_STEPS``."""
+class Admission(enum.IntEnum):
+    """Where a connection stands with its route; the transitions are in ``_ADMISSION_STEPS``.
+
+    (An ``IntEnum``: its members hash as ints, in C, on the per-connection path.)
+    """
 
     #: The upgrade is being decided (routing, limits, origin, ``authenticate``).
-    PENDING = "pending"
+    PENDING = 0
     #: Upgraded, but the first message must authenticate before ``open`` runs.
-    AUTHENTICATING = "authenticating"
+    AUTHENTICATING = 1
     #: ``open`` ran: registered with the app, reached by broadcasts, handlers run.
-    MEMBER = "member"
+    MEMBER = 2
     #: Refused by authentication after the 101: closing, and no handler runs.
-    DENIED = "denied"
+    DENIED = 3
     #: A member that closed: unregistered, out of every topic and room; the handlers already
     #: queued, then ``close``, still run.
-    LEFT = "left"
+    LEFT = 4
 
 
-_ADMISSION_STEPS = {
-    Admission.PENDING: {Admission.AUTHENTICATING, Admission.MEMBER, Admission.DENIED},
-    Admission.AUTHENTICATING: {Admission.MEMBER, Admission.DENIED},
-    Admission.MEMBER: {Admission.LEFT},
-    Admission.DENIED: set(),
-    Admission.LEFT: set(),
-}
+#: The steps allowed from each state, indexed by the state's value.
+_ADMISSION_STEPS: tuple[frozenset[Admission], ...] = (
+    frozenset({Admission.AUTHENTICATING, Admission.MEMBER, Admission.DENIED}),  # PENDING
+    frozenset({Admission.MEMBER, Admission.DENIED}),  # AUTHENTICATING
+    frozenset({Admission.LEFT}),  # MEMBER
+    frozenset(),  # DENIED
+    frozenset(),  # LEFT
+)
 
 
-class Dispatch(enum.Enum):
-    """How the connection's handlers run."""
+class Dispatch(enum.IntEnum):
+    """How the connection's handlers run; IDLE is 0, so ``if dispatch:`` means "busy"."""
 
     #: No async handler is running: the next event's handler runs at once.
-    IDLE = "idle"
+    IDLE = 0
     #: An async handler is running: later events wait their turn, in order.
-    RUNNING = "running"
+    RUNNING = 1
     #: As RUNNING, with ``max_pending_messages`` waiting: reading is paused until they drain.
-    PAUSED = "paused"
+    PAUSED = 2
 
 
 _MEMBER = Admission.MEMBER
@@ -110,6 +114,7 @@ class WebSocket(Connection, Generic[T]):
         "_handlers",
         "_holds_place",
         "_id",
+        "_in_groups",
         "_on_message",
         "_queue",
         "_route",
@@ -133,6 +138,7 @@ class WebSocket(Connection, Generic[T]):
         self._gated = False  # messages go through the rate limit or first-message auth first
         self._id = ""
         self._holds_place = False  # a place under max_connections / _per_ip, until closed
+        self._in_groups = False  # it joined a topic or a room: closing takes it out of them
         self._auth_timer: Any = None
         self._tokens = 0.0
         self._tokens_at = 0.0
@@ -280,6 +286,7 @@ class WebSocket(Connection, Generic[T]):
     def subscribe(self, topic: str) -> bool:
         """Receive what is published to ``topic``; False when already subscribed."""
         self._require_open("subscribe")
+        self._in_groups = True
         return self._app.topic_groups.add(self, _check_name(topic, "topic"))
 
     def unsubscribe(self, topic: str) -> bool:
@@ -319,6 +326,7 @@ class WebSocket(Connection, Generic[T]):
     def join(self, room: str) -> bool:
         """Join ``room``; False when already in it."""
         self._require_open("join a room")
+        self._in_groups = True
         return self._app.room_groups.add(self, _check_name(room, "room"))
 
     def leave(self, room: str) -> bool:
@@ -370,8 +378,8 @@ class WebSocket(Connection, Generic[T]):
         """The one place the admission changes; it also sets what messages go through."""
         if admission not in _ADMISSION_STEPS[self._admission]:
             raise InvalidState(
-                f"connection {self.id}: cannot go from {self._admission.value} "
-                f"to {admission.value}"
+                f"connection {self.id}: cannot go from {self._admission.name} "
+                f"to {admission.name}"
             )
         self._admission = admission
         route = self._route
@@ -419,7 +427,7 @@ class WebSocket(Connection, Generic[T]):
         self.params = params
         self._route = route
         self._handlers = route.handlers
-        if app.limits_connections:
+        if app.max_connections or app.max_connections_per_ip:
             # A place is taken now, before any authenticate hook awaits, so upgrades waiting
             # at the same time cannot all pass the limit; it is given back when the socket
             # closes.
@@ -552,14 +560,15 @@ class WebSocket(Connection, Generic[T]):
         route = self._route
         assert route is not None
         self._admit_as(Admission.MEMBER)
-        self._app.connections.add(self)
+        self._app.connections.add(self, route.pattern)
         if route.options.default_room is not None:
+            self._in_groups = True
             self._app.room_groups.add(self, route.options.default_room)
 
     def _handle_message(self, message: str | bytes) -> None:
         if self._gated and not self._pass_gate(message):
             return
-        if self._dispatch is not _IDLE:  # behind a running async handler (or first-message auth)
+        if self._dispatch:  # not IDLE (0): behind a running async handler or first-message auth
             self._enqueue(self._receive_queued, (message,))
             return
         fn = self._on_message
@@ -635,10 +644,13 @@ class WebSocket(Connection, Generic[T]):
         app = self._app
         app.connections.discard(self)
         # Out of every group now; the close handler still reads what they were.
-        self._groups_at_close = (
-            app.topic_groups.remove_all(self),
-            app.room_groups.remove_all(self),
-        )
+        if self._in_groups:
+            self._groups_at_close = (
+                app.topic_groups.remove_all(self),
+                app.room_groups.remove_all(self),
+            )
+        else:
+            self._groups_at_close = _NO_GROUPS
         if fn is not None:
             self._call(fn, (code, reason))
 
@@ -656,7 +668,7 @@ class WebSocket(Connection, Generic[T]):
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run ``fn(*args)`` now, or after the ones before it when an async one is running."""
-        if self._dispatch is not _IDLE:
+        if self._dispatch:  # not IDLE (0)
             self._enqueue(fn, args)
             return
         try:
@@ -790,6 +802,9 @@ def auto_broadcasting(handler: Callable[..., Any] | None) -> Callable[..., Any]:
 async def _await_then_broadcast(ws: WebSocket[Any], awaitable: Any, message: str | bytes) -> None:
     await awaitable
     ws.app.broadcast(message, exclude=ws)
+
+
+_NO_GROUPS: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
 
 def _check_name(name: str, kind: str) -> str:
