@@ -37,6 +37,7 @@ cdef class FrameReader:
     cdef bytes _close_frame(self, int code, str reason)
     cdef void _stop(self)
     cdef list _close_event(self, list events, bytes payload)
+    cdef list _mask_error(self, list events, int opcode, str message)
     cdef list _too_big(self, list events)
     cdef list _fail(self, list events, str message, int code=*)
     cdef list _error(self, list events, object exc)

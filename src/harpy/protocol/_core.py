@@ -264,12 +264,12 @@ class FrameReader:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 hlen = 10
             opcode = b0 & 0x0F
-            if ((b1 & 0x80) != 0) == client:  # RFC 6455 5.1: clients mask, servers do not
-                if opcode == op_close:
-                    self.close_received = True  # a bad close is still the peer's last frame
-                if client:
-                    return self._fail(events, "server frame is masked")
-                return self._fail(events, "client frame is not masked")
+            # RFC 6455 5.1: clients mask, servers do not.
+            if client:
+                if b1 & 0x80:
+                    return self._mask_error(events, opcode, "server frame is masked")
+            elif not b1 & 0x80:
+                return self._mask_error(events, opcode, "client frame is not masked")
             # Judge the header before waiting for the payload: a frame that can never be valid
             # is never buffered, and a huge announced length never reaches the arithmetic.
             if opcode >= 8:
@@ -407,6 +407,13 @@ class FrameReader:
         self.state = ST_CLOSED
         events.append((OP_CLOSE, (code, reason)))
         return events
+
+    def _mask_error(
+        self, events: list[tuple[int, Any]], opcode: int, message: str
+    ) -> list[tuple[int, Any]]:
+        if opcode == OP_CLOSE:
+            self.close_received = True  # a badly masked close is still the peer's last frame
+        return self._fail(events, message)
 
     def _too_big(self, events: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         return self._error(events, PayloadTooBig("message over max_message_size"))

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Instructions per echo message, per fan-out delivery and per handshake, in process.
+
+    python bench/hotpath.py [--baseline /path/to/other/checkout]
+
+The server's Python glue is driven through a fake transport (no sockets, no syscalls) and run
+under ``valgrind --tool=callgrind``, which counts instructions: the same count for the same
+code and inputs whatever else the machine is doing, so a change of a few percent on the hot
+path shows up where a wall-clock benchmark on a shared machine cannot see it. Each figure is
+(instructions for N units - instructions for 0 units) / N. ``--baseline`` runs another
+checkout's harpy (with its own ``.venv``) on the same driver, for a before/after table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = [("echo", 5000, 1, "echo 32 B, per message"),
+         ("fanout", 20, 1000, "fan-out to 1,000 subscribers, per delivery"),
+         ("handshake", 500, 1, "upgrade + close, per connection")]
+
+
+class FakeTransport:
+    """Enough of asyncio.Transport for the glue; writes are counted, not sent."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+UPGRADE = ("GET {} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def client_frame(payload: bytes) -> bytes:
+    key = b"\x01\x02\x03\x04"
+    return bytes((0x81, 0x80 | len(payload))) + key + bytes(
+        b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+async def drive(mode: str, n: int) -> None:
+    import harpy
+    from harpy.server import Server
+
+    app = harpy.App()
+    app.ws("/echo", {"message": lambda ws, m: ws.send(m)})
+    app.ws("/sub", {"open": lambda ws: ws.subscribe("t")})
+    server = Server(lambda srv: harpy.WebSocket(srv, app), loop=asyncio.get_running_loop())
+
+    def connect(path: str) -> harpy.WebSocket[object]:
+        conn: harpy.WebSocket[object] = harpy.WebSocket(server, app)
+        conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        conn.data_received(UPGRADE.format(path).encode())
+        return conn
+
+    if mode == "echo":
+        conn = connect("/echo")
+        data = client_frame(b"x" * 32)
+        for _ in range(n):
+            conn.data_received(data)
+    elif mode == "fanout":
+        for _ in range(1000):
+            connect("/sub")
+        for _ in range(n):
+            app.publish("t", "hello world, a 32 byte message!!")
+            server._flush_dirty()  # the end-of-tick write, as the loop would call it
+    elif mode == "handshake":
+        for _ in range(n):
+            connect("/echo").connection_lost(None)
+
+
+def instructions(python: str, mode: str, n: int) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python,
+         str(Path(__file__).resolve()), "--drive", mode, str(n)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "0"})  # the same dict layouts every run
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if not found:
+        raise SystemExit(f"no callgrind total for {python} {mode}: {out.stderr[-500:]}")
+    return int(found.group(1))
+
+
+def per_unit(python: str, mode: str, n: int, units: int) -> int:
+    return (instructions(python, mode, n) - instructions(python, mode, 0)) // (n * units)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", help="another harpy checkout with its own .venv")
+    ap.add_argument("--drive", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.drive:
+        asyncio.run(drive(args.drive[0], int(args.drive[1])))
+        return 0
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is needed (Debian: apt-get install valgrind)")
+    pythons = {"harpy": sys.executable}
+    if args.baseline:
+        pythons["baseline"] = str(Path(args.baseline) / ".venv" / "bin" / "python")
+    print("| case | " + " | ".join(pythons) + (" | harpy/baseline |" if args.baseline else " |"))
+    print("|---|" + "---:|" * (len(pythons) + (1 if args.baseline else 0)))
+    for mode, n, units, label in CASES:
+        counts = {name: per_unit(py, mode, n, units) for name, py in pythons.items()}
+        row = f"| {label} | " + " | ".join(f"{c:,}" for c in counts.values())
+        if args.baseline:
+            row += f" | {counts['harpy'] / counts['baseline']:.3f}x"
+        print(row + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
