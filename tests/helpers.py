@@ -121,6 +121,9 @@ class RawClient:
         """(first header byte: FIN, RSV1-3 and opcode; payload) of the next server frame.
 
         Reads that frame's bytes and no more, so a test may go on reading the stream itself.
+        On purpose not the core's reader (``FrameReader(client=True)``, which ``harpy.testing``
+        uses): these tests check the server's wire bytes themselves (RSV bits, compressed
+        payloads before inflating, close payloads byte for byte).
         """
         head = await asyncio.wait_for(self.reader.readexactly(2), timeout)
         assert not head[1] & 0x80, "a server frame must not be masked"
