@@ -1,32 +1,45 @@
-# make run: the chat example on 127.0.0.1:3000.   make test: lint, types, tests (both cores).
-# make test also installs redis-server and nats-server (Debian packages) for the backplane tests.
+# make run: the chat example on 127.0.0.1:3000.   make test: lint, types, docs, tests (both cores).
+# make test also installs redis-server, nats-server and chromium (Debian packages) for the
+# backplane tests and the browser test of the chat page.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.harpy-installed
+RUN_STAMP := $(VENV)/.harpy-run
 
-.PHONY: run test lint typecheck pytest pytest-pure bench autobahn clean
+.PHONY: run test lint typecheck docs pytest pytest-pure bench autobahn clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 
-# Editable install with the dev extras; rebuilds the compiled core when its source changes.
-$(STAMP): $(PY) pyproject.toml setup.py src/harpy/protocol/_core.py src/harpy/protocol/_ccore.pxd
-	$(PY) -m pip install -q -e '.[dev]'
+CORE_SOURCES := pyproject.toml setup.py src/harpy/protocol/_core.py src/harpy/protocol/_ccore.pxd
+
+# What running needs: harpy alone (editable), with its compiled core.
+$(RUN_STAMP): $(PY) $(CORE_SOURCES)
+	$(PY) -m pip install -q -e .
 	@touch $@
 
-run: $(STAMP)
-	@echo "harpy chat example: open ws://127.0.0.1:3000/chat (e.g. python -m websockets ws://127.0.0.1:3000/chat), Ctrl-C stops"
-	$(PY) -m harpy examples.chat:app --host 127.0.0.1 --port 3000
+# Editable install with the dev and docs extras; rebuilds the compiled core when its source changes.
+$(STAMP): $(PY) $(CORE_SOURCES)
+	$(PY) -m pip install -q -e '.[dev,docs]'
+	@touch $@
 
-test: test-deps lint typecheck pytest pytest-pure
+run: $(RUN_STAMP)
+	@echo "harpy chat: open examples/chat/index.html in a browser (it connects to ws://127.0.0.1:3000/ws/chat), Ctrl-C stops"
+	$(PY) -m harpy examples.rooms_chat:app --host 127.0.0.1 --port 3000
+
+test: test-deps lint typecheck docs pytest pytest-pure
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict src
+
+# The documentation site; --strict fails on a broken link or a reference that does not resolve.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 pytest: $(STAMP)
 	HARPY_EXPECT_COMPILED=1 $(PY) -m pytest -W error -q
@@ -42,14 +55,16 @@ bench: $(STAMP)
 autobahn: $(STAMP)
 	bash scripts/autobahn.sh
 
-# redis-server and nats-server for the backplane tests (tests/backplane), installed when missing.
+# redis-server and nats-server for the backplane tests (tests/backplane), chromium for the chat
+# page (tests/e2e/test_chat_page.py), installed when missing.
 .PHONY: test-deps
 test-deps:
 	@PATH="$$PATH:/usr/sbin:/usr/local/sbin"; \
-	if ! command -v redis-server >/dev/null || ! command -v nats-server >/dev/null; then \
+	if ! command -v redis-server >/dev/null || ! command -v nats-server >/dev/null \
+			|| ! command -v chromium >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server nats-server; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server nats-server chromium; \
 	fi
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so
+	rm -rf $(VENV) build dist src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 PROTO = HERE / "src" / "harpy" / "protocol"
@@ -33,6 +34,14 @@ class OptionalBuildExt(build_ext):
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001
             print(f"harpy: {ext.name} not built ({exc}); using pure Python", file=sys.stderr)
+
+
+class BuildPyWithoutCopy(build_py):
+    """``_ccore.py`` is only Cython's input, a copy of ``_core.py``: it never ships as a module."""
+
+    def find_package_modules(self, package, package_dir):  # type: ignore[no-untyped-def]
+        modules = super().find_package_modules(package, package_dir)
+        return [m for m in modules if not (package == "harpy.protocol" and m[1] == "_ccore")]
 
 
 def _remove_stale_builds() -> None:
@@ -75,4 +84,4 @@ def _cythonize(cythonize: object) -> list[object]:
     )
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithoutCopy})
