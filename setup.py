@@ -53,6 +53,8 @@ def _remove_stale_builds() -> None:
 
 
 def extensions() -> list[object]:
+    if "sdist" in sys.argv[1:]:
+        return []  # the sdist carries the source only (MANIFEST.in), and leaves the tree alone
     _remove_stale_builds()
     if os.environ.get("HARPY_NO_EXTENSIONS"):
         return []

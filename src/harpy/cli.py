@@ -8,6 +8,7 @@ fields of the access-log records (logger ``harpy.access``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import ipaddress
@@ -193,23 +194,27 @@ def describe(exc: OSError) -> str:
 
 
 def reload(argv: Sequence[str]) -> int:
-    """Run the server in a child process; start a new one when a .py file changes."""
+    """Run the server in a child process; start a new one when a .py file under the current
+    directory changes.  SIGINT or SIGTERM stop the child gracefully, then the reloader."""
     try:
         from watchfiles import PythonFilter, run_process
     except ImportError:
         hint = "pip install 'harpy-ws[reload]'"
         raise SystemExit(f"harpy: --reload needs watchfiles: {hint}") from None
     child = [sys.executable, "-m", "harpy", *(a for a in argv if a != "--reload")]
-    logging.getLogger("harpy").info("harpy: reloading on changes under %s", os.getcwd())
-    run_process(
-        os.getcwd(),
-        target=shlex.join(child),
-        target_type="command",
-        watch_filter=PythonFilter(),
-        callback=lambda changes: logging.getLogger("harpy").info(
-            "harpy: %s changed, restarting", ", ".join(sorted({path for _, path in changes}))
-        ),
-    )
+    log = logging.getLogger("harpy")
+    log.info("harpy: reloading on changes under %s", os.getcwd())
+    # SIGINT, or SIGTERM (which watchfiles turns into KeyboardInterrupt), after the child stopped.
+    with contextlib.suppress(KeyboardInterrupt):
+        run_process(
+            os.getcwd(),
+            target=shlex.join(child),
+            target_type="command",
+            watch_filter=PythonFilter(),
+            callback=lambda changes: log.info(
+                "harpy: %s changed, restarting", ", ".join(sorted({p for _, p in changes}))
+            ),
+        )
     return 0
 
 

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import json
+import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from harpy.cli import main
+from harpy.cli import configure_logging, main
 from tests.timing import TIMEOUT, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,13 +35,7 @@ async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, str]:
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert proc.stderr is not None
-    for _ in range(50):
-        line = (await asyncio.wait_for(proc.stderr.readline(), scaled(15.0))).decode()
-        match = re.search(r"listening on (wss?://\S+)", line)
-        if match:
-            return proc, match.group(1)
-    raise AssertionError("the server never logged its URL")
+    return proc, await next_url(proc)
 
 
 async def test_cli_serves_and_sigterm_closes_with_1001_then_exits_0() -> None:
@@ -116,3 +116,173 @@ def test_cli_rejects_bad_targets(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["examples.echo:app", "--tls-key", "k.pem"])
     assert "--tls-key needs --tls-cert" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- options as uvicorn's
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``python -m harpy ARGS`` to its end (for the runs that stop at once)."""
+    return subprocess.run(
+        [sys.executable, "-m", "harpy", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=scaled(30.0),
+    )
+
+
+def test_version_prints_the_installed_version() -> None:
+    done = run_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"harpy {importlib.metadata.version('harpy-ws')}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "argument --port: 70000 is out of range (1-65535"),
+        (["--port", "-1"], "argument --port: -1 is out of range"),
+        (["--port", "http"], "argument --port: not a port number: 'http'"),
+        (["--host", "local host"], "argument --host: not an IP address or host name"),
+        (["--host", ""], "argument --host: not an IP address or host name"),
+        (["--log-format", "xml"], "argument --log-format: invalid choice: 'xml'"),
+    ],
+)
+def test_a_bad_option_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    done = run_cli("examples.echo:app", *args)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert lines[0].startswith("python -m harpy: error: ")
+
+
+def test_a_port_in_use_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli("examples.echo:app", "--port", str(port), "--log-level", "warning")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"harpy: cannot listen on 127.0.0.1:{port}: the address is already in use"
+    )
+
+
+async def test_log_format_json_is_one_object_a_line() -> None:
+    proc, url = await start_server("examples.echo:app", "--log-format", "json")
+    try:
+        async with connect(f"{url}/echo") as client:
+            await client.send("hi")
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == "hi"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stderr is not None
+        rest = await asyncio.wait_for(proc.stderr.read(), scaled(10.0))
+        assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    records = [json.loads(line) for line in rest.decode().splitlines()]
+    assert records, "nothing was logged after the URL"
+    for record in records:
+        assert {"time", "level", "logger", "message"} <= record.keys()
+        assert datetime.fromisoformat(record["time"]).tzinfo is not None
+    assert {"level": "info", "logger": "harpy", "message": "harpy: stopped"}.items() <= (
+        records[-1].items()
+    )
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    access = logging.getLogger("harpy.access")
+    saved = root.handlers[:], root.level, access.level
+    yield
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    for handler in saved[0]:
+        root.addHandler(handler)
+    root.setLevel(saved[1])
+    access.setLevel(saved[2])
+
+
+def test_access_records_show_their_fields_in_both_formats(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upgrade = {"path": "/echo", "status": 101, "remote": "127.0.0.1:5000"}
+    closed = {"code": 1000, "duration": 0.25, "messages_in": 3, "messages_out": 4}
+
+    configure_logging("info", "json")
+    logging.getLogger("harpy.access").info("upgrade", extra=upgrade)
+    logging.getLogger("harpy.access").info("closed", extra=closed)
+    logging.getLogger("harpy.access").debug("not at info level")
+    lines = capsys.readouterr().err.splitlines()
+    head = {"time": ANY_TIME, "level": "info", "logger": "harpy.access"}
+    assert [json.loads(line) for line in lines] == [
+        {**head, "message": "upgrade", **upgrade},
+        {**head, "message": "closed", **closed},
+    ]
+
+    configure_logging("info", "plain")
+    logging.getLogger("harpy.access").info("upgrade", extra=upgrade)
+    assert capsys.readouterr().err == "upgrade path=/echo status=101 remote=127.0.0.1:5000\n"
+
+    configure_logging("warning", "plain")
+    logging.getLogger("harpy.access").info("upgrade", extra=upgrade)
+    assert capsys.readouterr().err == ""
+
+
+class _AnyTime:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and datetime.fromisoformat(other).tzinfo is not None
+
+
+ANY_TIME = _AnyTime()
+
+
+async def test_reload_restarts_the_server_when_a_python_file_changes(tmp_path: Path) -> None:
+    module = tmp_path / "reloaded_app.py"
+    source = (
+        "import harpy\n"
+        "app = harpy.App()\n"
+        "@app.ws('/v')\n"
+        "class V:\n"
+        "    def open(self, ws):\n"
+        "        ws.send({version!r})\n"
+    )
+    module.write_text(source.format(version="one"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harpy", "reloaded_app:app", "--reload", "--port", "0",
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    try:
+        url = await next_url(proc)
+        async with connect(f"{url}/v") as client:
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == "one"
+            module.write_text(source.format(version="two"))
+            # The old server goes away gracefully (1001), a new one starts with the new code.
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(client.recv(), scaled(15.0))
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        url = await next_url(proc)
+        async with connect(f"{url}/v") as client:
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == "two"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), scaled(15.0)) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def next_url(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stderr is not None
+    for _ in range(50):
+        line = (await asyncio.wait_for(proc.stderr.readline(), scaled(15.0))).decode()
+        match = re.search(r"listening on (wss?://[^\s\"]+)", line)
+        if match:
+            return match.group(1)
+    raise AssertionError("the server never logged its URL")

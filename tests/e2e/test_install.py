@@ -1,0 +1,131 @@
+"""The package as users get it: build the sdist and, from it, the wheel; install the wheel into a
+fresh virtual environment; serve an example from there and talk to it.
+
+The build runs on a copy of the source tree (a build in place would replace the compiled core
+this test run is using), without build isolation: setuptools, wheel and Cython come from the
+test environment.  The fresh environment gets harpy-ws from the built wheel only, and its runtime
+dependency (uvloop) from the package index or pip's cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+from tests.timing import TIMEOUT, scaled
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: The files at the top of the tree that the sdist is made from.
+TOP_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "CHANGELOG.md")
+
+#: What a build leaves in the tree and never belongs in the sdist.
+GENERATED = ("_ccore.c", "_ccore.py", "*.so", "*.pyd", "__pycache__", "*.egg-info", "build")
+
+
+def source_copy(into: Path) -> Path:
+    tree = into / "harpy-src"
+    tree.mkdir()
+    for name in TOP_FILES:
+        shutil.copy2(ROOT / name, tree / name)
+    shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns(*GENERATED))
+    return tree
+
+
+def run(*cmd: str | Path, cwd: Path | None = None, timeout: float = 300.0) -> str:
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("HARPY_NO_EXTENSIONS", None)
+    done = subprocess.run(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(timeout),
+    )
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+async def serve_from(python: Path, cwd: Path) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        python, "-m", "harpy", "examples.echo:app", "--port", "0",
+        cwd=cwd,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    for _ in range(50):
+        line = (await asyncio.wait_for(proc.stderr.readline(), scaled(15.0))).decode()
+        match = re.search(r"listening on (ws://\S+)", line)
+        if match:
+            return proc, match.group(1)
+    proc.kill()
+    raise AssertionError("the installed harpy never logged its URL")
+
+
+def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -> None:
+    # A plain test: the compile alone can take most of the minute the async tests are given;
+    # every step below is bounded by its own timeout.
+    tree = source_copy(tmp_path)
+    dist = tmp_path / "dist"
+    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, tree)
+
+    (sdist,) = dist.glob("harpy_ws-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    for needed in ("setup.py", "src/harpy/protocol/_core.py", "src/harpy/protocol/_ccore.pxd",
+                   "LICENSE", "src/harpy/cli.py"):
+        assert needed in names, f"{needed} missing from the sdist"
+    generated = [n for n in names if re.search(r"_ccore\.(c|py)$|\.(so|pyd)$", n)]
+    assert generated == [], f"build output in the sdist: {generated}"
+
+    (wheel,) = dist.glob("harpy_ws-*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        members = whl.namelist()
+    assert any(re.fullmatch(r"harpy/protocol/_ccore\..*\.so", m) for m in members), members
+    assert "harpy/protocol/_ccore.py" not in members  # Cython's input, not a module
+
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    # This environment's pip installs into the fresh one (saves bootstrapping a pip there).
+    run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--find-links", dist,
+        "harpy-ws")
+    where = run(
+        python, "-c", "import harpy, harpy.protocol as p; print(harpy.__file__, p.COMPILED)",
+        cwd=tmp_path,
+    )
+    assert where.startswith(str(venv)) and where.split()[-1] == "True", where
+    version = run(python, "-m", "harpy", "--version")
+    assert version.strip() == "harpy 0.1.0"
+
+    # The example as a user's own module, beside the fresh environment: not the repository's.
+    app_dir = tmp_path / "site"
+    (app_dir / "examples").mkdir(parents=True)
+    shutil.copy2(ROOT / "examples" / "echo.py", app_dir / "examples" / "echo.py")
+    asyncio.run(echo_through(python, app_dir))
+
+
+async def echo_through(python: Path, app_dir: Path) -> None:
+    proc, url = await serve_from(python, app_dir)
+    try:
+        async with connect(f"{url}/echo", open_timeout=TIMEOUT) as ws:
+            await ws.send("from the wheel")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "from the wheel"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
