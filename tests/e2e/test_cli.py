@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -13,7 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -27,20 +28,45 @@ from tests.timing import TIMEOUT, scaled
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, str]:
-    """Run ``python -m harpy ARGS --port 0``; return the process and the URL it logged."""
+@contextlib.asynccontextmanager
+async def harpy_process(
+    *args: str, python: str | Path = sys.executable, cwd: Path = ROOT
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """Run ``python -m harpy ARGS --port 0``; yield the process and the URL it logged; kill
+    it at the end if it is still running."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "harpy", *args, "--port", "0",
-        cwd=ROOT,
+        python, "-m", "harpy", *args, "--port", "0",
+        cwd=cwd,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
     )
-    return proc, await next_url(proc)
+    try:
+        yield proc, await next_url(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def next_url(proc: asyncio.subprocess.Process) -> str:
+    """The next ``listening on URL`` the server logs (plain or JSON)."""
+    assert proc.stderr is not None
+    for _ in range(50):
+        line = (await asyncio.wait_for(proc.stderr.readline(), scaled(15.0))).decode()
+        match = re.search(r"listening on (wss?://[^\s\"]+)", line)
+        if match:
+            return match.group(1)
+    raise AssertionError("the server never logged its URL")
+
+
+async def stopped(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM, then the exit status."""
+    proc.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proc.wait(), scaled(10.0))
 
 
 async def test_cli_serves_and_sigterm_closes_with_1001_then_exits_0() -> None:
-    proc, url = await start_server("examples.echo:app", "--host", "127.0.0.1")
-    try:
+    async with harpy_process("examples.echo:app", "--host", "127.0.0.1") as (proc, url):
         async with connect(f"{url}/echo") as client:
             await client.send("ping?")
             assert await asyncio.wait_for(client.recv(), TIMEOUT) == "ping?"
@@ -49,25 +75,16 @@ async def test_cli_serves_and_sigterm_closes_with_1001_then_exits_0() -> None:
                 await asyncio.wait_for(client.recv(), scaled(10.0))
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_sigint_also_shuts_down_gracefully() -> None:
-    proc, url = await start_server("examples.echo:app")
-    try:
+    async with harpy_process("examples.echo:app") as (proc, url):
         async with connect(f"{url}/echo") as client:
             proc.send_signal(signal.SIGINT)
             with pytest.raises(ConnectionClosed) as info:
                 await asyncio.wait_for(client.recv(), scaled(10.0))
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 def make_cert(tmp_path: Path) -> tuple[Path, Path]:
@@ -87,21 +104,14 @@ def make_cert(tmp_path: Path) -> tuple[Path, Path]:
 
 async def test_tls_from_the_command_line(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path)
-    proc, url = await start_server(
-        "examples.echo:app", "--tls-cert", str(cert), "--tls-key", str(key)
-    )
-    try:
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    async with harpy_process("examples.echo:app", *tls) as (proc, url):
         assert url.startswith("wss://")
         context = ssl.create_default_context(cafile=str(cert))
         async with connect(f"{url}/echo", ssl=context) as client:
             await client.send("secret")
             assert await asyncio.wait_for(client.recv(), TIMEOUT) == "secret"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await stopped(proc) == 0
 
 
 def test_cli_rejects_bad_targets(capsys: pytest.CaptureFixture[str]) -> None:
@@ -170,19 +180,13 @@ def test_a_port_in_use_is_one_line_and_exit_1() -> None:
 
 
 async def test_log_format_json_is_one_object_a_line() -> None:
-    proc, url = await start_server("examples.echo:app", "--log-format", "json")
-    try:
+    async with harpy_process("examples.echo:app", "--log-format", "json") as (proc, url):
         async with connect(f"{url}/echo") as client:
             await client.send("hi")
             assert await asyncio.wait_for(client.recv(), TIMEOUT) == "hi"
-        proc.send_signal(signal.SIGTERM)
+        assert await stopped(proc) == 0
         assert proc.stderr is not None
         rest = await asyncio.wait_for(proc.stderr.read(), scaled(10.0))
-        assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     records = [json.loads(line) for line in rest.decode().splitlines()]
     assert records, "nothing was logged after the URL"
     for record in records:
@@ -252,14 +256,7 @@ async def test_reload_restarts_the_server_when_a_python_file_changes(tmp_path: P
         "        ws.send({version!r})\n"
     )
     module.write_text(source.format(version="one"))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "harpy", "reloaded_app:app", "--reload", "--port", "0",
-        cwd=tmp_path,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
-    )
-    try:
-        url = await next_url(proc)
+    async with harpy_process("reloaded_app:app", "--reload", cwd=tmp_path) as (proc, url):
         async with connect(f"{url}/v") as client:
             assert await asyncio.wait_for(client.recv(), TIMEOUT) == "one"
             module.write_text(source.format(version="two"))
@@ -270,19 +267,5 @@ async def test_reload_restarts_the_server_when_a_python_file_changes(tmp_path: P
         url = await next_url(proc)
         async with connect(f"{url}/v") as client:
             assert await asyncio.wait_for(client.recv(), TIMEOUT) == "two"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), scaled(15.0)) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await stopped(proc) == 0
 
-
-async def next_url(proc: asyncio.subprocess.Process) -> str:
-    assert proc.stderr is not None
-    for _ in range(50):
-        line = (await asyncio.wait_for(proc.stderr.readline(), scaled(15.0))).decode()
-        match = re.search(r"listening on (wss?://[^\s\"]+)", line)
-        if match:
-            return match.group(1)
-    raise AssertionError("the server never logged its URL")

@@ -13,7 +13,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
+from tests.e2e.test_cli import harpy_process, stopped
 from tests.timing import TIMEOUT, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,23 +55,6 @@ def run(*cmd: str | Path, cwd: Path | None = None, timeout: float = 300.0) -> st
     )
     assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
-
-
-async def serve_from(python: Path, cwd: Path) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        python, "-m", "harpy", "examples.echo:app", "--port", "0",
-        cwd=cwd,
-        stderr=asyncio.subprocess.PIPE,
-        env={"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stderr is not None
-    for _ in range(50):
-        line = (await asyncio.wait_for(proc.stderr.readline(), scaled(15.0))).decode()
-        match = re.search(r"listening on (ws://\S+)", line)
-        if match:
-            return proc, match.group(1)
-    proc.kill()
-    raise AssertionError("the installed harpy never logged its URL")
 
 
 def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -> None:
@@ -118,14 +101,8 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -
 
 
 async def echo_through(python: Path, app_dir: Path) -> None:
-    proc, url = await serve_from(python, app_dir)
-    try:
+    async with harpy_process("examples.echo:app", python=python, cwd=app_dir) as (proc, url):
         async with connect(f"{url}/echo", open_timeout=TIMEOUT) as ws:
             await ws.send("from the wheel")
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "from the wheel"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await stopped(proc) == 0
