@@ -39,7 +39,7 @@ typecheck: $(STAMP)
 
 # The documentation site; --strict fails on a broken link or a reference that does not resolve.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 pytest: $(STAMP)
 	HARPY_EXPECT_COMPILED=1 $(PY) -m pytest -W error -q

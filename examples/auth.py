@@ -8,7 +8,7 @@
 
 Run ``python examples/auth.py``: it prints a demo token and cookie, then serves on port 3000.
 Set ``HARPY_JWT_SECRET`` and ``HARPY_SESSION_SECRET`` (32 bytes or more) to keep them stable.
-Needs PyJWT (``pip install 'harpy[jwt]'``).
+Needs PyJWT (``pip install 'harpy-ws[jwt]'``).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class ProfileData:
 
 @app.ws("/profile-updates", data=ProfileData, allowed_origins=ORIGINS)
 class ProfileUpdates:
-    """Seed 002's pattern: read the session from the cookie in ``open``."""
+    """Read the session from the cookie in ``open``."""
 
     async def open(self, ws: harpy.WebSocket[ProfileData]) -> None:
         user = await session.from_websocket(ws)

@@ -1,8 +1,8 @@
 """``harpy.auth.jwt(...)``: verify a JSON Web Token at the upgrade or in the first message.
 
-Built on PyJWT (``pip install harpy[jwt]``).  The algorithms are fixed by the application and
-``none`` is never accepted; the claims of a valid token go on ``ws.auth``.  Neither the token nor
-the key ever appears in an exception message or a log line.
+Built on PyJWT (``pip install 'harpy-ws[jwt]'``).  The algorithms are fixed by the application
+and ``none`` is never accepted; the claims of a valid token go on ``ws.auth``.  Neither the token
+nor the key ever appears in an exception message or a log line.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def _import_pyjwt() -> Any:
         import jwt as pyjwt
     except ImportError:
         raise ConfigurationError(
-            "harpy.auth.jwt needs PyJWT: pip install 'harpy[jwt]' (or pip install PyJWT)"
+            "harpy.auth.jwt needs PyJWT: pip install 'harpy-ws[jwt]' (or pip install PyJWT)"
         ) from None
     return pyjwt
 

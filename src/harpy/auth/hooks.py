@@ -145,7 +145,7 @@ class UpgradeRequest:
 
 
 class FirstMessageAuth(ABC):
-    """Authentication carried by the first message after the upgrade (seed 002's pattern).
+    """Authentication carried by the first message after the upgrade.
 
     The route's ``open`` handler runs only once :meth:`verify` accepted; the first message is
     consumed by it.  No message within ``timeout`` seconds closes with 1008 "Auth Timeout".
