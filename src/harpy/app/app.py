@@ -68,7 +68,7 @@ class Route:
         self.on_message = auto_broadcasting(message) if options.auto_broadcast else message
 
     def make_data(self, ws: WebSocket[Any]) -> Any:
-        """A fresh ``ws.data``: the route's factory, or Harpia's dict of ``url`` and ``cookies``."""
+        """A fresh ``ws.data``: the route's factory, or a dict of ``url`` and ``cookies``."""
         if self.data_factory is not None:
             return self.data_factory()
         return {"url": ws.url, "cookies": ws.cookies}

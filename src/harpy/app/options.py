@@ -29,7 +29,7 @@ class RouteOptions(Limits):
 
     #: Messages waiting for a slow (async) handler before the connection stops reading.
     max_pending_messages: int = 64
-    #: Harpia's automatic broadcast: resend every received message to every other connection.
+    #: Automatic broadcast: resend every received message to every other connection.
     auto_broadcast: bool = False
     #: ``ws.publish()`` reaches the publishing connection too when it is subscribed.
     publish_to_self: bool = False

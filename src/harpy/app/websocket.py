@@ -99,7 +99,7 @@ class WebSocket(Connection, Generic[T]):
     """One client connection on a route.
 
     ``data`` is the per-connection object (typed by the route's ``data=`` class), ``params`` the
-    path parameters, and ``send`` returns Bun's status: bytes written, -1 when queued under
+    path parameters, and ``send`` returns a status: bytes written, -1 when queued under
     backpressure, 0 when dropped because the connection is closing or closed.
     """
 
@@ -225,7 +225,7 @@ class WebSocket(Connection, Generic[T]):
 
         It takes what ``publish`` and ``broadcast`` take.  With permessage-deflate negotiated,
         ``compress=None`` compresses messages of at least the route's ``threshold`` bytes,
-        True always, False never (as Bun's ``compress``).
+        True always, False never.
         """
         if type(data) is str:
             return self.send_message(OP_TEXT, data.encode("utf-8"), compress)
@@ -786,7 +786,7 @@ class WebSocket(Connection, Generic[T]):
 
 
 def auto_broadcasting(handler: Callable[..., Any] | None) -> Callable[..., Any]:
-    """``handler`` (if any), then, unless it raised, Harpia's automatic broadcast of the
+    """``handler`` (if any), then, unless it raised, the automatic broadcast of the
     message to every other open connection of the app."""
 
     def message_and_broadcast(ws: WebSocket[Any], message: str | bytes) -> Any:

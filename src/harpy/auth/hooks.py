@@ -8,7 +8,7 @@ A route's ``authenticate=`` takes:
   - ``True``: accept (``ws.auth`` stays None);
   - ``False`` or ``None``: refuse with 401 (safe by default: a hook that forgets to return
     refuses);
-  - a mapping with a ``"success"`` key (the Vite plugin's form): ``{"success": True, "data": x}``
+  - a mapping with a ``"success"`` key: ``{"success": True, "data": x}``
     accepts with ``ws.auth = x``; ``{"success": False, "code": 4001, "reason": "..."}`` accepts
     and closes at once with that code and reason;
   - anything else: accept, and keep it on ``ws.auth``.
@@ -70,7 +70,7 @@ class Upgrading(Protocol):
 
 
 class Deny(HarpyError):
-    """Accept the upgrade, then close at once with ``code`` and ``reason`` (the plugin's form).
+    """Accept the upgrade, then close at once with ``code`` and ``reason``.
 
     ``code`` is 1008 (policy violation) or an application code of 3000-4999.
     """
