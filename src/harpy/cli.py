@@ -70,6 +70,11 @@ def load_app(target: str) -> App:
 # ------------------------------------------------------------------------------------ logging
 
 
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """What the record carries beyond a plain LogRecord: the ``extra={...}`` of the call."""
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS}
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, then the record's extra fields
     (``extra={...}``); a traceback, when there is one, under ``exc_info``."""
@@ -81,9 +86,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _RECORD_FIELDS and key not in entry:
-                entry[key] = value
+        for key, value in extra_fields(record).items():
+            entry.setdefault(key, value)
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -94,7 +98,7 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        extra = [f"{k}={v}" for k, v in vars(record).items() if k not in _RECORD_FIELDS]
+        extra = [f"{k}={v}" for k, v in extra_fields(record).items()]
         return f"{text} {' '.join(extra)}" if extra else text
 
 
