@@ -23,7 +23,10 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.e2e.test_examples import load_example
 from tests.helpers import serve
-from tests.timing import TIMEOUT, eventually, scaled
+from tests.timing import eventually, scaled
+
+#: A browser under load answers more slowly than a server: its waits get more room.
+BROWSER_TIMEOUT = scaled(15.0)
 
 PAGE = Path(__file__).resolve().parents[2] / "examples" / "chat" / "index.html"
 
@@ -59,7 +62,7 @@ class DevTools:
         command_id = next(self.ids)
         await self.ws.send(json.dumps({"id": command_id, "method": method, "params": params}))
         for _ in range(10_000):  # events may come before the answer; they are not needed here
-            reply = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
+            reply = json.loads(await asyncio.wait_for(self.ws.recv(), BROWSER_TIMEOUT))
             if reply.get("id") == command_id:
                 if "error" in reply:
                     raise AssertionError(f"{method}: {reply['error']}")
@@ -122,7 +125,7 @@ async def until(page: DevTools, element_id: str, expected: str) -> None:
         observer.observe(el, {{childList: true, subtree: true, characterData: true}});
     }})"""
     try:
-        await asyncio.wait_for(page.evaluate(watch, awaited=True), TIMEOUT)
+        await asyncio.wait_for(page.evaluate(watch, awaited=True), BROWSER_TIMEOUT)
     except TimeoutError:
         seen = await text_of(page, element_id)
         raise AssertionError(f"#{element_id} never showed {expected!r}: {seen!r}") from None
@@ -135,7 +138,7 @@ async def open_page(page: DevTools, url: str) -> None:
         if (document.readyState === "complete") resolve(true);
         else window.addEventListener("load", () => resolve(true));
     })"""
-    await asyncio.wait_for(page.evaluate(loaded, awaited=True), TIMEOUT)
+    await asyncio.wait_for(page.evaluate(loaded, awaited=True), BROWSER_TIMEOUT)
 
 
 async def join(page: DevTools, name: str, room: str) -> None:
