@@ -296,7 +296,7 @@ class Supervisor:
         worker.restart_at = time.monotonic() + delay
         worker.exits.append(process.exitcode if process.exitcode is not None else -1)
         logger.warning(
-            "harpy: worker %d (pid %s) %s after %.1f s; restarting in %.1f s",
+            "harpy: worker %d (pid %s) %s after %.1f s; restarting in %.3g s",
             worker.index, process.pid, _describe_exit(process.exitcode), lived, delay,
         )
 

