@@ -34,32 +34,16 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.run import cpu_seconds, process_tree  # noqa: E402 - run as a script from anywhere
+
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 BEGIN, END = "<!-- workers-fanout:begin -->", "<!-- workers-fanout:end -->"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and its live descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid, ppid = int(entry), int(fields[1])
-        children.setdefault(ppid, []).append(pid)
-        times[pid] = (int(fields[11]) + int(fields[12])) / TICK
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0.0)
-        todo.extend(children.get(pid, ()))
-    return total
+    """CPU seconds of ``root`` and its descendants (workers, nats-server)."""
+    return cpu_seconds(process_tree(root))
 
 
 def own_cpu() -> float:
@@ -229,7 +213,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, load: float)
         f"NATS), on {args.latency_subs} other subscribers of a second topic. Throughput: "
         f"{args.burst} messages back to back to every subscriber. CPU: the "
         "server processes (workers, supervisor, nats-server) and the client, % of one core "
-        "over the burst (/proc, 10 ms ticks). Load average before the run: "
+        "over the burst. Load average before the run: "
         f"{load:.1f} (other work on the machine shows in the latencies).",
         "",
         "| workers | burst subscribers per worker | local p50 / p99 (us) | remote p50 / p99 (us) "
