@@ -99,6 +99,16 @@ def find_nats_server(package: str = NATS_PACKAGE, path: str | None = None) -> st
     )
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGTERM when the supervisor dies, even by SIGKILL
+    (so no nats-server outlives it); elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class EmbeddedNats:
     """A private ``nats-server``: loopback only, a random port, a random password.
 
@@ -123,16 +133,20 @@ class EmbeddedNats:
         workdir = Path(self._dir.name)
         password = secrets.token_hex(16)
         log = workdir / "nats-server.log"
+        # The password in a file of the private directory, not on a command line others see.
+        config = workdir / "nats-server.conf"
+        config.write_text(f'authorization {{ user: harpy, password: "{password}" }}\n')
         with open(log, "wb") as out:
             self._proc = subprocess.Popen(
                 [
-                    self.binary, "-a", "127.0.0.1", "-p", "-1", "--no_advertise",
-                    "--user", "harpy", "--pass", password, "--ports_file_dir", str(workdir),
+                    self.binary, "-c", str(config), "-a", "127.0.0.1", "-p", "-1",
+                    "--no_advertise", "--ports_file_dir", str(workdir),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=workdir,
+                preexec_fn=_die_with_parent,  # the supervisor has no threads
             )
         ports = workdir / f"nats-server_{self._proc.pid}.ports"
         # nats-server writes its ports file once it listens; nothing else announces it.

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 import harpy
 from harpy.cli import main
 from harpy.workers import find_nats_server, parse_workers
-from tests.timing import TIMEOUT, scaled
+from tests.timing import TIMEOUT, eventually, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Connections opened to find both workers: with two listeners the chance that all of them land
@@ -177,6 +177,26 @@ async def test_workers_share_the_port_and_topics_restart_and_stop_with_1001() ->
         for pid in (first, third, int(nats_pid)):
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+
+
+def gone(pid: int) -> bool:
+    """``pid`` has exited (a zombie waiting for its new parent counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_workers_and_nats_stop_when_the_supervisor_is_killed() -> None:
+    async with supervised("examples.workers:app", "--workers", "2", "--port", "0") as server:
+        (nats_pid,) = await server.wait_for(r"embedded nats-server \(pid (\d+)\)")
+        workers = await server.wait_for(r"worker \d started \(pid (\d+)\)", count=2)
+        await server.wait_for(r"(listening on)", count=2, timeout=scaled(15.0))
+        server.proc.kill()
+        await server.proc.wait()
+        for pid in (int(nats_pid), *map(int, workers)):
+            await eventually(lambda pid=pid: gone(pid), scaled(10.0), f"pid {pid} exits")
+        await server.wait_for(r"(supervisor gone, stopping)", count=2)
 
 
 CRASHING = textwrap.dedent(
