@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 import harpy
 from harpy.cli import main
-from harpy.workers import find_nats_server, parse_workers
+from harpy.workers import EmbeddedNats, find_nats_server, parse_workers
 from tests.timing import TIMEOUT, eventually, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,12 +73,12 @@ class Supervised:
 
 
 @asynccontextmanager
-async def supervised(*args: str) -> AsyncIterator[Supervised]:
+async def supervised(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Supervised]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "harpy", *args,
         cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     server = Supervised(proc)
     try:
@@ -120,6 +120,35 @@ async def receive_until(client: ClientConnection, text: str) -> dict[str, Any]:
     raise AssertionError(f"{text!r} never came")
 
 
+async def assert_a_topic_crosses(
+    clients: dict[ClientConnection, int], first: int, second: int
+) -> None:
+    """A message published on worker ``first`` reaches every other subscriber, on both workers."""
+    for client in clients:
+        assert (await request(client, {"type": "subscribe", "topic": "news"}))["type"] == (
+            "subscribed"
+        )
+    publisher = next(c for c, pid in clients.items() if pid == first)
+    remote = next(c for c, pid in clients.items() if pid == second)
+    # A worker's subscription reaches the backplane shortly after its first local subscriber
+    # (at most once, no replay): probe until the other worker relays, bounded in count.
+    for probe in range(50):
+        await publisher.send(json.dumps({"type": "publish", "topic": "news", "text": probe}))
+        try:
+            message = json.loads(await asyncio.wait_for(remote.recv(), scaled(0.2)))
+        except TimeoutError:
+            continue
+        assert message["pid"] == first
+        break
+    else:
+        raise AssertionError("no message crossed from one worker to the other")
+    await publisher.send(json.dumps({"type": "publish", "topic": "news", "text": "all"}))
+    for client, pid in clients.items():
+        if client is not publisher:
+            received = await receive_until(client, "all")
+            assert received["pid"] == first, (pid, received)
+
+
 async def test_workers_share_the_port_and_topics_restart_and_stop_with_1001() -> None:
     async with supervised("examples.workers:app", "--workers", "2", "--port", "0") as server:
         (url,) = await server.wait_for(r"2 workers on (ws://\S+)", timeout=scaled(15.0))
@@ -128,29 +157,7 @@ async def test_workers_share_the_port_and_topics_restart_and_stop_with_1001() ->
         clients = await connect_until(url, lambda pids: len(pids) == 2)
         first, second = sorted(set(clients.values()))
 
-        for client in clients:
-            assert (await request(client, {"type": "subscribe", "topic": "news"}))["type"] == (
-                "subscribed"
-            )
-        publisher = next(c for c, pid in clients.items() if pid == first)
-        remote = next(c for c, pid in clients.items() if pid == second)
-        # A worker's subscription reaches NATS shortly after its first local subscriber
-        # (at most once, no replay): probe until the other worker relays, bounded in count.
-        for probe in range(50):
-            await publisher.send(json.dumps({"type": "publish", "topic": "news", "text": probe}))
-            try:
-                message = json.loads(await asyncio.wait_for(remote.recv(), scaled(0.2)))
-            except TimeoutError:
-                continue
-            assert message["pid"] == first
-            break
-        else:
-            raise AssertionError("no message crossed from one worker to the other")
-        await publisher.send(json.dumps({"type": "publish", "topic": "news", "text": "all"}))
-        for client, pid in clients.items():
-            if client is not publisher:
-                received = await receive_until(client, "all")
-                assert received["pid"] == first, (pid, received)
+        await assert_a_topic_crosses(clients, first, second)
 
         # A worker killed outright is started again: a new process takes connections.
         os.kill(second, signal.SIGKILL)
@@ -177,6 +184,43 @@ async def test_workers_share_the_port_and_topics_restart_and_stop_with_1001() ->
         for pid in (first, third, int(nats_pid)):
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+
+
+CONFIGURED = textwrap.dedent(
+    """
+    import os
+
+    import harpy
+    from examples.workers import app
+
+    app.use_backplane(harpy.NatsBackplane(os.environ["HARPY_TEST_NATS_URL"]))
+    """
+)
+
+
+async def test_a_configured_backplane_is_used_instead_of_an_embedded_one(tmp_path: Path) -> None:
+    (tmp_path / "configured_workers.py").write_text(CONFIGURED)
+    nats = EmbeddedNats(find_nats_server())  # a NATS of the test's own, as a deployment's
+    env = {
+        "HARPY_TEST_NATS_URL": nats.start(),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+    }
+    try:
+        async with supervised(
+            "configured_workers:app", "--workers", "2", "--port", "0", env=env
+        ) as server:
+            (url,) = await server.wait_for(
+                r"2 workers on (ws://\S+) .*backplane NatsBackplane", timeout=scaled(15.0)
+            )
+            await server.wait_for(r"(listening on)", count=2, timeout=scaled(15.0))
+            assert not any("embedded nats-server" in line for line in server.lines)
+            clients = await connect_until(url, lambda pids: len(pids) == 2)
+            first, second = sorted(set(clients.values()))
+            await assert_a_topic_crosses(clients, first, second)
+            server.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(server.proc.wait(), scaled(20.0)) == 0
+    finally:
+        nats.stop()
 
 
 def gone(pid: int) -> bool:
