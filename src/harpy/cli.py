@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from .app import App
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, HarpyError
 from .workers import parse_workers
 
 __all__ = ["load_app", "main"]
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
             workers=args.workers,
         )
-    except ConfigurationError as exc:
+    except HarpyError as exc:
         raise SystemExit(f"harpy: {exc}") from None
     return 0
 

@@ -99,6 +99,14 @@ def find_nats_server(package: str = NATS_PACKAGE, path: str | None = None) -> st
     )
 
 
+def _read_address(ports: Path) -> str | None:
+    """``host:port`` from nats-server's ports file; None while it is missing or half written."""
+    try:
+        return str(json.loads(ports.read_text())["nats"][0]).removeprefix("nats://")
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: on Linux, SIGTERM when the supervisor dies, even by SIGKILL
     (so no nats-server outlives it); elsewhere nothing."""
@@ -151,7 +159,7 @@ class EmbeddedNats:
         ports = workdir / f"nats-server_{self._proc.pid}.ports"
         # nats-server writes its ports file once it listens; nothing else announces it.
         deadline = time.monotonic() + self.start_timeout
-        while not ports.exists():
+        while (address := _read_address(ports)) is None:
             if self._proc.poll() is not None or time.monotonic() >= deadline:
                 reason = (
                     f"exited with {self._proc.returncode}"
@@ -162,7 +170,6 @@ class EmbeddedNats:
                 self.stop()
                 raise HarpyError(f"the embedded nats-server {reason}:\n{tail}")
             time.sleep(0.02)
-        address = json.loads(ports.read_text())["nats"][0].removeprefix("nats://")
         self.url = f"nats://harpy:{password}@{address}"
         logger.info("harpy: embedded nats-server (pid %d) on %s", self._proc.pid, address)
         return self.url

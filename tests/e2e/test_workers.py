@@ -307,3 +307,13 @@ def test_use_backplane_before_listening_only_and_once() -> None:
     assert app.backplane is first
     with pytest.raises(harpy.HarpyError, match="already has"):
         app.use_backplane(harpy.MemoryBackplane("workers-test"))
+
+
+def test_an_embedded_nats_server_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
+    broken = tmp_path / "nats-server"
+    broken.write_text("#!/bin/sh\necho 'no config for you' >&2\nexit 7\n")
+    broken.chmod(0o755)
+    nats = EmbeddedNats(str(broken), start_timeout=scaled(10.0))
+    with pytest.raises(harpy.HarpyError, match=r"exited with 7:\n.*no config for you"):
+        nats.start()
+    assert nats.url is None and nats.pid is None
