@@ -17,26 +17,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import json
 import logging
-import multiprocessing
 import os
 import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+# What only a supervisor needs is imported when one starts: ``import harpy`` imports this module.
+if TYPE_CHECKING:
+    import subprocess
+    import tempfile
+    from multiprocessing.process import BaseProcess
 
 from .app import App
 from .app.app import run_loop, set_worker_runner
@@ -78,6 +78,8 @@ def parse_workers(value: object) -> int:
 def find_nats_server(package: str = NATS_PACKAGE, path: str | None = None) -> str:
     """The ``nats-server`` binary: the one ``package`` installed, else the first on ``path``
     (default ``$PATH``); a :class:`ConfigurationError` naming the package when there is none."""
+    import importlib.metadata
+
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
@@ -135,6 +137,9 @@ class EmbeddedNats:
         return None if self._proc is None else self._proc.pid
 
     def start(self) -> str:
+        import subprocess
+        import tempfile
+
         if self._proc is not None:
             raise HarpyError("the embedded nats-server is already running")
         self._dir = tempfile.TemporaryDirectory(prefix="harpy-nats-")
@@ -175,6 +180,8 @@ class EmbeddedNats:
         return self.url
 
     def stop(self, timeout: float = 5.0) -> None:
+        import subprocess
+
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -237,6 +244,8 @@ class Supervisor:
         self.stable_after = stable_after
         self.stop_timeout = stop_timeout
         self.workers = [_Worker(i) for i in range(self.count)]
+        import multiprocessing
+
         self._context = multiprocessing.get_context("fork")
         self._stop_signal: int | None = None
         self._wake_r = self._wake_w = -1
@@ -288,6 +297,8 @@ class Supervisor:
         self.target(index)
 
     def _watch(self) -> None:
+        from multiprocessing.connection import wait
+
         while self._stop_signal is None:
             now = time.monotonic()
             due = [w.restart_at for w in self.workers if w.restart_at is not None]
@@ -322,6 +333,8 @@ class Supervisor:
         )
 
     def _stop_all(self) -> int:
+        from multiprocessing.connection import wait
+
         name = signal.Signals(self._stop_signal or signal.SIGTERM).name
         logger.info("harpy: %s: stopping %d workers", name, self.count)
         running = [w.process for w in self.workers if w.process is not None]
@@ -409,6 +422,8 @@ def run_workers(
     if workers == 1:
         app.run(host, port, **kwargs)
         return 0
+    import multiprocessing
+
     if not hasattr(socket, "SO_REUSEPORT") or "fork" not in multiprocessing.get_all_start_methods():
         raise ConfigurationError("workers > 1 needs SO_REUSEPORT and fork (Linux, BSD, macOS)")
     if kwargs.pop("reuse_port", True) is not True:
