@@ -69,13 +69,21 @@ class Supervised:
         if self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
-        self._reader.cancel()
+        # The workers share the supervisor's stderr: it ends when the last of them has exited
+        # (they stop by themselves once the supervisor is gone).
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reader), scaled(15.0))
+        except TimeoutError:
+            self._reader.cancel()
 
 
 @asynccontextmanager
-async def supervised(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Supervised]:
+async def supervised(
+    *args: str, env: dict[str, str] | None = None, python: tuple[str, ...] = ("-m", "harpy")
+) -> AsyncIterator[Supervised]:
+    """Run ``python -m harpy ARGS`` (or ``python PYTHON ARGS``) from the repository."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "harpy", *args,
+        sys.executable, *python, *args,
         cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
@@ -221,6 +229,28 @@ async def test_a_configured_backplane_is_used_instead_of_an_embedded_one(tmp_pat
             assert await asyncio.wait_for(server.proc.wait(), scaled(20.0)) == 0
     finally:
         nats.stop()
+
+
+RUN_WORKERS = textwrap.dedent(
+    """
+    from examples.workers import app
+
+    app.run(port=0, workers=2)
+    """
+)
+
+
+async def test_app_run_with_workers_serves_from_two_processes() -> None:
+    async with supervised(python=("-c", RUN_WORKERS)) as server:
+        (url,) = await server.wait_for(r"2 workers on (ws://\S+)", timeout=scaled(15.0))
+        await server.wait_for(r"(listening on)", count=2, timeout=scaled(15.0))
+        clients = await connect_until(url, lambda pids: len(pids) == 2)
+        server.proc.send_signal(signal.SIGINT)
+        for client in clients:
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(client.recv(), scaled(10.0))
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        assert await asyncio.wait_for(server.proc.wait(), scaled(20.0)) == 0
 
 
 def gone(pid: int) -> bool:
