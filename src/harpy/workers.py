@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -206,7 +206,6 @@ class _Worker:
     started: float = 0.0
     failures: int = 0  # deaths in a row, each before ``stable_after``
     restart_at: float | None = None
-    exits: list[int] = field(default_factory=list)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -249,10 +248,6 @@ class Supervisor:
         self._context = multiprocessing.get_context("fork")
         self._stop_signal: int | None = None
         self._wake_r = self._wake_w = -1
-
-    @property
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self.workers if w.process and w.process.pid]
 
     def run(self) -> int:
         self._wake_r, self._wake_w = os.pipe()
@@ -326,7 +321,6 @@ class Supervisor:
         worker.failures = worker.failures + 1 if lived < self.stable_after else 1
         delay = min(self.max_backoff, self.backoff * 2 ** (worker.failures - 1))
         worker.restart_at = time.monotonic() + delay
-        worker.exits.append(process.exitcode if process.exitcode is not None else -1)
         logger.warning(
             "harpy: worker %d (pid %s) %s after %.1f s; restarting in %.3g s",
             worker.index, process.pid, _describe_exit(process.exitcode), lived, delay,
