@@ -16,7 +16,10 @@ app.run(port=3000)
 
 from __future__ import annotations
 
-from . import auth
+from . import (
+    auth,
+    workers,
+)
 from .app import Admission, App, Connections, Dispatch, Handlers, Route, Router, WebSocket
 from .auth import Deny, FirstMessageAuth, MemoryStore, Session, SessionStore, UpgradeRequest
 from .exceptions import (
@@ -66,4 +69,5 @@ __all__ = [
     "WebSocket",
     "__version__",
     "auth",
+    "workers",
 ]

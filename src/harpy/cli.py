@@ -24,6 +24,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from .app import App
+from .exceptions import ConfigurationError, HarpyError
+from .workers import parse_workers
 
 __all__ = ["JsonFormatter", "configure_logging", "load_app", "main"]
 
@@ -170,7 +172,23 @@ def parser() -> Parser:
     ap.add_argument(
         "--log-format", default="plain", choices=("plain", "json"), help="json: one object a line"
     )
+    # --- workers: N processes sharing the port (harpy.workers) ---
+    ap.add_argument(
+        "--workers",
+        type=_workers_argument,
+        default=1,
+        help="processes serving the port (default 1); topics cross them through the app's "
+        "backplane, else an embedded nats-server (pip install 'harpy-ws[workers]')",
+    )
+    # --- end workers ---
     return ap
+
+
+def _workers_argument(value: str) -> int:
+    try:
+        return parse_workers(value)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -------------------------------------------------------------------------------- the command
@@ -180,10 +198,18 @@ def serve(args: argparse.Namespace) -> int:
     """Serve the App named by ``args.app`` in this process until SIGINT or SIGTERM."""
     app = load_app(args.app)
     try:
-        app.run(args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+        app.run(
+            args.host,
+            args.port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            workers=args.workers,
+        )
     except OSError as exc:
         where = f"{args.host}:{args.port}"
         raise SystemExit(f"harpy: cannot listen on {where}: {describe(exc)}") from None
+    except HarpyError as exc:
+        raise SystemExit(f"harpy: {exc}") from None
     return 0
 
 

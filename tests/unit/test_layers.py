@@ -25,7 +25,7 @@ LAYERS = [
     ("pubsub", ["pubsub"]),
     ("auth", ["auth"]),
     ("app", ["app"]),
-    ("edges", ["asgi", "testing", "cli", "__main__", "__init__"]),
+    ("edges", ["asgi", "testing", "cli", "workers", "__main__", "__init__"]),
 ]
 RANK = {prefix: rank for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
 

@@ -173,11 +173,13 @@ class App(Routes):
         #: The open connections, by route.
         self.connections = Connections()
         #: Carries publications to and from other processes (None: this process only).
-        self.backplane = backplane
-        self._relay = None if backplane is None else Relay(backplane)
+        self.backplane: Backplane | None = None
+        self._relay: Relay | None = None
         #: The topics (Bun's pub/sub) and the rooms, with their members.
-        self.topic_groups: Groups = Groups() if self._relay is None else self._relay.topics
+        self.topic_groups = Groups()
         self.room_groups = Groups()
+        if backplane is not None:
+            self._attach_backplane(backplane)
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._server: Server | None = None
@@ -225,6 +227,25 @@ class App(Routes):
 
 
     # ----------------------------------------------------------------- one message to many
+
+    def use_backplane(self, backplane: Backplane) -> None:
+        """Share topics through ``backplane``, as ``App(backplane=...)`` does, for an app made
+        before its backplane is known (each ``--workers`` process joins the embedded NATS so).
+
+        Only before the app listens, and before anything subscribed.
+        """
+        if self._server is not None:
+            raise HarpyError("use_backplane: the app is already listening")
+        if self.backplane is not None:
+            raise HarpyError(f"use_backplane: the app already has {self.backplane!r}")
+        if self.topic_groups.names():
+            raise HarpyError("use_backplane: topics already have subscribers")
+        self._attach_backplane(backplane)
+
+    def _attach_backplane(self, backplane: Backplane) -> None:
+        self._relay = Relay(backplane)
+        self.backplane = backplane
+        self.topic_groups = self._relay.topics
 
     def publish(
         self, topic: str, data: Any, compress: bool | None = None, *, exclude: object = None
@@ -399,11 +420,36 @@ class App(Routes):
         if self._stopping is not None:
             self._stopping.set()
 
-    def run(self, host: str = "127.0.0.1", port: int = 3000, **kwargs: Any) -> None:
-        """Serve until SIGINT or SIGTERM, on uvloop when it is installed; blocks."""
+    def run(
+        self, host: str = "127.0.0.1", port: int = 3000, *, workers: int = 1, **kwargs: Any
+    ) -> None:
+        """Serve until SIGINT or SIGTERM, on uvloop when it is installed; blocks.
+
+        ``workers=N`` (N > 1) serves from N processes sharing the port under a supervisor
+        (:mod:`harpy.workers`); it exits the process with the supervisor's status when not 0.
+        """
         if not logging.getLogger().handlers and not logger.handlers:
             logging.basicConfig(level=logging.INFO, format="%(message)s")
-        run_loop(self.serve(host, port, **kwargs))
+        if workers == 1:
+            run_loop(self.serve(host, port, **kwargs))
+            return
+        if _worker_runner is None:
+            raise ConfigurationError("workers > 1 needs harpy.workers (import harpy)")
+        status = _worker_runner(self, host, port, workers, kwargs)
+        if status:
+            raise SystemExit(status)
+
+
+#: Runs an app in N processes and returns the exit status: ``harpy.workers`` sets it when
+#: imported (``import harpy`` does), being an edge above this layer.
+WorkerRunner = Callable[[App, str, int, int, dict[str, Any]], int]
+_worker_runner: WorkerRunner | None = None
+
+
+def set_worker_runner(runner: WorkerRunner) -> None:
+    """Install what ``App.run(workers=N)`` calls (``harpy.workers.run_workers``)."""
+    global _worker_runner
+    _worker_runner = runner
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -321,6 +321,8 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # A fresh id per start: processes forked from one parent (``--workers``) are each a node.
+        self.node_id = os.urandom(NODE_ID_SIZE)
         await self.backplane.start(self._receive)
         self._wake = asyncio.Event()
         self._dirty.update(self.topics.names())

