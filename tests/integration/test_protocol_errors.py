@@ -21,6 +21,12 @@ def close_payload(code: int, reason: bytes = b"") -> bytes:
     return code.to_bytes(2, "big") + reason
 
 
+def header_of(frame: bytes) -> bytes:
+    """A masked client frame cut after its masking key: the header alone, no payload."""
+    length = frame[1] & 0x7F
+    return frame[: (2 if length < 126 else 4 if length == 126 else 10) + 4]
+
+
 class Recorder:
     """An echo route's handlers, recording what the ``close`` and ``error`` handlers receive."""
 
@@ -112,6 +118,38 @@ async def test_protocol_violation_closes_with_1002(frame: bytes) -> None:
         assert await asyncio.wait_for(recorder.closed.get(), TIMEOUT) == (1002, "")
         assert [exc.code for exc in recorder.errors] == [1002]
         await assert_echo(url)
+
+
+#: Headers that are errors in themselves, each after the frames it follows; data frames announce
+#: 65,536 bytes, control frames the 125 they may (more is an error of its own).
+BIG = b"\x00" * 65536
+EARLY_ERRORS = {
+    "rsv1-without-extension": (b"", client_frame(OP_TEXT, BIG, rsv=0x40)),
+    "rsv1-on-continuation": (
+        client_frame(OP_BINARY, b"a", fin=False),
+        client_frame(OP_CONT, BIG, rsv=0x40),
+    ),
+    "rsv2-on-control": (b"", client_frame(OP_PING, b"x" * 125, rsv=0x20)),
+    "continuation-without-message": (b"", client_frame(OP_CONT, BIG)),
+    "data-frame-inside-fragmented-message": (
+        client_frame(OP_TEXT, b"a", fin=False),
+        client_frame(OP_BINARY, BIG),
+    ),
+    "fragmented-control": (b"", client_frame(OP_PING, b"x" * 125, fin=False)),
+}
+
+
+@pytest.mark.parametrize(("lead", "frame"), list(EARLY_ERRORS.values()), ids=list(EARLY_ERRORS))
+async def test_an_error_in_the_header_closes_before_the_payload(lead: bytes, frame: bytes) -> None:
+    # Only the header is sent: the server fails the connection at once, not when (if ever) the
+    # announced payload has arrived.
+    app, recorder = echo_app()
+    async with serve(app) as url:
+        async with upgraded(url) as client:
+            client.writer.write(lead + header_of(frame))
+            await expect_failure(client, 1002)
+        assert await asyncio.wait_for(recorder.closed.get(), TIMEOUT) == (1002, "")
+        assert [exc.code for exc in recorder.errors] == [1002]
 
 
 async def test_unmasked_frame_then_close_exchange() -> None:

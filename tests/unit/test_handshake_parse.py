@@ -273,9 +273,12 @@ def test_header_value_with_cr_lf_or_nul(bad: bytes) -> None:
             assert not set(value) & {"\x00", "\r", "\n"}, request.headers
 
 
-def test_handshake_error_is_not_raised_for_non_ascii_target() -> None:
-    request = parse_request(b"GET /caf\xe9 HTTP/1.1")
-    assert request.path == "/caf\xe9"
+@pytest.mark.parametrize("target", [b"/caf\xe9", b"/a\x7fb", b"/a\x01"])
+def test_target_outside_visible_ascii_is_refused(target: bytes) -> None:
+    # RFC 9112 3.2: a request target is visible ASCII; clients percent-encode the rest.
+    with pytest.raises(HandshakeError) as exc_info:
+        parse_request(b"GET " + target + b" HTTP/1.1\r\nHost: x")
+    assert exc_info.value.status == 400
 
 
 # -- check_upgrade --------------------------------------------------------------------------------
@@ -405,11 +408,25 @@ def test_tokens_across_repeated_headers() -> None:
 
 
 def test_check_upgrade_order() -> None:
-    # Not an upgrade at all comes first, then the method, then the rest.
-    bare = Request("POST", "/", [])
+    # The HTTP rule of exactly one Host comes first, then not an upgrade at all, then the
+    # method, then the rest.
+    assert_refused(Request("POST", "/", []), 400)
+    bare = Request("POST", "/", [("host", "example.com")])
     assert_refused(bare, 426, ("Upgrade", "websocket"))
     post = make_request("POST", drop=("sec-websocket-key", "sec-websocket-version"))
     assert_refused(post, 405)
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [[], [("host", "example.com"), ("host", "example.com")], [("host", "a"), ("host", "b")]],
+    ids=["missing", "repeated-same", "repeated-different"],
+)
+def test_missing_or_repeated_host_is_refused(hosts: list[tuple[str, str]]) -> None:
+    # RFC 6455 4.2.1 item 2 and RFC 9112 3.2: exactly one Host, else 400.
+    request = make_request(drop=("host",), extra=hosts)
+    exc = assert_refused(request, 400)
+    assert exc.reason == "Missing or repeated Host"
 
 
 def test_parse_then_check_with_any_header_case() -> None:

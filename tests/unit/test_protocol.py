@@ -555,6 +555,65 @@ def test_fragmented_control_frame(core: ModuleType, opcode: int) -> None:
     assert_single_error(events, 1002)
 
 
+#: Frames whose header alone is an error, after what comes before them: (name, lead-in frames,
+#: opcode, fin, rsv, announced length, close code).  Each announces a payload that never comes.
+EARLY_ERRORS = [
+    ("rsv1-text-no-extension", [], OP_TEXT, True, 0x40, 65536, 1002),
+    ("rsv2-binary", [], OP_BINARY, True, 0x20, 65536, 1002),
+    ("rsv3-binary-not-final", [], OP_BINARY, False, 0x10, 65536, 1002),
+    ("rsv1-continuation", [(OP_BINARY, False)], OP_CONT, True, 0x40, 65536, 1002),
+    ("rsv1-ping", [], OP_PING, True, 0x40, 100, 1002),
+    ("rsv2-close", [], OP_CLOSE, True, 0x20, 100, 1002),
+    ("continuation-without-message", [], OP_CONT, True, 0, 65536, 1002),
+    ("continuation-after-finished-message", [(OP_TEXT, True)], OP_CONT, False, 0, 65536, 1002),
+    ("text-inside-fragmented-message", [(OP_TEXT, False)], OP_TEXT, True, 0, 65536, 1002),
+    ("binary-inside-fragmented-message", [(OP_BINARY, False)], OP_BINARY, False, 0, 65536, 1002),
+    ("fragmented-ping", [], OP_PING, False, 0, 100, 1002),
+    ("fragmented-close", [], OP_CLOSE, False, 0, 100, 1002),
+    ("fragmented-total-over-the-limit", [(OP_BINARY, False)], OP_CONT, True, 0, 65536, 1009),
+]
+
+
+def early_error_stream(
+    lead: list[tuple[int, bool]], opcode: int, fin: bool, rsv: int, length: int, *, client: bool
+) -> tuple[bytes, bytes]:
+    """The lead-in frames (one byte of payload each), and the bad frame's header alone."""
+    bad = client_frame(opcode, fin=fin, rsv=rsv, length=length, masked=not client)
+    frames = b"".join(client_frame(op, b"a", fin=f, masked=not client) for op, f in lead)
+    return frames, bad
+
+
+@pytest.mark.parametrize("client", [False, True], ids=["server", "client"])
+@pytest.mark.parametrize(
+    ("lead", "opcode", "fin", "rsv", "length", "code"),
+    [case[1:] for case in EARLY_ERRORS],
+    ids=[case[0] for case in EARLY_ERRORS],
+)
+def test_errors_a_header_shows_are_acted_on_before_the_payload(
+    core: ModuleType,
+    client: bool,
+    lead: list[tuple[int, bool]],
+    opcode: int,
+    fin: bool,
+    rsv: int,
+    length: int,
+    code: int,
+) -> None:
+    # The header is all there is: the reader fails at once, with its close frame ready, rather
+    # than waiting for a payload that may never be sent.
+    reader = core.FrameReader(max_message_size=65536, client=client)
+    frames, header = early_error_stream(lead, opcode, fin, rsv, length, client=client)
+    events = reader.feed(frames)
+    assert [kind for kind, _ in events] == [OP_TEXT] * (lead == [(OP_TEXT, True)])
+    assert_single_error(reader.feed(header), code)
+    answer = reader.data_to_send()
+    if client:  # a client's close is masked: unmask it to read the code
+        answer = answer[:1] + bytes((answer[1] & 0x7F,)) + _core._unmask(answer, 6, len(answer))
+    assert answer[:1] == b"\x88" and int.from_bytes(answer[2:4], "big") == code
+    assert reader.state == (core.ST_CLOSED if opcode == OP_CLOSE else core.ST_CLOSING)
+    assert reader.close_received is (opcode == OP_CLOSE)
+
+
 @pytest.mark.parametrize("opcode", [OP_PING, OP_PONG])
 def test_control_frame_125_bytes_ok(core: ModuleType, opcode: int) -> None:
     payload = b"\x01" * 125

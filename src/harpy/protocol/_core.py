@@ -270,35 +270,46 @@ class FrameReader:
                     return self._mask_error(events, opcode, "server frame is masked")
             elif not b1 & 0x80:
                 return self._mask_error(events, opcode, "client frame is not masked")
-            # Judge the header before waiting for the payload: a frame that can never be valid
-            # is never buffered, and a huge announced length never reaches the arithmetic.
+            fin = b0 & 0x80
+            rsv = b0 & 0x70
+            # Judge the header before waiting for the payload: every error the header shows is
+            # acted on at once, so a frame that can never be valid is never buffered (nor waited
+            # for), and a huge announced length never reaches the arithmetic.
             if opcode >= 8:
+                # RFC 6455 5.5: control frames are final, short, and carry no reserved bits.
                 if opcode > 10:
                     return self._fail(events, f"unknown opcode {opcode}")
-                if length > 125:  # RFC 6455 5.5
+                if length > 125 or not fin or rsv:
                     if opcode == op_close:
-                        self.close_received = True
-                    return self._fail(events, "control frame payload over 125 bytes")
+                        self.close_received = True  # a bad close is still the peer's last frame
+                    if length > 125:
+                        return self._fail(events, "control frame payload over 125 bytes")
+                    if not fin:
+                        return self._fail(events, "fragmented control frame")
+                    return self._fail(events, "reserved bits set on a control frame")
             elif opcode > 2:
                 return self._fail(events, f"unknown opcode {opcode}")
             elif (max_size and length > max_size) or length > _MAX_FRAME:
                 return self._too_big(events)
+            elif opcode == op_cont:
+                if self._frag_opcode == -1:
+                    return self._fail(events, "continuation frame without a message to continue")
+                if rsv:
+                    return self._fail(events, "reserved bits set on a continuation frame")
+                if max_size and self._frag_size + length > max_size:
+                    return self._too_big(events)
+            elif self._frag_opcode != -1:
+                return self._fail(events, "new data frame inside a fragmented message")
+            elif rsv and (rsv != 0x40 or self.inflater is None):
+                return self._fail(events, "reserved bits set without an extension")
             if end - pos < hlen + keylen + length:
                 need = hlen + keylen + length
                 break
             pstart = pos + hlen + keylen  # after the 4-byte masking key of a client frame
             pos = pstart + length
             payload = data[pstart:pos] if client else _unmask(data, pstart, pos)
-            fin = b0 & 0x80
-            rsv = b0 & 0x70
             if opcode == op_text or opcode == op_binary:
-                if self._frag_opcode != -1:
-                    return self._fail(events, "new data frame inside a fragmented message")
-                compressed = False
-                if rsv:
-                    if rsv != 0x40 or self.inflater is None:
-                        return self._fail(events, "reserved bits set without an extension")
-                    compressed = True
+                compressed = rsv != 0  # RSV1 with the extension in use: checked above
                 if fin:
                     if compressed:
                         try:
@@ -326,13 +337,7 @@ class FrameReader:
                     except UnicodeDecodeError:
                         return self._fail(events, "invalid UTF-8 in a text message", 1007)
             elif opcode == op_cont:
-                if self._frag_opcode == -1:
-                    return self._fail(events, "continuation frame without a message to continue")
-                if rsv:
-                    return self._fail(events, "reserved bits set on a continuation frame")
                 self._frag_size += length
-                if max_size and self._frag_size > max_size:
-                    return self._too_big(events)
                 self._frag_parts.append(payload)
                 if self._frag_decoder is not None:
                     try:
@@ -361,15 +366,8 @@ class FrameReader:
                     else:
                         events.append((op_binary, whole))
             else:
-                # RFC 6455 5.5: control frames are final, short (checked above), and carry no
-                # reserved bits.
                 if opcode == op_close:
                     self.close_received = True
-                if not fin:
-                    return self._fail(events, "fragmented control frame")
-                if rsv:
-                    return self._fail(events, "reserved bits set on a control frame")
-                if opcode == op_close:
                     return self._close_event(events, payload)
                 if opcode == OP_PING and self.close_sent:
                     continue  # closing: no pong is owed (RFC 6455 5.5.2 ends with the close)

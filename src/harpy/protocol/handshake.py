@@ -30,6 +30,10 @@ __all__ = [
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # RFC 9110 5.6.2: what a method or header name may contain (deleted by translate() to check).
 _TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# RFC 9110 5.5: the control characters no field value may hold (HTAB may; CR and LF end lines).
+_CTL = bytes(c for c in range(0x20) if c not in b"\t\r\n") + b"\x7f"
+# RFC 9112 3.2, RFC 3986: a request target is visible ASCII (deleted by translate() to check).
+_VCHAR = bytes(range(0x21, 0x7F))
 
 
 class Request:
@@ -80,9 +84,14 @@ def parse_request(head: bytes) -> Request:
 
     Raises HandshakeError(400) for anything RFC 9112 does not allow.
     """
-    # RFC 9110 5.5: a CR, LF or NUL inside a line is an error, not part of a value.
+    # RFC 9110 5.5: a CR or LF inside a line, a NUL or another control character (HTAB aside)
+    # is an error, not part of a value; RFC 9112 2.2 lets a server reject a bare LF.
     crlf = head.count(b"\r\n")
-    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or b"\x00" in head:
+    if (
+        head.count(b"\n") != crlf
+        or head.count(b"\r") != crlf
+        or len(head.translate(None, _CTL)) != len(head)
+    ):
         raise HandshakeError(400, "Malformed header")
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
@@ -96,7 +105,8 @@ def parse_request(head: bytes) -> Request:
         raise HandshakeError(400, "Unsupported HTTP version: WebSocket needs HTTP/1.1")
     if not method or method.translate(None, _TOKEN_CHARS):
         raise HandshakeError(400, "Malformed method")
-    if not target.startswith(b"/"):
+    # RFC 6455 3 and 4.2.1: the origin form (a path, then an optional query) only.
+    if not target.startswith(b"/") or target.translate(None, _VCHAR):
         raise HandshakeError(400, "Malformed request target")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
@@ -110,9 +120,13 @@ def parse_request(head: bytes) -> Request:
 def check_upgrade(request: Request) -> str:
     """Check the WebSocket-specific headers (RFC 6455 4.2.1); return Sec-WebSocket-Key.
 
-    A request that is not an upgrade at all gets 426 with ``Upgrade: websocket``; a wrong
-    version 426 with ``Sec-WebSocket-Version: 13`` (4.4); any other defect 400.
+    A request without exactly one ``Host`` gets 400 (4.2.1 item 2, RFC 9112 3.2), before
+    anything else is judged.  A request that is not an upgrade at all gets 426 with
+    ``Upgrade: websocket``; a wrong version 426 with ``Sec-WebSocket-Version: 13`` (4.4); any
+    other defect 400.
     """
+    if len(request.get_all("host")) != 1:
+        raise HandshakeError(400, "Missing or repeated Host")
     if "websocket" not in request.tokens("upgrade"):
         raise HandshakeError(
             426,
