@@ -1132,9 +1132,7 @@ def test_client_reads_unmasked_server_frames(core: ModuleType) -> None:
     assert feed_all(reader, [stream[i : i + 7] for i in range(0, len(stream), 7)]) == expected
 
 
-@pytest.mark.parametrize(
-    "opcode", [OP_TEXT, OP_BINARY, OP_PING, OP_CLOSE]
-)
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY, OP_PING, OP_CLOSE])
 def test_client_fails_on_a_masked_server_frame(core: ModuleType, opcode: int) -> None:
     reader = core.FrameReader(client=True)
     events = reader.feed(core.build_frame(OP_TEXT, b"ok") + client_frame(opcode, b"\x03\xe8"))
