@@ -13,7 +13,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import harpy
-from tests.helpers import RawClient, serve
+from harpy.protocol.handshake import ORIGIN_REFUSED
+from tests.helpers import RawClient, ServeApp, serve
 from tests.timing import TIMEOUT, eventually, scaled
 
 
@@ -329,10 +330,41 @@ async def test_allowed_origins() -> None:
                 assert await recv(ws) == "x"
         for origin in ("https://evil.example", "https://app.example.evil", "null"):
             status, _, body = await refused(f"{url}/o", origin=origin)
-            assert (status, body) == (403, b"Origin not allowed\n")
+            assert (status, body) == (403, ORIGIN_REFUSED.encode() + b"\n")
         async with client(f"{url}/o") as ws:  # no Origin: not a browser, allowed
             await ws.send("y")
             assert await recv(ws) == "y"
+
+
+async def test_same_origin_only_by_default_and_star_for_any(serve_app: ServeApp) -> None:
+    app = harpy.App()
+    app.ws("/same", {"message": echo})
+    app.ws("/any", {"message": echo}, allowed_origins="*")
+    async with serve_app(app) as url:
+        authority = url.removeprefix("ws://")  # what the client sends as Host
+        port = int(authority.rpartition(":")[2])
+        # The page's own host and port, whatever the scheme (a TLS proxy may sit in front).
+        for origin in (f"http://{authority}", f"https://{authority}", f"HTTP://{authority}/"):
+            async with client(f"{url}/same", origin=origin) as ws:
+                await ws.send("x")
+                assert await recv(ws) == "x"
+        others = [
+            f"http://localhost:{port}",  # another host name for the same socket: another site
+            f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}",  # a dev server
+            "http://127.0.0.1",  # port 80
+            "https://evil.example",
+            "null",
+        ]
+        for origin in others:
+            status, _, body = await refused(f"{url}/same", origin=origin)
+            assert status == 403, origin
+            assert b'allowed_origins=["http://localhost:5173"]' in body
+            async with client(f"{url}/any", origin=origin) as ws:
+                await ws.send("y")
+                assert await recv(ws) == "y"
+        async with client(f"{url}/same") as ws:  # no Origin: not a browser, allowed
+            await ws.send("z")
+            assert await recv(ws) == "z"
 
 
 async def test_subprotocol_first_offered_that_the_route_lists_wins() -> None:

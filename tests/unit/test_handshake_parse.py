@@ -13,6 +13,7 @@ from harpy.protocol.handshake import (
     build_accept,
     build_refusal,
     check_upgrade,
+    origin_allowed,
     parse_request,
 )
 
@@ -566,3 +567,48 @@ def test_refusal_from_handshake_error(exc: HandshakeError) -> None:
     for header in exc.headers:
         assert header in headers
     assert body == (exc.reason + "\n").encode()
+
+
+# -- origin_allowed -------------------------------------------------------------------------------
+
+SAME_ORIGIN = [
+    ("http://example.com", "example.com", True),
+    ("https://example.com", "example.com", True),
+    ("https://example.com", "example.com:443", True),
+    ("wss://example.com", "example.com:443", True),
+    ("http://example.com", "example.com:80", True),
+    ("https://example.com:443", "example.com", True),
+    ("http://example.com:8000", "example.com:8000", True),
+    ("https://example.com:8000", "example.com:8000", True),  # scheme-insensitive
+    ("HTTP://Example.COM/", "example.com", True),
+    ("http://[::1]:8000", "[::1]:8000", True),
+    ("http://example.com", "example.com:443", False),  # port 80 is not 443
+    ("https://example.com", "example.com:80", False),
+    ("http://example.com:8000", "example.com", False),
+    ("http://localhost:5173", "localhost:8000", False),  # a dev server on another port
+    ("http://evil.example", "example.com", False),
+    ("http://example.com.evil", "example.com", False),
+    ("http://localhost:8000", "127.0.0.1:8000", False),
+    ("null", "example.com", False),  # a sandboxed or file:// page
+    ("ftp://example.com", "example.com", False),  # no default port: not a web origin
+    ("http://example.com:99999", "example.com", False),
+    ("http://example.com:x", "example.com", False),
+    ("http://example.com", "example.com:x", False),
+    ("http://example.com", None, False),
+    ("http://", "example.com", False),
+]
+
+
+@pytest.mark.parametrize(("origin", "host", "expected"), SAME_ORIGIN)
+def test_same_origin_without_a_list(origin: str, host: str | None, expected: bool) -> None:
+    assert origin_allowed(origin, host, None) is expected
+
+
+def test_a_list_of_origins_or_any() -> None:
+    allowed = frozenset({"https://app.example", "http://localhost:5173"})
+    assert origin_allowed("https://app.example", "api.example", allowed)
+    assert origin_allowed("HTTP://LOCALHOST:5173/", "api.example", allowed)
+    # The list replaces the same-origin rule: the page's own origin must be listed too.
+    assert not origin_allowed("https://api.example", "api.example", allowed)
+    assert not origin_allowed("https://evil.example", "api.example", allowed)
+    assert origin_allowed("https://evil.example", None, frozenset({"*"}))

@@ -58,11 +58,19 @@ def test_a_misspelt_option_is_a_clear_error_at_run_time() -> None:
         ({"subprotocols": "chat"}, "subprotocols must be a list"),
         ({"write_low_water": 10, "write_high_water": 5}, "write_low_water must not exceed"),
         ({"require_subprotocol": True}, "require_subprotocol needs a list"),
+        ({"allowed_origins": "https://app.example"}, 'allowed_origins must be a list .*"\\*"'),
+        ({"allowed_origins": ["https://a.example", ""]}, "allowed_origins must be a list"),
+        ({"allowed_origins": 1}, "allowed_origins must be a list"),
     ],
 )
 def test_values_are_checked_once_with_the_name(options: dict[str, object], message: str) -> None:
     with pytest.raises(harpy.ConfigurationError, match=message):
         make_options(None, options, "test")
+
+
+@pytest.mark.parametrize("value", [None, "*", ["https://app.example"], ("http://localhost:5173",)])
+def test_allowed_origins_values(value: object) -> None:
+    assert make_options(None, {"allowed_origins": value}, "test").allowed_origins == value
 
 
 def test_a_route_starts_from_the_app_defaults() -> None:

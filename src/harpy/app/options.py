@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from ..auth import FirstMessageAuth, resolve_authenticate
 from ..exceptions import ConfigurationError
@@ -40,8 +40,10 @@ class RouteOptions(Limits):
     compression: bool | Mapping[str, Any] | None = None
     #: Before the 101: a hook, True (Authorization header), a header name, or FirstMessageAuth.
     authenticate: Callable[..., Any] | bool | str | FirstMessageAuth | None = None
-    #: Origins allowed to open a connection (cross-site WebSocket hijacking); None: any.
-    allowed_origins: Sequence[str] | None = None
+    #: Origins a browser may open a connection from (cross-site WebSocket hijacking): None,
+    #: the page's own origin only (the Origin header's host and port are the Host header's);
+    #: a list, those origins; "*", any.  A request without Origin is not a browser's: allowed.
+    allowed_origins: Sequence[str] | Literal["*"] | None = None
     #: Subprotocols the route speaks; the first one the client offers that is listed wins.
     subprotocols: Sequence[str] | None = None
     #: Refuse (400) a client that offers none of ``subprotocols``.
@@ -81,7 +83,7 @@ class RouteOptionsKw(TypedDict, total=False):
     default_room: str | None
     compression: bool | Mapping[str, Any] | None
     authenticate: Callable[..., Any] | bool | str | FirstMessageAuth | None
-    allowed_origins: Sequence[str] | None
+    allowed_origins: Sequence[str] | Literal["*"] | None
     subprotocols: Sequence[str] | None
     require_subprotocol: bool
     rate_limit: float
@@ -125,12 +127,18 @@ def _check(name: str, value: Any, annotation: str) -> None:
         DeflateOptions.from_value(value)
     elif name == "authenticate":
         resolve_authenticate(value)
-    elif annotation == "Sequence[str] | None":
+    elif name == "allowed_origins" and value == "*":
+        pass  # any origin
+    elif annotation == "Sequence[str] | None" or name == "allowed_origins":
         if value is not None and (
             isinstance(value, str)
             or not isinstance(value, (list, tuple, set, frozenset))
             or not all(isinstance(v, str) and v for v in value)
         ):
+            if name == "allowed_origins":
+                raise ConfigurationError(
+                    'allowed_origins must be a list of origins, "*" (any) or None (same origin)'
+                )
             raise ConfigurationError(f"{name} must be a list of non-empty strings or None")
     elif annotation == "str | None":
         if value is not None and (not isinstance(value, str) or not value):

@@ -34,6 +34,7 @@ from ..protocol import (
     parse_cookies,
 )
 from ..protocol.deflate import negotiate
+from ..protocol.handshake import ORIGIN_REFUSED, origin_allowed
 from ..protocol.message import encode_data, encode_json
 from ..server import Connection, ReadyState, Server
 
@@ -436,11 +437,14 @@ class WebSocket(Connection, Generic[T]):
                 self.refuse(*refusal)
                 return
             self._holds_place = True
-        if route.allowed_origins is not None:
-            origin = request.get("origin")
-            if origin is not None and origin.rstrip("/").lower() not in route.allowed_origins:
-                self.refuse(403, "Origin not allowed")
-                return
+        # Cross-site WebSocket hijacking: a browser's upgrade (it carries Origin) comes from
+        # the page's own site unless the route lists other origins, or "*" for any.
+        origin = request.get("origin")
+        if origin is not None and not origin_allowed(
+            origin, request.get("host"), route.allowed_origins
+        ):
+            self.refuse(403, ORIGIN_REFUSED)
+            return
         if route.subprotocols:
             offered = request.tokens_cased("sec-websocket-protocol")
             self.subprotocol = next((p for p in offered if p in route.subprotocols), None)

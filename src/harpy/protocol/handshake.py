@@ -11,17 +11,20 @@ import binascii
 import hashlib
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 from ..exceptions import HandshakeError
 
 __all__ = [
     "GUID",
+    "ORIGIN_REFUSED",
     "Headers",
     "Request",
     "accept_key",
     "build_accept",
     "build_refusal",
     "check_upgrade",
+    "origin_allowed",
     "parse_cookies",
     "parse_request",
     "refusal",
@@ -153,6 +156,46 @@ def check_upgrade(request: Request) -> str:
     if len(raw) != 16:
         raise HandshakeError(400, "Malformed Sec-WebSocket-Key")
     return key
+
+
+#: The 403's body for an origin :func:`origin_allowed` refuses: how to allow one.
+ORIGIN_REFUSED = (
+    "Origin not allowed: a page from another origin (a dev server on another port too) needs "
+    'the route\'s allowed_origins, e.g. allowed_origins=["http://localhost:5173"]'
+)
+
+#: The ports an Origin without one means, by scheme (RFC 6454 4).
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def _authority(url: str) -> tuple[str, int | None] | None:
+    """(host, port) of a URL: the port its scheme implies when it has none (None without a
+    scheme: a Host header is given as ``//host:port``); None when it does not parse."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:  # a port out of range, or not a number
+        return None
+    return None if not parts.hostname else (parts.hostname, port)
+
+
+def origin_allowed(origin: str, host: str | None, allowed: frozenset[str] | None) -> bool:
+    """Whether a browser's ``Origin`` may open the connection (cross-site WebSocket hijacking).
+
+    ``allowed`` holds origins lower-cased without a trailing ``/``; ``"*"`` in it allows any.
+    None allows the origin the request was sent to alone: the Origin's host and port must be
+    the ``Host`` header's, whatever the scheme (behind a TLS proxy the two differ), a port left
+    out being 80 or 443.
+    """
+    if allowed is not None:
+        return "*" in allowed or origin.strip().rstrip("/").lower() in allowed
+    theirs = _authority(origin)
+    ours = None if host is None else _authority("//" + host.strip())
+    if theirs is None or ours is None or theirs[1] is None or theirs[0] != ours[0]:
+        return False
+    if ours[1] is None:
+        return theirs[1] in (80, 443)
+    return theirs[1] == ours[1]
 
 
 def accept_key(key: str) -> str:
