@@ -1,4 +1,5 @@
 # make run: the chat example on 127.0.0.1:3000.   make test: lint, types, docs, tests (both cores).
+# make fuzz: the property tests of the protocol parsers with many random inputs.
 # make test also installs redis-server, nats-server and chromium (Debian packages) for the
 # backplane tests and the browser test of the chat page.
 PYTHON ?= python3
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.harpy-installed
 RUN_STAMP := $(VENV)/.harpy-run
 
-.PHONY: run test lint typecheck docs pytest pytest-pure bench autobahn clean
+.PHONY: run test lint typecheck docs pytest pytest-pure fuzz bench autobahn clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,11 @@ pytest: $(STAMP)
 # The same protocol and server tests on the pure-Python core.
 pytest-pure: $(STAMP)
 	HARPY_NO_EXTENSIONS=1 $(PY) -m pytest -W error -q tests/unit tests/integration
+
+# The property tests at length: HARPY_FUZZ_EXAMPLES random inputs per property (default 20000),
+# both cores.  make test runs the same tests on a few fixed inputs.
+fuzz: $(STAMP)
+	HARPY_FUZZ=1 $(PY) -m pytest -W error -q tests/unit/test_fuzz_protocol.py
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
