@@ -270,7 +270,6 @@ class FrameReader:
                     return self._mask_error(events, opcode, "server frame is masked")
             elif not b1 & 0x80:
                 return self._mask_error(events, opcode, "client frame is not masked")
-            fin = b0 & 0x80
             rsv = b0 & 0x70
             # Judge the header before waiting for the payload: every error the header shows is
             # acted on at once, so a frame that can never be valid is never buffered (nor waited
@@ -279,12 +278,12 @@ class FrameReader:
                 # RFC 6455 5.5: control frames are final, short, and carry no reserved bits.
                 if opcode > 10:
                     return self._fail(events, f"unknown opcode {opcode}")
-                if length > 125 or not fin or rsv:
+                if length > 125 or not b0 & 0x80 or rsv:
                     if opcode == op_close:
                         self.close_received = True  # a bad close is still the peer's last frame
                     if length > 125:
                         return self._fail(events, "control frame payload over 125 bytes")
-                    if not fin:
+                    if not b0 & 0x80:
                         return self._fail(events, "fragmented control frame")
                     return self._fail(events, "reserved bits set on a control frame")
             elif opcode > 2:
@@ -308,6 +307,7 @@ class FrameReader:
             pstart = pos + hlen + keylen  # after the 4-byte masking key of a client frame
             pos = pstart + length
             payload = data[pstart:pos] if client else _unmask(data, pstart, pos)
+            fin = b0 & 0x80
             if opcode == op_text or opcode == op_binary:
                 compressed = rsv != 0  # RSV1 with the extension in use: checked above
                 if fin:
