@@ -40,7 +40,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@app.ws("/ws/chat", data=ChatUser)
+# A public chat that reads no cookie, so any page may connect: examples/chat/index.html opened
+# as a file sends ``Origin: null``, which the default (the page's own origin only) refuses.
+@app.ws("/ws/chat", data=ChatUser, allowed_origins="*")
 class Chat:
     def open(self, ws: harpy.WebSocket[ChatUser]) -> None:
         ws.send_json({"type": "connected", "id": ws.id})
