@@ -1,15 +1,37 @@
-"""Turning what a user passes to ``ws()`` (an object, a class or a mapping) into handlers."""
+"""Turning what a user passes to ``ws()`` (an object, a class or a mapping) into handlers.
+
+Mistakes are caught here, at registration, rather than on the first connection: handlers with
+none of the known names (``on_message`` for ``message``), and handlers that cannot take the
+arguments harpy calls them with.
+
+One handlers object serves every connection of a route: a class is instantiated once, here.
+Per-connection state belongs in ``ws.data`` (the route's ``data=`` factory makes a fresh one for
+each connection), so a handler method never confuses two clients' state, and a route costs
+one object, not one per connection.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..exceptions import ConfigurationError
 
-__all__ = ["HANDLER_NAMES", "Handlers", "resolve_handlers"]
+__all__ = ["HANDLER_NAMES", "HANDLER_PARAMETERS", "Handlers", "resolve_handlers"]
 
 HANDLER_NAMES = ("open", "message", "close", "drain", "error", "ping", "pong")
+
+#: The parameters harpy passes to each handler, the connection first.
+HANDLER_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "open": ("ws",),
+    "message": ("ws", "data"),
+    "close": ("ws", "code", "reason"),
+    "drain": ("ws",),
+    "error": ("ws", "exc"),
+    "ping": ("ws", "data"),
+    "pong": ("ws", "data"),
+}
 
 Handler = Callable[..., Any]
 
@@ -35,7 +57,10 @@ class Handlers:
 
 
 def resolve_handlers(handlers: object) -> Handlers:
-    """Accept a mapping of handler names, a class (instantiated once, here) or any object."""
+    """Accept a mapping of handler names, a class (instantiated once, here) or any object;
+    raise :class:`~harpy.ConfigurationError` for one with no known handler, or a handler that
+    cannot take its arguments.  An empty mapping says "no handlers" on purpose (a route that
+    only auto-broadcasts, or only counts connections)."""
     if handlers is None:
         raise ConfigurationError("ws() needs handlers: an object, a class or a mapping")
     found: dict[str, Handler | None] = {}
@@ -43,10 +68,11 @@ def resolve_handlers(handlers: object) -> Handlers:
         unknown = sorted(str(k) for k in handlers if k not in HANDLER_NAMES)
         if unknown:
             raise ConfigurationError(
-                f"unknown handler name(s) {', '.join(unknown)}; expected some of "
+                f"unknown handler name(s) {_with_hints(unknown)}; expected some of "
                 + ", ".join(HANDLER_NAMES)
             )
         items: Mapping[str, Any] = handlers
+        candidates: Iterable[str] = ()
     else:
         if isinstance(handlers, type):
             cls = handlers
@@ -57,9 +83,61 @@ def resolve_handlers(handlers: object) -> Handlers:
                     f"handler class {cls.__name__} must be constructible without arguments: {exc}"
                 ) from exc
         items = {name: getattr(handlers, name, None) for name in HANDLER_NAMES}
+        candidates = (n for n in dir(handlers) if not n.startswith("__"))
     for name in HANDLER_NAMES:
         fn = items.get(name)
-        if fn is not None and not callable(fn):
-            raise ConfigurationError(f"handler {name!r} is not callable: {fn!r}")
+        if fn is not None:
+            if not callable(fn):
+                raise ConfigurationError(f"handler {name!r} is not callable: {fn!r}")
+            _check_signature(name, fn)
         found[name] = fn
+    if not any(found.values()) and not (isinstance(handlers, Mapping) and not handlers):
+        near = [n for n in candidates if _known_name(n) is not None]
+        hint = f" (found {_with_hints(near)})" if near else ""
+        raise ConfigurationError(
+            f"{_describe(handlers)} has none of the handler names{hint}; "
+            f"define some of: {', '.join(HANDLER_NAMES)}"
+        )
     return Handlers(handlers, found)
+
+
+def _check_signature(name: str, fn: Handler) -> None:
+    """``fn`` must accept the arguments ``name`` is called with (*args and defaults welcome)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable without a signature: trust it
+    params = HANDLER_PARAMETERS[name]
+    try:
+        signature.bind(*params)
+    except TypeError:
+        wanted = f"{name}({', '.join(params)})"
+        raise ConfigurationError(
+            f"handler {name!r} must take {len(params)} argument(s), as {wanted}; "
+            f"it is {getattr(fn, '__qualname__', repr(fn))}{signature}"
+        ) from None
+
+
+def _known_name(name: str) -> str | None:
+    """The handler name that ``name`` (``on_message``, ``onMessage``, ``handle_close``...)
+    probably means, or None."""
+    bare = name.lower().replace("_", "")
+    for prefix in ("handle", "on"):
+        if bare.startswith(prefix) and bare != prefix:
+            bare = bare[len(prefix) :]
+            break
+    return bare if bare in HANDLER_NAMES else None
+
+
+def _with_hints(names: Iterable[str]) -> str:
+    out = []
+    for name in names:
+        known = _known_name(name)
+        out.append(f"{name!r}" + (f" (did you mean {known!r}?)" if known and known != name else ""))
+    return ", ".join(out)
+
+
+def _describe(handlers: object) -> str:
+    if isinstance(handlers, Mapping):
+        return "the handlers mapping"
+    return f"handlers object {type(handlers).__name__}"

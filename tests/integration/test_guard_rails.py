@@ -1,0 +1,116 @@
+"""Handler mistakes caught at registration, and one handlers instance per route."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+import harpy
+from harpy.exceptions import ConfigurationError
+from tests.helpers import ServeApp
+from tests.timing import TIMEOUT
+
+
+def test_a_class_with_no_handler_name_lists_them_and_suggests() -> None:
+    class Chat:
+        def on_message(self, ws: Any, data: Any) -> None: ...
+
+        def onClose(self, ws: Any, code: int, reason: str) -> None: ...
+
+    app = harpy.App()
+    with pytest.raises(ConfigurationError) as info:
+        app.ws("/chat", Chat)
+    text = str(info.value)
+    assert "open, message, close, drain, error, ping, pong" in text
+    assert "'on_message' (did you mean 'message'?)" in text
+    assert "'onClose' (did you mean 'close'?)" in text
+
+
+def test_an_object_with_no_handler_name_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="has none of the handler names"):
+        harpy.App().ws("/x", object())
+
+
+def test_a_mapping_with_a_wrong_name_suggests_the_right_one() -> None:
+    with pytest.raises(ConfigurationError, match=r"'handle_open' \(did you mean 'open'\?\)"):
+        harpy.App().ws("/x", {"handle_open": lambda ws: None})
+
+
+def test_an_empty_mapping_means_no_handlers_on_purpose() -> None:
+    app = harpy.App()
+    app.ws("/relay", {}, auto_broadcast=True)
+    assert [r.pattern for r in app.routes] == ["/relay"]
+
+
+@pytest.mark.parametrize(
+    ("name", "handler"),
+    [
+        ("message", lambda ws: None),
+        ("message", lambda ws, data, extra: None),
+        ("close", lambda ws: None),
+        ("open", lambda: None),
+        ("error", lambda ws, exc, more: None),
+        ("ping", lambda ws: None),
+        ("pong", lambda ws, a, b: None),
+        ("drain", lambda ws, data: None),
+    ],
+)
+def test_a_handler_with_the_wrong_parameters_is_refused(name: str, handler: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"handler '{name}' must take"):
+        harpy.App().ws("/x", {name: handler})
+
+
+def test_methods_star_args_and_defaults_are_accepted() -> None:
+    class Ok:
+        def open(self, ws: Any, *rest: Any) -> None: ...
+
+        def message(self, *args: Any) -> None: ...
+
+        def close(self, ws: Any, code: int = 1000, reason: str = "", extra: int = 0) -> None: ...
+
+        async def error(self, ws: Any, exc: BaseException) -> None: ...
+
+    app = harpy.App()
+    app.ws("/ok", Ok)
+    app.ws("/builtin", {"message": print})
+    assert len(app.routes) == 2
+
+
+def test_a_wrong_method_on_a_class_is_refused() -> None:
+    class Wrong:
+        def close(self, ws: Any) -> None: ...
+
+    with pytest.raises(ConfigurationError, match=r"close\(ws, code, reason\)"):
+        harpy.App().ws("/x", Wrong)
+
+
+async def test_one_handlers_instance_serves_every_connection(serve_app: ServeApp) -> None:
+    made: list[object] = []
+    seen: list[object] = []
+    app = harpy.App()
+
+    @app.ws("/shared", data=lambda: {"count": 0})
+    class Counter:
+        def __init__(self) -> None:
+            made.append(self)
+
+        def message(self, ws: harpy.WebSocket[dict[str, int]], data: str | bytes) -> None:
+            seen.append(self)
+            ws.data["count"] += 1  # per-connection state lives in ws.data
+            ws.send(str(ws.data["count"]))
+
+    async with (
+        serve_app(app) as url,
+        connect(f"{url}/shared") as a,
+        connect(f"{url}/shared") as b,
+    ):
+        for client in (a, b, a):
+            await client.send("x")
+        assert await asyncio.wait_for(a.recv(), TIMEOUT) == "1"
+        assert await asyncio.wait_for(b.recv(), TIMEOUT) == "1"
+        assert await asyncio.wait_for(a.recv(), TIMEOUT) == "2"
+    assert len(made) == 1
+    assert seen == [made[0]] * 3
