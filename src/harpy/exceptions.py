@@ -10,6 +10,7 @@ __all__ = [
     "ConfigurationError",
     "HandshakeError",
     "HarpyError",
+    "InvalidMessage",
     "InvalidState",
     "PayloadTooBig",
     "ProtocolError",
@@ -32,6 +33,12 @@ class RouteError(ConfigurationError):
 
 class InvalidState(HarpyError):
     """An action is not allowed in the connection's current state; the message names it."""
+
+
+class InvalidMessage(HarpyError, ValueError):
+    """A message its route cannot take: not valid JSON on a ``json=True`` route.  Handed to
+    the route's ``error`` handler, which decides; without one the connection closes with 1007
+    (RFC 6455 7.4.1: data inconsistent with the type of the message)."""
 
 
 class ProtocolError(HarpyError):

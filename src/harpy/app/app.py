@@ -18,6 +18,7 @@ from ..pubsub import Groups, fan_out
 from ..pubsub.backplane.base import Backplane, Relay
 from ..server import Server, make_ssl_context
 from .handlers import Handlers, resolve_handlers
+from .jsoncodec import Dumps, Loads, json_parsing, make_encoder, resolve_loads
 from .options import RouteOptions, RouteOptionsKw, make_options
 from .router import Routes, RouteSpec
 from .routing import RouteTable
@@ -47,7 +48,9 @@ class Route:
         "subprotocols",
     )
 
-    def __init__(self, spec: RouteSpec, defaults: RouteOptions) -> None:
+    def __init__(
+        self, spec: RouteSpec, defaults: RouteOptions, json_loads: Loads | None = None
+    ) -> None:
         options = make_options(defaults, spec.options, f"ws({spec.pattern!r})")
         #: Also the connection limits this route's connections enforce.
         self.options = options
@@ -65,6 +68,8 @@ class Route:
         self.rate_burst = float(options.rate_burst or max(1.0, options.rate_limit))
         #: What a member's message goes to: the handler, wrapped by the automatic broadcast.
         message = self.handlers.message
+        if options.json:
+            message = json_parsing(message, resolve_loads(json_loads))
         self.on_message = auto_broadcasting(message) if options.auto_broadcast else message
 
     def make_data(self, ws: WebSocket[Any]) -> Any:
@@ -131,6 +136,10 @@ class App(Routes):
 
     ``backplane`` (a :class:`~harpy.pubsub.backplane.Backplane`) shares topics with other
     processes: what is published here also goes to their subscribers, and theirs come here.
+
+    ``json_dumps`` serialises what ``send``, ``publish`` and ``broadcast`` get that is neither
+    ``str`` nor bytes (returning ``str`` or ``bytes``), ``json_loads`` parses the messages of
+    ``json=True`` routes; both default to orjson when installed, else the standard library.
     """
 
     def __init__(
@@ -142,6 +151,8 @@ class App(Routes):
         max_connections: int = 0,
         max_connections_per_ip: int = 0,
         backplane: Backplane | None = None,
+        json_dumps: Dumps | None = None,
+        json_loads: Loads | None = None,
         **route_defaults: Unpack[RouteOptionsKw],
     ) -> None:
         super().__init__()
@@ -155,6 +166,10 @@ class App(Routes):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigurationError(f"{name} must be a whole number >= 0 (0: no limit)")
+        #: Serialises a value that is neither str nor bytes to JSON text (UTF-8 bytes).
+        self.encode_json = make_encoder(json_dumps)
+        #: Parses the messages of ``json=True`` routes.
+        self.json_loads = resolve_loads(json_loads)
         #: The options every route starts from.
         self.defaults = make_options(None, route_defaults, "App()")
         #: Open connections past which an upgrade is refused with 503 (0: no limit).
@@ -191,7 +206,7 @@ class App(Routes):
     # ----------------------------------------------------------------- routes
 
     def _add(self, spec: RouteSpec) -> None:
-        self._table.add(spec.pattern, Route(spec, self.defaults))
+        self._table.add(spec.pattern, Route(spec, self.defaults, self.json_loads))
         self._specs.append(spec)
 
     @property
@@ -253,7 +268,7 @@ class App(Routes):
         """Send ``data`` (str: text, bytes: binary, else JSON) to every subscriber of
         ``topic`` but ``exclude``; returns how many connections it reached in this process
         (with a backplane, the message also goes to the other processes, uncounted)."""
-        message = Message.from_data(data, compress)
+        message = Message.from_data(data, compress, self.encode_json)
         if self._relay is not None:
             self._relay.publish(topic, message)
         return fan_out(self.topic_groups.members(topic), message, exclude)
@@ -288,7 +303,7 @@ class App(Routes):
 
         ``ws.broadcast`` and the automatic broadcast of a route take this same path.
         """
-        message = Message.from_data(data, compress)
+        message = Message.from_data(data, compress, self.encode_json)
         receivers: Iterable[WebSocket[Any]]
         if rooms is not None:
             if isinstance(rooms, str):

@@ -52,6 +52,9 @@ class RouteOptions(Limits):
     rate_limit: float = 0.0
     #: The bucket's size: messages allowed in a burst (0: one second's worth of rate_limit).
     rate_burst: int = 0
+    #: ``message`` receives each message parsed as JSON (text or binary); one that does not
+    #: parse goes to ``error(ws, exc)`` (an :class:`~harpy.InvalidMessage`), else closes 1007.
+    json: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -88,6 +91,7 @@ class RouteOptionsKw(TypedDict, total=False):
     require_subprotocol: bool
     rate_limit: float
     rate_burst: int
+    json: bool
 
 
 #: Options that count things and must be at least 1 (every other number may be 0).

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from ..auth import Deny, UpgradeRequest, interpret
-from ..exceptions import ConfigurationError, HandshakeError, InvalidState, ProtocolError
+from ..exceptions import (
+    ConfigurationError,
+    HandshakeError,
+    InvalidMessage,
+    InvalidState,
+    ProtocolError,
+)
 from ..protocol import (
     OP_BINARY,
     OP_PING,
@@ -35,7 +41,7 @@ from ..protocol import (
 )
 from ..protocol.deflate import negotiate
 from ..protocol.handshake import ORIGIN_REFUSED, origin_allowed
-from ..protocol.message import encode_data, encode_json
+from ..protocol.message import encode_data
 from ..server import Connection, ReadyState, Server
 
 if TYPE_CHECKING:
@@ -232,7 +238,7 @@ class WebSocket(Connection, Generic[T]):
             return self.send_message(OP_TEXT, data.encode("utf-8"), compress)
         if type(data) is bytes:
             return self.send_message(OP_BINARY, data, compress)
-        opcode, payload = encode_data(data)
+        opcode, payload = encode_data(data, self._app.encode_json)
         return self.send_message(opcode, payload, compress)
 
     def send_text(self, data: str, compress: bool | None = None) -> int:
@@ -248,8 +254,9 @@ class WebSocket(Connection, Generic[T]):
         return self.send_message(OP_BINARY, bytes(data), compress)
 
     def send_json(self, obj: Any, compress: bool | None = None) -> int:
-        """Serialise ``obj`` as compact JSON and send it as text (also for a ``str``)."""
-        return self.send_message(OP_TEXT, encode_json(obj), compress)
+        """Serialise ``obj`` as JSON (the app's ``json_dumps``) and send it as text (also for a
+        ``str``: a JSON string)."""
+        return self.send_message(OP_TEXT, self._app.encode_json(obj), compress)
 
     def ping(self, data: bytes | str = b"") -> int:
         return self.send_control(OP_PING, _control_payload(data))
@@ -727,6 +734,11 @@ class WebSocket(Connection, Generic[T]):
     def _handler_failed(self, exc: BaseException) -> None:
         """A handler raised: ``error(ws, exc)`` decides, else log and close with 1011."""
         fn = self._handler("error") if not isinstance(exc, _ErrorHandlerFailed) else None
+        if fn is None and isinstance(exc, InvalidMessage):
+            logger.debug("harpy: route %s: %s", self.route, exc)
+            if self.ready_state is _OPEN:
+                self.close(1007, "Invalid JSON")
+            return
         if fn is not None:
             try:
                 result = fn(self, exc)

@@ -8,6 +8,7 @@ receiver with the same settings, or (with context takeover) its own compression.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from . import OP_BINARY, OP_TEXT, build_frame
@@ -33,9 +34,14 @@ class Message:
         self._compressed: dict[tuple[int, int, int], bytes] | None = None
 
     @classmethod
-    def from_data(cls, data: Any, compress: bool | None = None) -> Message:
-        """``str`` as text, bytes-like as binary, anything else as JSON text."""
-        opcode, payload = encode_data(data)
+    def from_data(
+        cls,
+        data: Any,
+        compress: bool | None = None,
+        encode: Callable[[Any], bytes] | None = None,
+    ) -> Message:
+        """``str`` as text, bytes-like as binary, anything else as JSON text (by ``encode``)."""
+        opcode, payload = encode_data(data, encode)
         return cls(opcode, payload, compress)
 
     def shared_frame(self, codec: Any) -> bytes:
@@ -52,14 +58,14 @@ class Message:
         return frame
 
 
-def encode_data(data: Any) -> tuple[int, bytes]:
+def encode_data(data: Any, encode: Callable[[Any], bytes] | None = None) -> tuple[int, bytes]:
     """What ``send``, ``publish`` and ``broadcast`` make of ``data``: ``str`` as text,
-    bytes-like as binary, anything else as compact JSON text."""
+    bytes-like as binary, anything else as JSON text by ``encode`` (compact JSON by default)."""
     if type(data) is str:
         return OP_TEXT, data.encode("utf-8")
     if isinstance(data, (bytes, bytearray, memoryview)):
         return OP_BINARY, bytes(data)
-    return OP_TEXT, encode_json(data)
+    return OP_TEXT, (encode or encode_json)(data)
 
 
 def encode_json(data: Any) -> bytes:
