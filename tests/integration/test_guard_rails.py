@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ from websockets.asyncio.client import connect
 
 import harpy
 from harpy.exceptions import ConfigurationError
-from tests.helpers import ServeApp
+from tests.helpers import ServeApp, serve
 from tests.timing import TIMEOUT
 
 
@@ -114,3 +116,64 @@ async def test_one_handlers_instance_serves_every_connection(serve_app: ServeApp
         assert await asyncio.wait_for(a.recv(), TIMEOUT) == "2"
     assert len(made) == 1
     assert seen == [made[0]] * 3
+
+
+def _connect_then_reset(port: int) -> None:
+    """A raw client: upgrade, then drop the TCP connection with a reset (SO_LINGER 0)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(
+            b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, "closed during the handshake"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def test_a_failed_transport_reaches_error_before_close() -> None:
+    events: list[tuple[str, Any]] = []
+    opened = asyncio.Event()
+    closed = asyncio.Event()
+    app = harpy.App()
+
+    def close(ws: harpy.WebSocket[Any], code: int, reason: str) -> None:
+        events.append(("close", code))
+        closed.set()
+
+    app.ws(
+        "/r",
+        {
+            "open": lambda ws: opened.set(),
+            "error": lambda ws, exc: events.append(("error", type(exc))),
+            "close": close,
+        },
+    )
+    async with serve(app):
+        assert app.port is not None
+        await asyncio.to_thread(_connect_then_reset, app.port)
+        await asyncio.wait_for(closed.wait(), TIMEOUT)
+    assert opened.is_set()
+    assert events == [("error", ConnectionResetError), ("close", 1006)]
+
+
+async def test_a_send_after_close_returns_0_and_is_no_error() -> None:
+    errors: list[BaseException] = []
+    statuses: list[int] = []
+    closed = asyncio.Event()
+    app = harpy.App()
+
+    def close(ws: harpy.WebSocket[Any], code: int, reason: str) -> None:
+        statuses.append(ws.send("too late"))
+        closed.set()
+
+    app.ws("/c", {"close": close, "error": lambda ws, exc: errors.append(exc)})
+    async with serve(app) as url:
+        async with connect(f"{url}/c"):
+            pass
+        await asyncio.wait_for(closed.wait(), TIMEOUT)
+    assert statuses == [0]
+    assert errors == []

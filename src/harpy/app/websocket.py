@@ -666,10 +666,21 @@ class WebSocket(Connection, Generic[T]):
             self._call(fn, (code, reason))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._transport_failed(exc)
         super().connection_lost(exc)
         if self._holds_place:
             self._holds_place = False
             self._app.release(self.remote_address)
+
+    def _transport_failed(self, exc: Exception) -> None:
+        """The transport failed (connection reset, broken pipe: a send or a read the OS
+        refused): a member's ``error(ws, exc)`` hears of it, before ``close(ws, 1006, "")``."""
+        if self._admission is not _MEMBER:
+            return
+        fn = self._handlers.error
+        if fn is not None:
+            self._call(fn, (exc,))
 
     # ----------------------------------------------------------------- dispatch
 
