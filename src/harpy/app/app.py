@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import signal
 import ssl
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, Unpack
 
 from ..auth import resolve_authenticate
@@ -18,6 +19,7 @@ from ..pubsub import Groups, fan_out
 from ..pubsub.backplane.base import Backplane, Relay
 from ..server import Server, make_ssl_context
 from .handlers import Handlers, resolve_handlers
+from .http import HttpSide, Stats
 from .jsoncodec import Dumps, Loads, json_parsing, make_encoder, resolve_loads
 from .options import RouteOptions, RouteOptionsKw, make_options
 from .router import Routes, RouteSpec
@@ -140,6 +142,11 @@ class App(Routes):
     ``json_dumps`` serialises what ``send``, ``publish`` and ``broadcast`` get that is neither
     ``str`` nor bytes (returning ``str`` or ``bytes``), ``json_loads`` parses the messages of
     ``json=True`` routes; both default to orjson when installed, else the standard library.
+
+    Plain HTTP on the same port (docs/http.md): ``health`` is the health check's path (200
+    while serving, 503 once shutdown began; None or False: off), ``static`` maps URL prefixes
+    to folders served as files, and ``metrics`` (True: ``/metrics``, or a path) serves
+    Prometheus metrics from the app's own registry (``pip install 'harpy[metrics]'``).
     """
 
     def __init__(
@@ -153,6 +160,9 @@ class App(Routes):
         backplane: Backplane | None = None,
         json_dumps: Dumps | None = None,
         json_loads: Loads | None = None,
+        health: bool | str | None = "/healthz",
+        static: Mapping[str, str | os.PathLike[str]] | None = None,
+        metrics: bool | str | None = False,
         **route_defaults: Unpack[RouteOptionsKw],
     ) -> None:
         super().__init__()
@@ -170,6 +180,10 @@ class App(Routes):
         self.encode_json = make_encoder(json_dumps)
         #: Parses the messages of ``json=True`` routes.
         self.json_loads = resolve_loads(json_loads)
+        #: What the app counts for its metrics and access log.
+        self.stats = Stats()
+        #: What plain HTTP requests get: health, metrics, static files.
+        self.http = HttpSide(self, health, static, metrics)
         #: The options every route starts from.
         self.defaults = make_options(None, route_defaults, "App()")
         #: Open connections past which an upgrade is refused with 503 (0: no limit).
@@ -206,12 +220,19 @@ class App(Routes):
     # ----------------------------------------------------------------- routes
 
     def _add(self, spec: RouteSpec) -> None:
+        self.http.check_route(spec.pattern)
         self._table.add(spec.pattern, Route(spec, self.defaults, self.json_loads))
         self._specs.append(spec)
 
     @property
     def routes(self) -> list[Route]:
         return [route for _, route in self._table]
+
+    @property
+    def metrics_registry(self) -> Any:
+        """The app's own ``prometheus_client.CollectorRegistry`` (None without ``metrics``):
+        metrics registered on it are served with the app's."""
+        return self.http.registry
 
 
     # ----------------------------------------------------------------- admission

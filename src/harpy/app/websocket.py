@@ -50,6 +50,11 @@ if TYPE_CHECKING:
 __all__ = ["Admission", "Dispatch", "WebSocket", "auto_broadcasting"]
 
 logger = logging.getLogger("harpy")
+#: One INFO record per upgrade or plain HTTP answer, and one per close, with the fields in
+#: ``extra`` (``event``, ``path``, ``status`` / ``code``, ``remote_address``, ``duration``,
+#: ``messages_in``, ``messages_out``) for a JSON formatter.
+access_logger = logging.getLogger("harpy.access")
+_INFO = logging.INFO
 
 T = TypeVar("T")
 
@@ -123,12 +128,14 @@ class WebSocket(Connection, Generic[T]):
         "_id",
         "_in_groups",
         "_on_message",
+        "_opened_at",
         "_queue",
         "_route",
         "_tokens",
         "_tokens_at",
         "auth",
         "data",
+        "messages_in",
         "params",
         "subprotocol",
     )
@@ -152,6 +159,10 @@ class WebSocket(Connection, Generic[T]):
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
         self._cookies: dict[str, str] | None = None
         self._groups_at_close: tuple[frozenset[str], frozenset[str]] | None = None
+        self._opened_at = 0.0
+        #: Messages received from the peer (``messages_out``, ``bytes_in`` and ``bytes_out``
+        #: are the connection's own counters).
+        self.messages_in = 0
         self.params: dict[str, str] = {}
         self.data: T = None  # type: ignore[assignment]
         self.auth: Any = None
@@ -183,6 +194,11 @@ class WebSocket(Connection, Generic[T]):
     def pending(self) -> int:
         """Events waiting for a running async handler to finish."""
         return len(self._queue) if self._queue else 0
+
+    @property
+    def server_closing(self) -> bool:
+        """Whether the server has begun shutting down (health checks answer 503)."""
+        return self._server.closing
 
     @property
     def app(self) -> App:
@@ -422,9 +438,13 @@ class WebSocket(Connection, Generic[T]):
 
     def _handle_request(self, request: Request) -> None:
         app = self._app
+        http = app.http
+        if http.exact and http.answer_exact(self, request):
+            return
         match = app.match(request.path)
         if match is None:
-            self.refuse(404, "Not Found")
+            if not http.answer_static(self, request):
+                self.refuse(404, "Not Found")
             return
         route, params = match
         try:
@@ -544,11 +564,73 @@ class WebSocket(Connection, Generic[T]):
         if deny is not None:
             self.close(deny.code, deny.reason)
 
+    def refuse(
+        self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Answer an HTTP error instead of upgrading (counted, and in the access log)."""
+        if self.ready_state is ReadyState.CONNECTING:
+            refused = self._app.stats.refused
+            refused[status] = refused.get(status, 0) + 1
+            self._log_answer(status)
+        super().refuse(status, reason, headers)
+
+    def respond(
+        self,
+        status: int,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        *,
+        content_length: int | None = None,
+    ) -> None:
+        """Answer a plain HTTP request and close (in the access log)."""
+        if self.ready_state is ReadyState.CONNECTING:
+            self._log_answer(status)
+        super().respond(status, headers, body, content_length=content_length)
+
+    def _log_answer(self, status: int) -> None:
+        if access_logger.isEnabledFor(_INFO):
+            event = "upgrade" if status == 101 else "http"
+            path = self.path
+            address = self.remote_address
+            access_logger.info(
+                "%s %s %s %s",
+                event,
+                path,
+                status,
+                address,
+                extra={"event": event, "path": path, "status": status, "remote_address": address},
+            )
+
+    def _log_close(self, code: int) -> None:
+        duration = round(self._server.loop.time() - self._opened_at, 6)
+        path = self.path
+        address = self.remote_address
+        access_logger.info(
+            "close %s %s %s %.3fs in=%d out=%d",
+            path,
+            code,
+            address,
+            duration,
+            self.messages_in,
+            self.messages_out,
+            extra={
+                "event": "close",
+                "path": path,
+                "code": code,
+                "remote_address": address,
+                "duration": duration,
+                "messages_in": self.messages_in,
+                "messages_out": self.messages_out,
+            },
+        )
+
     # ----------------------------------------------------------------- event hooks
 
     def _handle_open(self) -> None:
         route = self._route
         assert route is not None
+        self._opened_at = self._last_seen  # set to "now" by the upgrade
+        self._log_answer(101)
         if self._admission is Admission.DENIED:
             return  # denied by authenticate: closing at once
         if route.options.rate_limit > 0:
@@ -577,6 +659,7 @@ class WebSocket(Connection, Generic[T]):
             self._app.room_groups.add(self, route.options.default_room)
 
     def _handle_message(self, message: str | bytes) -> None:
+        self.messages_in += 1
         if self._gated and not self._pass_gate(message):
             return
         if self._dispatch:  # not IDLE (0): behind a running async handler or first-message auth
@@ -648,6 +731,11 @@ class WebSocket(Connection, Generic[T]):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
+        stats = self._app.stats
+        stats.closes[code] = stats.closes.get(code, 0) + 1
+        stats.add_closed(self)
+        if access_logger.isEnabledFor(_INFO):
+            self._log_close(code)
         if self._admission is not _MEMBER:
             return  # never opened (denied, or first-message auth never passed)
         fn = self._handlers.close
@@ -744,6 +832,8 @@ class WebSocket(Connection, Generic[T]):
 
     def _handler_failed(self, exc: BaseException) -> None:
         """A handler raised: ``error(ws, exc)`` decides, else log and close with 1011."""
+        errors = self._app.stats.handler_errors
+        errors[self.route] = errors.get(self.route, 0) + 1
         fn = self._handler("error") if not isinstance(exc, _ErrorHandlerFailed) else None
         if fn is None and isinstance(exc, InvalidMessage):
             logger.debug("harpy: route %s: %s", self.route, exc)

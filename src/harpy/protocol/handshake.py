@@ -23,6 +23,7 @@ __all__ = [
     "accept_key",
     "build_accept",
     "build_refusal",
+    "build_response",
     "check_upgrade",
     "origin_allowed",
     "parse_cookies",
@@ -236,7 +237,31 @@ def build_refusal(
     status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
 ) -> bytes:
     """A complete HTTP refusal (see :func:`refusal`), as bytes."""
-    phrase, fields, body = refusal(status, reason, headers)
+    _, fields, body = refusal(status, reason, headers)
+    return build_response(status, fields, body)
+
+
+def build_response(
+    status: int,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    *,
+    content_length: int | None = None,
+) -> bytes:
+    """A complete HTTP/1.1 response head and ``body``; ``Connection: close`` (the connection
+    closes after it: no keep-alive) and ``Content-Length`` (``content_length``, else the
+    body's size; a HEAD answer gives the size with no body) unless ``headers`` set them."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error" if status >= 400 else "OK"
+    fields = list(headers or ())
+    names = {name.lower() for name, _ in fields}
+    if "connection" not in names:
+        fields.append(("Connection", "close"))
+    if "content-length" not in names:
+        size = len(body) if content_length is None else content_length
+        fields.append(("Content-Length", str(size)))
     head = f"HTTP/1.1 {status} {phrase}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields)
     return (head + "\r\n").encode("latin-1") + body
 

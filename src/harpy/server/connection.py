@@ -41,6 +41,7 @@ from ..protocol import (
     build_accept,
     build_frame,
     build_refusal,
+    build_response,
     check_upgrade,
     parse_request,
 )
@@ -131,8 +132,11 @@ class Connection(asyncio.Protocol):
         "_reader",
         "_server",
         "_write_paused",
+        "bytes_in",
+        "bytes_out",
         "codec",
         "dropped",
+        "messages_out",
         "ready_state",
         "request",
         "timer_slot",
@@ -149,6 +153,11 @@ class Connection(asyncio.Protocol):
         self.codec: PerMessageDeflate | None = None
         #: Messages dropped at this connection's backpressure limit.
         self.dropped = 0
+        #: Bytes read from the peer once upgraded, and bytes of messages sent or queued to it.
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: Messages sent or queued to the peer (not the dropped ones).
+        self.messages_out = 0
         #: The timer wheel's slot for this connection (the wheel's to change).
         self.timer_slot = -1
         self._reader: Any = None
@@ -205,6 +214,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         if reader is not None:
+            self.bytes_in += len(data)
             self._last_seen = now = self._server.loop.time()
             events = reader.feed(data)
             if len(events) == 1:
@@ -320,12 +330,27 @@ class Connection(asyncio.Protocol):
         self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
     ) -> None:
         """Answer an HTTP error and close: no upgrade happens."""
+        self._answer(build_refusal(status, reason, headers))
+
+    def respond(
+        self,
+        status: int,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        *,
+        content_length: int | None = None,
+    ) -> None:
+        """Answer a plain HTTP request (health, static files, metrics) and close: one
+        response per connection, no keep-alive (``Connection: close``)."""
+        self._answer(build_response(status, headers, body, content_length=content_length))
+
+    def _answer(self, response: bytes) -> None:
         transport = self.transport
         self._head = b""
         if self.ready_state is not _CONNECTING or transport is None or transport.is_closing():
             return
         self.ready_state = _CLOSED
-        transport.write(build_refusal(status, reason, headers))
+        transport.write(response)
         transport.close()
 
     # ----------------------------------------------------------------- facts of the transport
@@ -438,18 +463,28 @@ class Connection(asyncio.Protocol):
         frame = build_frame(opcode, payload)
         if not (self._write_paused or self._corked or self._out):
             self.transport.write(frame)  # type: ignore[union-attr]
+            self.messages_out += 1
+            self.bytes_out += len(frame)
             # The transport calls pause_writing() inside write() when this frame passed the
             # high watermark: then this send is "queued under backpressure".
             return -1 if self._write_paused else len(frame)
-        return self._write(frame)
+        return self._write_message(frame)
 
     def _send_compressed(self, codec: PerMessageDeflate, opcode: int, payload: bytes) -> int:
         if self.ready_state is not _OPEN:
             return 0
         if codec.shareable:
-            return self._write(build_frame(opcode, codec.compress(payload), True))
+            return self._write_message(build_frame(opcode, codec.compress(payload), True))
         frame = self._own_compressed(codec, opcode, payload)
-        return 0 if frame is None else self._write(frame)
+        return 0 if frame is None else self._write_message(frame)
+
+    def _write_message(self, frame: bytes) -> int:
+        """:meth:`_write` a message's frame, counted when it was not dropped."""
+        status = self._write(frame)
+        if status:
+            self.messages_out += 1
+            self.bytes_out += len(frame)
+        return status
 
     def send_control(self, opcode: int, payload: bytes) -> int:
         """Send a ping or a pong (``payload`` of at most 125 bytes); status as ``send_message``."""
@@ -480,6 +515,8 @@ class Connection(asyncio.Protocol):
             self._server.flush_later(self)
         out.append(frame)
         self._out_size += size
+        self.messages_out += 1
+        self.bytes_out += size
         return True
 
     def _write(self, frame: bytes) -> int:

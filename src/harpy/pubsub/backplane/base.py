@@ -117,6 +117,11 @@ class Backplane(ABC):
     # ----------------------------------------------------------------- public API
 
     @property
+    def queued(self) -> int:
+        """Envelopes waiting to be sent (a metric: it nears ``max_queue`` before drops)."""
+        return len(self._queue)
+
+    @property
     def running(self) -> bool:
         return self.state is BackplaneState.RUNNING
 
