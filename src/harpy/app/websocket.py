@@ -731,11 +731,12 @@ class WebSocket(Connection, Generic[T]):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-        stats = self._app.stats
-        stats.closes[code] = stats.closes.get(code, 0) + 1
-        stats.add_closed(self)
-        if access_logger.isEnabledFor(_INFO):
-            self._log_close(code)
+        if self._opened_at:  # upgraded (a refused or plain HTTP request also ends here)
+            stats = self._app.stats
+            stats.closes[code] = stats.closes.get(code, 0) + 1
+            stats.add_closed(self)
+            if access_logger.isEnabledFor(_INFO):
+                self._log_close(code)
         if self._admission is not _MEMBER:
             return  # never opened (denied, or first-message auth never passed)
         fn = self._handlers.close
