@@ -5,16 +5,31 @@
   received message to ``bench``.
 - ``/subz`` and ``/pubz``: the same with permessage-deflate on (the topic ``benchz``).
 - ``/hb``: heartbeat every ``HARPY_BENCH_PING`` seconds (default 5), nothing else.
+- ``/echoj``: JSON mode; every message parsed, and the value sent back (serialised again).
+- ``/subj`` and ``/pubj``: as ``/sub`` and ``/pub`` (topic ``benchj``), the publisher in JSON
+  mode: each message is parsed and its value published, serialised once for every subscriber.
+
+``HARPY_BENCH_JSON=stdlib`` makes the app use the standard library's ``json`` for the JSON
+routes; otherwise it uses the default (orjson when installed).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import harpy
 
-app = harpy.App()
+
+def _stdlib_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+if os.environ.get("HARPY_BENCH_JSON") == "stdlib":
+    app = harpy.App(json_dumps=_stdlib_dumps, json_loads=json.loads)
+else:
+    app = harpy.App()
 WS = harpy.WebSocket[Any]
 
 
@@ -46,3 +61,13 @@ app.ws("/pub", Publisher("bench"))
 app.ws("/subz", Subscriber("benchz"), compression=True)
 app.ws("/pubz", Publisher("benchz"), compression=True)
 app.ws("/hb", {}, ping_interval=float(os.environ.get("HARPY_BENCH_PING", "5")))
+
+
+@app.ws("/echoj", json=True)
+class JsonEcho:
+    def message(self, ws: WS, value: Any) -> None:
+        ws.send_json(value)
+
+
+app.ws("/subj", Subscriber("benchj"))
+app.ws("/pubj", Publisher("benchj"), json=True)

@@ -13,7 +13,7 @@
  *   handshake --concurrency C --duration SEC
  *   idle      --conns N --hold SEC
  *   fanout    --subs N --messages M --size S [--timeout SEC] [--sync]
- *             [--payload x|text] [--verify K] [--deflate]
+ *             [--payload x|text|json] [--verify K] [--deflate]
  * Common: --host H --port P --path /echo [--inflight K] [--hs-timeout SEC]
  *
  * --deflate: every upgrade offers permessage-deflate
@@ -27,6 +27,9 @@
  * --payload text: the publisher sends M distinct, compressible JSON-like
  * lines of exactly S bytes (deterministic: the same bytes for every server);
  * the default fills every message with 'x'.
+ * --payload json (echo and fanout): every message is the JSON object
+ * {"k":"xxx...x"} of exactly S bytes (S >= 8), which a server that parses and
+ * re-serialises it compactly sends back byte for byte.
  * --verify K: the first K subscribers keep every message and compare it with
  * what was published (after inflating it when compressed).
  *
@@ -120,7 +123,7 @@ static struct {
     int mode;
     const char *host, *path, *sub_path, *pub_path;
     int port, conns, size, concurrency, subs, messages, inflight, sync;
-    int deflate, text, verify;
+    int deflate, text, json, verify;
     double duration, warmup, hold, timeout, hs_timeout;
 } opt = {
     .host = "127.0.0.1", .path = "/echo", .sub_path = "/sub", .pub_path = "/pub",
@@ -639,7 +642,7 @@ static void on_message(conn_t *c, uint64_t len, uint64_t t)
     case R_ECHO:
         if (len != (uint64_t)opt.size)
             st.size_mismatch++;
-        else if (c->pfx_len && c->pfx[0] != 'x')
+        else if (c->pfx_len && c->pfx[0] != payload_tpl[0])
             st.content_mismatch++;
         if (t >= t_warm_end && t < t_end) {
             st.msgs++;
@@ -1285,7 +1288,7 @@ static void run_fanout(uint64_t t_begin)
            "\"compressed_msgs\": %" PRIu64 ", \"rx_bytes_window\": %" PRIu64 ", "
            "\"rx_bytes_per_delivery\": %.2f, \"zlib\": %s, \"verify_subs\": %d, "
            "\"verified\": %" PRIu64 ", ",
-           opt.text ? "text" : "x", opt.deflate ? "true" : "false",
+           opt.text ? "text" : opt.json ? "json" : "x", opt.deflate ? "true" : "false",
            negotiated ? "true" : "false", deflate_subs, pub->deflate ? "true" : "false",
            deflate_resp, st.compressed_msgs, rx,
            st.deliveries ? (double)rx / (double)st.deliveries : 0.0,
@@ -1337,7 +1340,7 @@ static void usage(void)
             "  handshake --concurrency C --duration SEC\n"
             "  idle      --conns N --hold SEC\n"
             "  fanout    --subs N --messages M --size S [--timeout SEC] [--sync]\n"
-            "            [--payload x|text] [--verify K]\n"
+            "            [--payload x|text|json] [--verify K]\n"
             "common: --host H --port P --path /echo --inflight K --hs-timeout SEC --timeout SEC\n"
             "        --sub-path /sub --pub-path /pub --deflate\n");
     exit(2);
@@ -1378,13 +1381,15 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--verify")) opt.verify = atoi(v);
         else if (!strcmp(a, "--payload")) {
             if (!strcmp(v, "text")) opt.text = 1;
+            else if (!strcmp(v, "json")) opt.json = 1;
             else if (!strcmp(v, "x")) opt.text = 0;
             else usage();
         }
         else usage();
     }
     if (opt.port <= 0 || opt.size < 0 || opt.conns <= 0 || opt.concurrency <= 0 ||
-        opt.subs <= 0 || opt.messages <= 0 || opt.inflight <= 0 || opt.verify < 0)
+        opt.subs <= 0 || opt.messages <= 0 || opt.inflight <= 0 || opt.verify < 0 ||
+        (opt.json && (opt.text || opt.size < 8)))
         usage();
 
     /* 10k+ sockets need more than the usual soft limit of 1024 */
@@ -1417,6 +1422,11 @@ int main(int argc, char **argv)
     if (!hist || !payload_tpl || !echo_frame || !conns)
         die("out of memory");
     memset(payload_tpl, 'x', (size_t)opt.size);
+    if (opt.json) {   /* {"k":"xxx...x"}: valid JSON of exactly opt.size bytes */
+        memcpy(payload_tpl, "{\"k\":\"", 6);
+        payload_tpl[opt.size - 2] = '"';
+        payload_tpl[opt.size - 1] = '}';
+    }
     if (opt.mode == M_FANOUT) {
         payloads = calloc((size_t)opt.messages, sizeof *payloads);
         if (!payloads)

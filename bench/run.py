@@ -2,7 +2,7 @@
 """Benchmark orchestrator: WebSocket servers driven by bench/loadgen.c.
 
     python bench/run.py [--servers harpy,picows,websockets,aiohttp]
-                        [--workloads echo,handshake,idle,fanout,fanoutz,heartbeat]
+                        [--workloads echo,handshake,idle,fanout,fanoutz,heartbeat,json]
                         [--quick]
                         [--repeat N] [--write] [--merge] [--report-only]
 
@@ -62,7 +62,7 @@ if _BASELINE:
     SERVERS["harpy-base"] = [
         str(Path(_BASELINE) / ".venv" / "bin" / "python"), "-m", "harpy", "bench.app:app", *_ADDR
     ]
-WORKLOADS = ["echo", "handshake", "idle", "fanout", "fanoutz", "heartbeat"]
+WORKLOADS = ["echo", "handshake", "idle", "fanout", "fanoutz", "heartbeat", "json"]
 
 ECHO_SIZES = [32, 4096]
 ECHO_CONNS = [1, 64, 512]
@@ -76,6 +76,13 @@ FANOUTZ_CASE = (1_000, 100)
 FANOUTZ_SIZE = 1024
 FANOUTZ_VERIFY = 16   # subscribers whose messages are inflated and compared
 NO_DEFLATE = {"picows": "picows has no permessage-deflate"}
+# JSON mode (harpy's json=True routes), with orjson and with the standard library: an echo
+# of a JSON object parsed and serialised again, and a fan-out of one parsed and serialised
+# once for every subscriber (the loadgen's "--payload json": {"k":"xxx..."} of SIZE bytes).
+JSON_ECHO = (256, 64)   # (size, connections)
+JSON_FANOUT = (1_000, 100)   # (subscribers, messages)
+JSON_SIZE = 256
+JSON_LIBS = ("orjson", "stdlib")
 # Heartbeat cost: IDLE_CONNS connections held HEARTBEAT_HOLD s after the last upgrade; the
 # 1 s windows between loadgen ticks HEARTBEAT_TICKS[0] and [1] are measured.
 HEARTBEAT_INTERVAL = 5.0
@@ -439,12 +446,13 @@ def echo_cases() -> list[tuple[str, dict[str, Any]]]:
             for size in ECHO_SIZES for conns in ECHO_CONNS]
 
 
-def wl_echo(srv: Server, size: int, conns: int, quick: bool) -> dict[str, Any]:
+def wl_echo(srv: Server, size: int, conns: int, quick: bool,
+            path: str = "/echo", payload: str = "x") -> dict[str, Any]:
     duration, warmup = (2.0, 0.5) if quick else (5.0, 1.0)
     win = Window(srv)
     res, diag = run_loadgen(
-        ["echo", "--host", HOST, "--port", str(srv.port), "--path", "/echo",
-         "--conns", str(conns), "--size", str(size),
+        ["echo", "--host", HOST, "--port", str(srv.port), "--path", path,
+         "--conns", str(conns), "--size", str(size), "--payload", payload,
          "--duration", str(duration), "--warmup", str(warmup)],
         timeout=duration + warmup + 90, on_line=win)
     if res is None:
@@ -509,10 +517,13 @@ def wl_idle(srv: Server) -> dict[str, Any]:
 
 
 def wl_fanout(srv: Server, subs: int, messages: int, size: int = FANOUT_SIZE,
-              deflate: bool = False) -> dict[str, Any]:
+              deflate: bool = False, json_mode: bool = False) -> dict[str, Any]:
     win = Window(srv, sync=True)
     args = ["fanout", "--host", HOST, "--port", str(srv.port), "--subs", str(subs),
             "--messages", str(messages), "--size", str(size), "--timeout", "60", "--sync"]
+    if json_mode:
+        args += ["--payload", "json", "--verify", str(FANOUTZ_VERIFY),
+                 "--sub-path", "/subj", "--pub-path", "/pubj"]
     if deflate:
         args += ["--deflate", "--payload", "text", "--verify", str(FANOUTZ_VERIFY),
                  "--sub-path", "/subz", "--pub-path", "/pubz"]
@@ -624,6 +635,19 @@ def plan(name: str, workloads: list[str], quick: bool) -> list[Group]:
         groups.append(Group(key, [(key, fn)],
                             args=("--compression", "deflate") if name == "websockets" else (),
                             skip=NO_DEFLATE.get(name, "")))
+    if "json" in workloads:
+        size, conns = JSON_ECHO
+        subs, msgs = JSON_FANOUT
+        for lib in JSON_LIBS:
+            echo_key = f"jsonecho_{size}B_{conns}c_{lib}"
+            fanout_key = f"jsonfanout_{subs}x{msgs}_{lib}"
+            groups.append(Group(f"json_{lib}", [
+                (echo_key, partial(wl_echo, size=size, conns=conns, quick=quick,
+                                   path="/echoj", payload="json")),
+                (fanout_key, partial(wl_fanout, subs=subs, messages=msgs, size=JSON_SIZE,
+                                     json_mode=True)),
+            ], env={"HARPY_BENCH_JSON": lib},
+                skip="" if name.startswith("harpy") else "JSON mode is harpy's"))
     if "heartbeat" in workloads:
         groups.append(Group("heartbeat_off", [
             ("heartbeat_off", partial(wl_heartbeat, path="/echo", interval=0.0))]))
@@ -706,7 +730,7 @@ def run_server(name: str, workloads: list[str], quick: bool, repeat: int = 1) ->
 
 def _metric(key: str) -> tuple[str, str, bool]:
     """(field, unit, higher_is_better) of a case's headline number."""
-    if key.startswith("echo"):
+    if key.startswith(("echo", "jsonecho")):
         return "msgs_per_s", "msg/s", True
     if key == "handshake":
         return "handshakes_per_s", "handshakes/s", True
