@@ -261,7 +261,7 @@ async def test_metrics_count_connections_messages_errors_closes() -> None:
     assert after[("harpy_connections_open", (("route", "/echo"),))] == 0
     assert after[("harpy_messages_received_total", ())] == 3
     assert after[("harpy_received_bytes_total", ())] > 3
-    assert after[("harpy_sent_bytes_total", ())] == 3 + 4  # two frames: header 2 + payload
+    assert after[("harpy_sent_payload_bytes_total", ())] == 1 + 2  # "a", "bb"
     assert after[("harpy_handler_errors_total", (("route", "/echo"),))] == 1
     assert after[("harpy_closes_total", (("code", "1011"),))] == 1
     assert [k for k in after if k[0] == "harpy_closes_total"] == [
@@ -270,6 +270,7 @@ async def test_metrics_count_connections_messages_errors_closes() -> None:
     assert after[("harpy_handshakes_refused_total", (("status", "404"),))] == 1
     assert after[("harpy_backpressure_dropped_total", ())] == 0
     assert theirs[("harpy_messages_received_total", ())] == 0
+    assert theirs[("harpy_received_bytes_total", ())] == 0
     assert app.metrics_registry is not other.metrics_registry
 
 

@@ -24,7 +24,7 @@ from .jsoncodec import Dumps, Loads, json_parsing, make_encoder, resolve_loads
 from .options import RouteOptions, RouteOptionsKw, make_options
 from .router import Routes, RouteSpec
 from .routing import RouteTable
-from .websocket import WebSocket, auto_broadcasting
+from .websocket import MeteredWebSocket, WebSocket, auto_broadcasting
 
 __all__ = ["App", "Connections", "Route"]
 
@@ -396,8 +396,10 @@ class App(Routes):
         await self.run_startup_hooks()
         if self._relay is not None:
             await self._relay.start()
+        # With metrics on, connections also count bytes (a cost per read and per send).
+        kind = WebSocket if self.http.registry is None else MeteredWebSocket
         server = Server(
-            lambda srv: WebSocket(srv, self),
+            lambda srv: kind(srv, self),
             loop=loop,
             handshake_timeout=self.handshake_timeout,
             max_header_size=self.max_header_size,

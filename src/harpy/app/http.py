@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigurationError
 from ..server.http import Response, StaticFiles
+from .websocket import MeteredWebSocket
 
 if TYPE_CHECKING:
     from ..protocol import Request
@@ -60,8 +61,9 @@ class Stats:
     def add_closed(self, ws: WebSocket[Any]) -> None:
         self.messages_in += ws.messages_in
         self.messages_out += ws.messages_out
-        self.bytes_in += ws.bytes_in
-        self.bytes_out += ws.bytes_out
+        if isinstance(ws, MeteredWebSocket):
+            self.bytes_in += ws.bytes_in
+            self.bytes_out += ws.bytes_out
 
 
 def _path_option(value: bool | str | None, default: str, name: str) -> str | None:

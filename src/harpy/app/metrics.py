@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigurationError
+from .websocket import MeteredWebSocket
 
 if TYPE_CHECKING:
     from .app import App
@@ -64,8 +65,9 @@ class _AppCollector:
         for ws in app.connections:
             totals["messages_in"] += ws.messages_in
             totals["messages_out"] += ws.messages_out
-            totals["bytes_in"] += ws.bytes_in
-            totals["bytes_out"] += ws.bytes_out
+            if isinstance(ws, MeteredWebSocket):
+                totals["bytes_in"] += ws.bytes_in
+                totals["bytes_out"] += ws.bytes_out
         yield CounterMetricFamily(
             "harpy_messages_received", "WebSocket messages received", value=totals["messages_in"]
         )
@@ -74,11 +76,12 @@ class _AppCollector:
             value=totals["messages_out"],
         )
         yield CounterMetricFamily(
-            "harpy_received_bytes", "Bytes read from upgraded connections",
+            "harpy_received_bytes", "Bytes read from WebSocket connections (frames, upgrade)",
             value=totals["bytes_in"],
         )
         yield CounterMetricFamily(
-            "harpy_sent_bytes", "Bytes of messages sent or queued", value=totals["bytes_out"]
+            "harpy_sent_payload_bytes", "Payload bytes of messages sent or queued",
+            value=totals["bytes_out"],
         )
         errors = CounterMetricFamily(
             "harpy_handler_errors", "Exceptions raised by handlers", labels=["route"]

@@ -35,6 +35,7 @@ from ..protocol import (
     OP_PONG,
     OP_TEXT,
     Headers,
+    Message,
     Request,
     is_valid_close_code,
     parse_cookies,
@@ -47,7 +48,7 @@ from ..server import Connection, ReadyState, Server
 if TYPE_CHECKING:
     from .app import App, Route
 
-__all__ = ["Admission", "Dispatch", "WebSocket", "auto_broadcasting"]
+__all__ = ["Admission", "Dispatch", "MeteredWebSocket", "WebSocket", "auto_broadcasting"]
 
 logger = logging.getLogger("harpy")
 #: One INFO record per upgrade or plain HTTP answer, and one per close, with the fields in
@@ -901,6 +902,36 @@ class WebSocket(Connection, Generic[T]):
     def __repr__(self) -> str:
         state = ReadyState(self.ready_state).name
         return f"<WebSocket {self.id} {self.path or '-'} {state}>"
+
+
+class MeteredWebSocket(WebSocket[T]):
+    """A connection that also counts bytes, for an app with ``metrics`` on: the byte counts
+    cost a call per read and per send, which an app without metrics does not pay."""
+
+    __slots__ = ("bytes_in", "bytes_out")
+
+    def __init__(self, server: Server, app: App) -> None:
+        super().__init__(server, app)
+        #: Bytes read from the socket: frames, and the upgrade request.
+        self.bytes_in = 0
+        #: Payload bytes of the messages sent or queued (before compression).
+        self.bytes_out = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        super().data_received(data)
+
+    def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
+        status = super().send_message(opcode, payload, compress)
+        if status:
+            self.bytes_out += len(payload)
+        return status
+
+    def queue_message(self, message: Message) -> bool:
+        queued = super().queue_message(message)
+        if queued:
+            self.bytes_out += len(message.payload)
+        return queued
 
 
 def auto_broadcasting(handler: Callable[..., Any] | None) -> Callable[..., Any]:

@@ -132,8 +132,6 @@ class Connection(asyncio.Protocol):
         "_reader",
         "_server",
         "_write_paused",
-        "bytes_in",
-        "bytes_out",
         "codec",
         "dropped",
         "messages_out",
@@ -153,9 +151,6 @@ class Connection(asyncio.Protocol):
         self.codec: PerMessageDeflate | None = None
         #: Messages dropped at this connection's backpressure limit.
         self.dropped = 0
-        #: Bytes read from the peer once upgraded, and bytes of messages sent or queued to it.
-        self.bytes_in = 0
-        self.bytes_out = 0
         #: Messages sent or queued to the peer (not the dropped ones).
         self.messages_out = 0
         #: The timer wheel's slot for this connection (the wheel's to change).
@@ -214,7 +209,6 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         if reader is not None:
-            self.bytes_in += len(data)
             self._last_seen = now = self._server.loop.time()
             events = reader.feed(data)
             if len(events) == 1:
@@ -464,7 +458,6 @@ class Connection(asyncio.Protocol):
         if not (self._write_paused or self._corked or self._out):
             self.transport.write(frame)  # type: ignore[union-attr]
             self.messages_out += 1
-            self.bytes_out += len(frame)
             # The transport calls pause_writing() inside write() when this frame passed the
             # high watermark: then this send is "queued under backpressure".
             return -1 if self._write_paused else len(frame)
@@ -483,7 +476,6 @@ class Connection(asyncio.Protocol):
         status = self._write(frame)
         if status:
             self.messages_out += 1
-            self.bytes_out += len(frame)
         return status
 
     def send_control(self, opcode: int, payload: bytes) -> int:
@@ -516,7 +508,6 @@ class Connection(asyncio.Protocol):
         out.append(frame)
         self._out_size += size
         self.messages_out += 1
-        self.bytes_out += size
         return True
 
     def _write(self, frame: bytes) -> int:
