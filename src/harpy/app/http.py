@@ -126,7 +126,7 @@ class HttpSide:
         """Answer a plain request for the health or metrics path; False for anything else
         (an upgrade request there finds no route: 404)."""
         handler = self.exact.get(request.path)
-        if handler is None or "websocket" in request.tokens("upgrade"):
+        if handler is None or not _plain(ws, request):
             return False
         if request.method not in ("GET", "HEAD"):
             ws.respond(405, [("Allow", "GET, HEAD"), *_TEXT], b"Method Not Allowed\n")
@@ -136,7 +136,7 @@ class HttpSide:
 
     def answer_static(self, ws: WebSocket[Any], request: Request) -> bool:
         """Start answering a plain request from a static mount; False when none covers it."""
-        if not self.mounts or "websocket" in request.tokens("upgrade"):
+        if not self.mounts or not _plain(ws, request):
             return False
         path = request.path
         for prefix, files in self.mounts:
@@ -170,6 +170,12 @@ class HttpSide:
         yield from self.exact
         for prefix, _ in self.mounts:
             yield prefix or "/"
+
+
+def _plain(ws: WebSocket[Any], request: Request) -> bool:
+    """A plain HTTP request on the native server: not an upgrade, and not a connection of the
+    ASGI adapter (no transport: its server answers HTTP itself)."""
+    return ws.transport is not None and "websocket" not in request.tokens("upgrade")
 
 
 def _reply(
