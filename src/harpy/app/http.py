@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigurationError
@@ -164,12 +164,6 @@ class HttpSide:
 
         body = generate_latest(self.registry)
         _reply(ws, request, 200, [("Content-Type", CONTENT_TYPE_LATEST)], body)
-
-    def __iter__(self) -> Iterator[str]:
-        """The paths and prefixes served over plain HTTP."""
-        yield from self.exact
-        for prefix, _ in self.mounts:
-            yield prefix or "/"
 
 
 def _plain(ws: WebSocket[Any], request: Request) -> bool:
