@@ -146,7 +146,7 @@ class App(Routes):
     Plain HTTP on the same port (docs/http.md): ``health`` is the health check's path (200
     while serving, 503 once shutdown began; None or False: off), ``static`` maps URL prefixes
     to folders served as files, and ``metrics`` (True: ``/metrics``, or a path) serves
-    Prometheus metrics from the app's own registry (``pip install 'harpy[metrics]'``).
+    Prometheus metrics from the app's own registry (``pip install 'harpy-ws[metrics]'``).
     """
 
     def __init__(

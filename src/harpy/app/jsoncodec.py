@@ -2,7 +2,7 @@
 routes parse what arrives.
 
 ``App(json_dumps=..., json_loads=...)`` plugs in any pair; the default is orjson when it is
-installed (``pip install harpy[orjson]``), else the standard library, both compact.
+installed (``pip install harpy-ws[orjson]``), else the standard library, both compact.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app (``App(metrics=True)``; ``pip install 'harpy[metrics]'``).
+"""Prometheus metrics of one app (``App(metrics=True)``; ``pip install 'harpy-ws[metrics]'``).
 
 Read at scrape time from what the app counts anyway (:class:`~harpy.app.http.Stats`, the
 connections' own counters, the server's drops, the backplane's queue), so serving messages costs
@@ -26,7 +26,7 @@ def make_registry(app: App) -> Any:
         from prometheus_client import CollectorRegistry
     except ImportError:
         raise ConfigurationError(
-            "metrics need prometheus_client: pip install 'harpy[metrics]'"
+            "metrics need prometheus_client: pip install 'harpy-ws[metrics]'"
         ) from None
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_AppCollector(app))

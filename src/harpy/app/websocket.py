@@ -594,11 +594,10 @@ class WebSocket(Connection, Generic[T]):
             path = self.path
             address = self.remote_address
             access_logger.info(
-                "%s %s %s %s",
+                "%s %s %s",
                 event,
                 path,
                 status,
-                address,
                 extra={"event": event, "path": path, "status": status, "remote_address": address},
             )
 
@@ -607,13 +606,9 @@ class WebSocket(Connection, Generic[T]):
         path = self.path
         address = self.remote_address
         access_logger.info(
-            "close %s %s %s %.3fs in=%d out=%d",
+            "close %s %s",
             path,
             code,
-            address,
-            duration,
-            self.messages_in,
-            self.messages_out,
             extra={
                 "event": "close",
                 "path": path,
