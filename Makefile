@@ -27,7 +27,7 @@ $(STAMP): $(PY) $(CORE_SOURCES)
 	@touch $@
 
 run: $(RUN_STAMP)
-	@echo "harpy chat: open examples/chat/index.html in a browser (it connects to ws://127.0.0.1:3000/ws/chat), Ctrl-C stops"
+	@echo "harpy chat: open http://127.0.0.1:3000/ in two tabs, pick a name and a room; Ctrl-C stops"
 	$(PY) -m harpy examples.rooms_chat:app --host 127.0.0.1 --port 3000
 
 test: test-deps lint typecheck docs pytest pytest-pure

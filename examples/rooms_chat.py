@@ -1,7 +1,9 @@
 """A chat with rooms: JSON messages in, JSON messages out, delivered with ``ws.broadcast``.
 
-Run ``python examples/rooms_chat.py`` (or ``python -m harpy examples.rooms_chat:app --port
-3000``), then connect clients to ``ws://127.0.0.1:3000/ws/chat`` and send, for example::
+Run ``make run`` (or ``python -m harpy examples.rooms_chat:app --port 3000``) and open
+``http://127.0.0.1:3000/``: the app serves its page (``examples/chat/``) itself, pick a name and
+a room, and chat between two tabs. Other clients connect to ``ws://127.0.0.1:3000/ws/chat`` and
+send, for example::
 
     {"type": "join", "username": "Alice"}
     {"type": "message", "username": "Alice", "message": "Hello!"}
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import harpy
@@ -28,7 +31,8 @@ import harpy
 #: The room ``join`` enters, and where a ``message`` without ``room`` goes.
 CHAT_ROOM = "chat"
 
-app = harpy.App()
+#: The page and its script, served from the same origin as the WebSocket route.
+app = harpy.App(static={"/": Path(__file__).resolve().parent / "chat"})
 
 
 @dataclass
@@ -40,9 +44,8 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# A public chat that reads no cookie, so any page may connect: examples/chat/index.html opened
-# as a file sends ``Origin: null``, which the default (the page's own origin only) refuses.
-@app.ws("/ws/chat", data=ChatUser, allowed_origins="*")
+# Only pages of this origin may connect (the default): the app serves its own page.
+@app.ws("/ws/chat", data=ChatUser)
 class Chat:
     def open(self, ws: harpy.WebSocket[ChatUser]) -> None:
         ws.send_json({"type": "connected", "id": ws.id})
