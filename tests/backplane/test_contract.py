@@ -18,7 +18,7 @@ from harpy.pubsub.backplane import (
     encode_envelope,
     escape_topic,
 )
-from harpy.pubsub.backplane.base import BackplaneState
+from harpy.pubsub.backplane.base import BackplaneState, Kind
 
 from ..timing import eventually, scaled
 
@@ -34,9 +34,7 @@ class Inbox:
     def __call__(self, topic: str, envelope: bytes) -> None:
         self.items.append((topic, envelope))
 
-    async def wait_for(
-        self, count: int, timeout: float = scaled(3.0)
-    ) -> list[tuple[str, bytes]]:
+    async def wait_for(self, count: int, timeout: float = scaled(3.0)) -> list[tuple[str, bytes]]:
         try:
             await eventually(lambda: len(self.items) >= count, timeout, interval=0.005)
         except AssertionError:
@@ -239,8 +237,21 @@ def test_envelope_round_trip() -> None:
     ]:
         envelope = encode_envelope(node, Message(opcode, payload, compress))
         assert len(envelope) == 9 + len(payload)
-        assert decode_envelope(envelope) == (node, opcode, payload, compress)
-    for bad in [b"", b"\x01" + b"\x00" * 7, b"\x08" + node, b"\x31" + node, b"\x41" + node]:
+        assert decode_envelope(envelope) == (node, opcode, payload, compress, Kind.TOPIC, (), None)
+    for kind in (Kind.ROUTE, Kind.ALL):
+        envelope = encode_envelope(node, Message(OP_TEXT, b"x"), kind)
+        assert decode_envelope(envelope) == (node, OP_TEXT, b"x", None, kind, (), None)
+    rooms = ("a", "ünï", "a.b", "")
+    envelope = encode_envelope(node, Message(OP_BINARY, b"\x00p", True), Kind.ROOMS, rooms, "/r")
+    decoded = decode_envelope(envelope)
+    assert decoded.kind is Kind.ROOMS and decoded.rooms == rooms and decoded.route == "/r"
+    assert decoded.payload == b"\x00p" and decoded.compress is True
+    bad_headers = [
+        b"\x41" + node,
+        b"\x41" + node + b"\x00\x00\x00\x09[]",
+        b"\x41" + node + b"\x00\x00\x00\x02{}",
+    ]
+    for bad in [b"", b"\x01" + b"\x00" * 7, b"\x08" + node, b"\x31" + node, *bad_headers]:
         with pytest.raises(ValueError):
             decode_envelope(bad)
 

@@ -63,7 +63,7 @@ async def two_nodes(make_backplane: MakeBackplane, **options: Any) -> AsyncItera
 def subscribed(app: harpy.App, topic: str) -> Callable[[], bool]:
     backplane = app.backplane
     assert backplane is not None
-    return lambda: backplane.is_subscribed(topic)
+    return lambda: backplane.is_subscribed("t:" + topic)
 
 
 async def test_publish_on_one_node_reaches_the_other_once_in_order(
@@ -160,7 +160,7 @@ async def test_shutdown_stops_the_backplane_and_listen_starts_it_again() -> None
     assert not backplane.running
     assert app.publish("room", "not listening") == 0  # local only, no error
     async with serve(app):
-        assert backplane.running and not backplane.topics
+        assert backplane.running and not backplane.is_subscribed("t:room")
 
 
 def test_backplane_must_be_a_backplane() -> None:

@@ -9,14 +9,23 @@ import os
 import signal
 import ssl
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any, Unpack
 
 from ..auth import resolve_authenticate
 from ..exceptions import ConfigurationError, HarpyError
-from ..protocol import Message
+from ..protocol import OP_BINARY, Message
 from ..protocol.deflate import DeflateOptions
 from ..pubsub import Groups, fan_out
-from ..pubsub.backplane.base import Backplane, Relay
+from ..pubsub.backplane.base import (
+    PRESENCE_CHANNEL,
+    Backplane,
+    Envelope,
+    Kind,
+    Relay,
+    TrackedGroups,
+)
+from ..pubsub.presence import GroupKind, Presence, PresenceEvent
 from ..server import Server, make_ssl_context
 from .handlers import Handlers, resolve_handlers
 from .http import HttpSide, Stats
@@ -87,11 +96,18 @@ class Route:
 class Connections:
     """The open connections of an app: iterable, sized, and filterable by route pattern."""
 
-    __slots__ = ("_all", "_by_route")
+    __slots__ = ("_all", "_by_route", "_on_closed", "_on_opened")
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_opened: Callable[[str], None] | None = None,
+        on_closed: Callable[[str], None] | None = None,
+    ) -> None:
         self._all: dict[WebSocket[Any], None] = {}
         self._by_route: dict[str, dict[WebSocket[Any], None]] = {}
+        #: Called with a route pattern when it gets its first connection, and loses its last.
+        self._on_opened = on_opened
+        self._on_closed = on_closed
 
     def __iter__(self) -> Iterator[WebSocket[Any]]:
         """A snapshot: safe to use while connections open and close."""
@@ -114,7 +130,12 @@ class Connections:
         """Register an open connection of the route ``pattern`` (the connection does, once
         ``open`` may run)."""
         self._all[ws] = None
-        self._by_route.setdefault(pattern, {})[ws] = None
+        members = self._by_route.get(pattern)
+        if members is None:
+            members = self._by_route[pattern] = {}
+            if self._on_opened is not None:
+                self._on_opened(pattern)
+        members[ws] = None
 
     def discard(self, ws: WebSocket[Any]) -> bool:
         """Forget a closed connection; False when it was not registered."""
@@ -125,6 +146,8 @@ class Connections:
             members.pop(ws, None)
             if not members:
                 del self._by_route[ws.route]
+                if self._on_closed is not None:
+                    self._on_closed(ws.route)
         return True
 
 
@@ -136,8 +159,11 @@ class App(Routes):
     ``max_header_size`` (bytes) bound the upgrade request (408 and 431), and
     ``shutdown_timeout`` bounds a graceful shutdown.
 
-    ``backplane`` (a :class:`~harpy.pubsub.backplane.Backplane`) shares topics with other
-    processes: what is published here also goes to their subscribers, and theirs come here.
+    ``backplane`` (a :class:`~harpy.pubsub.backplane.Backplane`) shares every group with other
+    processes: what is published or broadcast here also reaches the topics, rooms, routes and
+    connections there, and theirs come here.  ``presence=True`` tracks who is in each topic and
+    room (on every node, with a backplane); ``presence_interval`` is the heartbeat of that
+    (a node that dies leaves the others' presence within ``4 * presence_interval`` seconds).
 
     ``json_dumps`` serialises what ``send``, ``publish`` and ``broadcast`` get that is neither
     ``str`` nor bytes (returning ``str`` or ``bytes``), ``json_loads`` parses the messages of
@@ -163,6 +189,8 @@ class App(Routes):
         health: bool | str | None = "/healthz",
         static: Mapping[str, str | os.PathLike[str]] | None = None,
         metrics: bool | str | None = False,
+        presence: bool = False,
+        presence_interval: float = 1.0,
         **route_defaults: Unpack[RouteOptionsKw],
     ) -> None:
         super().__init__()
@@ -202,11 +230,15 @@ class App(Routes):
         #: The open connections, by route.
         self.connections = Connections()
         #: Carries publications to and from other processes (None: this process only).
+        if not presence_interval > 0:
+            raise ConfigurationError("presence_interval must be > 0 seconds")
+        #: Who is in each topic and room, across nodes (None: ``presence`` is off).
+        self.presence: Presence | None = Presence(presence_interval) if presence else None
         self.backplane: Backplane | None = None
         self._relay: Relay | None = None
         #: The topics (Bun's pub/sub) and the rooms, with their members.
-        self.topic_groups = Groups()
-        self.room_groups = Groups()
+        self.topic_groups: Groups = self._make_groups(Kind.TOPIC, "topic")
+        self.room_groups: Groups = self._make_groups(Kind.ROOMS, "room")
         if backplane is not None:
             self._attach_backplane(backplane)
         self._startup: list[Hook] = []
@@ -265,7 +297,7 @@ class App(Routes):
     # ----------------------------------------------------------------- one message to many
 
     def use_backplane(self, backplane: Backplane) -> None:
-        """Share topics through ``backplane``, as ``App(backplane=...)`` does, for an app made
+        """Share every group through ``backplane``, as ``App(backplane=...)`` does, for an app made
         before its backplane is known (each ``--workers`` process joins the embedded NATS so).
 
         Only before the app listens, and before anything subscribed.
@@ -274,14 +306,20 @@ class App(Routes):
             raise HarpyError("use_backplane: the app is already listening")
         if self.backplane is not None:
             raise HarpyError(f"use_backplane: the app already has {self.backplane!r}")
-        if self.topic_groups.names():
-            raise HarpyError("use_backplane: topics already have subscribers")
+        if self.topic_groups.names() or self.room_groups.names():
+            raise HarpyError("use_backplane: topics or rooms already have members")
         self._attach_backplane(backplane)
 
     def _attach_backplane(self, backplane: Backplane) -> None:
-        self._relay = Relay(backplane)
+        relay = self._relay = Relay(backplane, self._deliver)
         self.backplane = backplane
-        self.topic_groups = self._relay.topics
+        self.connections = Connections(
+            partial(relay.opened, Kind.ROUTE), partial(relay.closed, Kind.ROUTE)
+        )
+        if self.presence is not None:
+            relay.handle(PRESENCE_CHANNEL, self._presence_received)
+        self.topic_groups = self._make_groups(Kind.TOPIC, "topic")
+        self.room_groups = self._make_groups(Kind.ROOMS, "room")
 
     def publish(
         self, topic: str, data: Any, compress: bool | None = None, *, exclude: object = None
@@ -325,18 +363,98 @@ class App(Routes):
         ``ws.broadcast`` and the automatic broadcast of a route take this same path.
         """
         message = Message.from_data(data, compress, self.encode_json)
+        relay = self._relay
         receivers: Iterable[WebSocket[Any]]
         if rooms is not None:
             if isinstance(rooms, str):
                 raise TypeError("rooms must be a list of room names, not a string")
-            receivers = self.room_groups.union(rooms)
+            names = list(dict.fromkeys(rooms))
+            receivers = self.room_groups.union(names)
             if route is not None:
                 receivers = [ws for ws in receivers if ws.route == route]
-        elif route is not None:
-            receivers = self.connections.route(route)
+            if relay is not None:
+                relay.broadcast_rooms(names, route, message)
         else:
-            receivers = self.connections
+            receivers = self.connections if route is None else self.connections.route(route)
+            if relay is not None:
+                relay.broadcast_route(route, message)
         return fan_out(receivers, message, exclude)
+
+    def _deliver(self, kind: Kind, name: str, envelope: Envelope) -> None:
+        """A message from another node for the local members of a group (the sender, on its
+        own node, is never here: nobody to exclude)."""
+        message = Message(envelope.opcode, envelope.payload, envelope.compress)
+        receivers: Iterable[WebSocket[Any]]
+        if kind is Kind.TOPIC:
+            receivers = self.topic_groups.members(name)
+        elif kind is Kind.ROUTE:
+            receivers = self.connections.route(name)
+        elif kind is Kind.ALL:
+            receivers = self.connections
+        else:
+            # One envelope comes per room of the broadcast: a member of several of them takes
+            # it from the first of its rooms only, so it gets one copy.
+            rooms, route, groups = envelope.rooms, envelope.route, self.room_groups
+            if name not in rooms:
+                return
+            receivers = [
+                ws
+                for ws in groups.members(name)
+                if (route is None or ws.route == route)
+                and next(r for r in rooms if groups.has(ws, r)) == name
+            ]
+        fan_out(receivers, message)
+
+    # ----------------------------------------------------------------- presence
+
+    def on_presence(self, fn: Callable[[PresenceEvent], Any]) -> Callable[[PresenceEvent], Any]:
+        """Call ``fn(event)`` (plain or async) when a connection joins or leaves a topic or a
+        room, here or on another node; needs ``App(presence=True)``."""
+        return self._require_presence().on_change(fn)
+
+    def present(self, *, topic: str | None = None, room: str | None = None) -> dict[str, Any]:
+        """``{connection id: presence info}`` of the members of ``topic`` or ``room`` on
+        every node; needs ``App(presence=True)``."""
+        kind, name = _one_group(topic, room)
+        return self._require_presence().members(kind, name)
+
+    def present_count(self, *, topic: str | None = None, room: str | None = None) -> int:
+        """How many connections are in ``topic`` or ``room`` on every node."""
+        kind, name = _one_group(topic, room)
+        return self._require_presence().count(kind, name)
+
+    def _require_presence(self) -> Presence:
+        if self.presence is None:
+            raise ConfigurationError("presence is off: create the app with App(presence=True)")
+        return self.presence
+
+    def _make_groups(self, kind: Kind, presence_kind: GroupKind) -> Groups:
+        relay, presence = self._relay, self.presence
+        if relay is None and presence is None:
+            return Groups()
+        if relay is not None:
+            on_first: Callable[[str], None] = partial(relay.opened, kind)
+            on_last: Callable[[str], None] = partial(relay.closed, kind)
+        else:
+            on_first = on_last = _ignore
+        if presence is None:
+            return TrackedGroups(on_first, on_last)
+
+        def on_join(ws: WebSocket[Any], name: str) -> None:
+            presence.join(presence_kind, name, ws.id, ws.presence)
+
+        def on_leave(ws: WebSocket[Any], name: str) -> None:
+            presence.leave(presence_kind, name, ws.id)
+
+        return TrackedGroups(on_first, on_last, on_join, on_leave)
+
+    def _presence_received(self, envelope: Envelope) -> None:
+        assert self.presence is not None
+        self.presence.receive(envelope.node_id.hex(), envelope.payload)
+
+    def _presence_send(self, payload: bytes) -> None:
+        assert self._relay is not None
+        self._relay.send(PRESENCE_CHANNEL, Message(OP_BINARY, payload))
 
     @property
     def dropped(self) -> int:
@@ -396,6 +514,8 @@ class App(Routes):
         await self.run_startup_hooks()
         if self._relay is not None:
             await self._relay.start()
+            if self.presence is not None:
+                await self.presence.start(self._presence_send)
         # With metrics on, connections also count bytes (a cost per read and per send).
         kind = WebSocket if self.http.registry is None else MeteredWebSocket
         server = Server(
@@ -408,7 +528,7 @@ class App(Routes):
             await server.listen(host, port, ssl_context=tls, backlog=backlog, reuse_port=reuse_port)
         except BaseException:
             if self._relay is not None:
-                await self._relay.stop()
+                await self._stop_relay()
             raise
         self._server = server
         bound_host, bound_port = server.sockets[0]
@@ -428,11 +548,17 @@ class App(Routes):
         self._dropped_before = server.dropped
         if self._relay is not None:
             try:
-                await self._relay.stop()
+                await self._stop_relay()
             except Exception:
                 logger.exception("harpy: stopping the backplane failed")
         await self.run_shutdown_hooks()
         logger.info("harpy: stopped")
+
+    async def _stop_relay(self) -> None:
+        assert self._relay is not None
+        if self.presence is not None:
+            await self.presence.stop()
+        await self._relay.stop()
 
     async def serve(self, host: str = "127.0.0.1", port: int = 3000, **kwargs: Any) -> None:
         """Listen, then serve until SIGINT/SIGTERM or :meth:`stop`, then shut down gracefully."""
@@ -498,6 +624,19 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
+
+
+def _ignore(name: str) -> None:
+    return None
+
+
+def _one_group(topic: str | None, room: str | None) -> tuple[GroupKind, str]:
+    if (topic is None) == (room is None):
+        raise TypeError("give exactly one of topic= and room=")
+    if topic is not None:
+        return "topic", topic
+    assert room is not None
+    return "room", room
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import inspect
 import itertools
+import json
 import logging
 import os
 from collections import deque
@@ -130,6 +131,7 @@ class WebSocket(Connection, Generic[T]):
         "_in_groups",
         "_on_message",
         "_opened_at",
+        "_presence",
         "_queue",
         "_route",
         "_tokens",
@@ -164,6 +166,7 @@ class WebSocket(Connection, Generic[T]):
         #: Messages received from the peer (``messages_out``, ``bytes_in`` and ``bytes_out``
         #: are the connection's own counters).
         self.messages_in = 0
+        self._presence: dict[str, Any] | None = None
         self.params: dict[str, str] = {}
         self.data: T = None  # type: ignore[assignment]
         self.auth: Any = None
@@ -345,6 +348,28 @@ class WebSocket(Connection, Generic[T]):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"publish_binary() takes bytes-like data, not {type(data).__name__}")
         return self.publish(topic, data, compress)
+
+    @property
+    def presence(self) -> dict[str, Any]:
+        """What ``app.present(...)`` shows of this connection on every node (a small
+        JSON-serialisable dict; ``{}`` by default).  Set it before joining to have it in the
+        ``join`` event; setting it later updates every topic and room it is in."""
+        if self._presence is None:
+            self._presence = {}
+        return self._presence
+
+    @presence.setter
+    def presence(self, info: dict[str, Any]) -> None:
+        if not isinstance(info, dict):
+            raise TypeError(f"ws.presence takes a dict, not {type(info).__name__}")
+        try:
+            json.dumps(info)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"ws.presence must be JSON-serialisable: {exc}") from None
+        self._presence = info
+        presence = self._app.presence
+        if presence is not None and self._in_groups:
+            presence.update(self.id, info)
 
     # ----------------------------------------------------------------- rooms (Vite plugin)
 
