@@ -35,6 +35,7 @@ from .exceptions import (
 )
 from .protocol import Headers
 from .pubsub.backplane import Backplane, MemoryBackplane, NatsBackplane, RedisBackplane
+from .pubsub.presence import PresenceEvent
 from .server import ReadyState
 
 __version__ = "0.1.0"
@@ -58,6 +59,7 @@ __all__ = [
     "MemoryStore",
     "NatsBackplane",
     "PayloadTooBig",
+    "PresenceEvent",
     "ProtocolError",
     "ReadyState",
     "RedisBackplane",

@@ -14,8 +14,9 @@ from typing import Any
 
 from ..protocol import Message
 from ..server import Connection
+from .presence import Presence, PresenceEvent
 
-__all__ = ["Groups", "Message", "fan_out"]
+__all__ = ["Groups", "Message", "Presence", "PresenceEvent", "fan_out"]
 
 
 class Groups:

@@ -438,13 +438,20 @@ class Relay:
         self._wake.set()
 
     async def stop(self) -> None:
-        task = self._task
-        self._task = None
-        self._wake = None
+        task, wake = self._task, self._wake
+        self._task = self._wake = None
         if task is not None:
+            # The loop ends at its next wake-up; a client library that swallows a cancellation
+            # (redis-py's unsubscribe can) cannot keep it waiting forever.
+            assert wake is not None
+            wake.set()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=self.retry_delay + 1.0)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            else:
+                logger.warning("harpy: the backplane subscription task did not stop")
         self._dirty.clear()
         await self.backplane.stop()
 
@@ -532,11 +539,13 @@ class Relay:
         wake = self._wake
         assert wake is not None
         backplane = self.backplane
-        while True:
+        while self._wake is wake:
             await wake.wait()
             wake.clear()
+            if self._wake is not wake:
+                return
             failed: list[str] = []
-            while self._dirty:
+            while self._dirty and self._wake is wake:
                 channel = self._dirty.pop()
                 want = channel in self._wanted
                 try:
