@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -239,3 +242,52 @@ async def test_presence_info_must_be_a_json_dict() -> None:
         assert await recv(client) == "ok"
     assert errors[0] == "ws.presence takes a dict, not list"
     assert errors[1].startswith("ws.presence must be JSON-serialisable")
+
+
+@pytest.mark.parametrize("backend", ["redis", "nats"])
+async def test_a_killed_node_leaves_presence_within_four_intervals(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue(f"{backend}_url")
+    prefix = f"kill-{uuid.uuid4().hex[:8]}" + (":" if backend == "redis" else ".")
+    make: MakeBackplane = (
+        (lambda: harpy.RedisBackplane(url, channel_prefix=prefix))
+        if backend == "redis"
+        else (lambda: harpy.NatsBackplane(url, subject_prefix=prefix))
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.backplane.presence_node",
+        backend,
+        url,
+        prefix,
+        str(INTERVAL),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=str(Path(__file__).parents[2]),
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(await asyncio.wait_for(proc.stdout.readline(), scaled(10.0)))
+        app = make_app(make())
+        async with (
+            serve(app),
+            connect(f"ws://127.0.0.1:{port}/g?rooms=doomed&name=ghost"),
+            connect(f"{app.url}/g?rooms=doomed&name=alive"),
+        ):
+            await eventually(lambda: app.present_count(room="doomed") == 2)
+            loop = asyncio.get_running_loop()
+            proc.kill()  # SIGKILL: no goodbye, only the expiry can tell
+            killed_at = loop.time()
+            await proc.wait()
+            bound = 4 * INTERVAL
+            await eventually(
+                lambda: app.present_count(room="doomed") == 1, timeout=bound + scaled(0.5)
+            )
+            took = loop.time() - killed_at
+            assert list(app.present(room="doomed").values()) == [{"name": "alive"}]
+            assert took <= bound + scaled(0.2), f"dropped after {took:.2f} s, bound {bound} s"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
