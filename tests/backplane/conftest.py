@@ -53,55 +53,90 @@ def _wait_for_port(proc: subprocess.Popen[bytes], port: int, log: str) -> None:
     pytest.fail(f"{proc.args!r} did not accept connections on port {port} in {START_TIMEOUT} s")
 
 
-def _run_server(name: str, args: Callable[[str, int], list[str]]) -> Iterator[str]:
-    binary = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
-    if binary is None:
-        pytest.fail(f"{name} is not installed: the backplane tests need it; run `make test-deps`")
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix=f"harpy-{name}-") as tmp:
-        log = f"{tmp}/{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                args(binary, port), stdout=out, stderr=subprocess.STDOUT, cwd=tmp
+class Broker:
+    """A real server process on a free port, which a test can kill and start again on the
+    same port (a broker restart)."""
+
+    def __init__(self, name: str, args: Callable[[str, int], list[str]], tmp: str) -> None:
+        binary = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+        if binary is None:
+            pytest.fail(
+                f"{name} is not installed: the backplane tests need it; run `make test-deps`"
             )
+        self.name = name
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._argv = args(binary, self.port)
+        self._tmp = tmp
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = f"{self._tmp}/{self.name}.log"
+        with open(log, "ab") as out:
+            self._proc = subprocess.Popen(
+                self._argv, stdout=out, stderr=subprocess.STDOUT, cwd=self._tmp
+            )
+        _wait_for_port(self._proc, self.port, log)
+
+    def kill(self) -> None:
+        """SIGKILL: the server goes away at once, as in a crash."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
         try:
-            _wait_for_port(proc, port, log)
-            yield f"127.0.0.1:{port}"
+            proc.wait(scaled(5.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _run_server(name: str, args: Callable[[str, int], list[str]]) -> Iterator[Broker]:
+    with tempfile.TemporaryDirectory(prefix=f"harpy-{name}-") as tmp:
+        broker = Broker(name, args, tmp)
+        broker.start()
+        try:
+            yield broker
         finally:
-            proc.terminate()
-            try:
-                proc.wait(scaled(5.0))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            broker.stop()
+
+
+def _redis_args(binary: str, port: int) -> list[str]:
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
+def _nats_args(binary: str, port: int) -> list[str]:
+    return [binary, "-a", "127.0.0.1", "-p", str(port)]
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[Broker]:
+    """A Redis server of this test alone, to kill and restart."""
+    yield from _run_server("redis-server", _redis_args)
+
+
+@pytest.fixture
+def nats_broker() -> Iterator[Broker]:
+    """A NATS server of this test alone, to kill and restart."""
+    yield from _run_server("nats-server", _nats_args)
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    def args(binary: str, port: int) -> list[str]:
-        return [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-
-    for address in _run_server("redis-server", args):
-        yield f"redis://{address}/0"
+    for broker in _run_server("redis-server", _redis_args):
+        yield f"redis://{broker.address}/0"
 
 
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
-    def args(binary: str, port: int) -> list[str]:
-        return [binary, "-a", "127.0.0.1", "-p", str(port)]
-
-    for address in _run_server("nats-server", args):
-        yield f"nats://{address}"
+    for broker in _run_server("nats-server", _nats_args):
+        yield f"nats://{broker.address}"
 
 
 MakeBackplane = Callable[[], Backplane]

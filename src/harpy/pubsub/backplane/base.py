@@ -162,7 +162,8 @@ class Backplane(ABC):
         self.max_queue = max_queue
         #: Seconds ``stop`` waits for queued envelopes to be sent.
         self.flush_timeout = flush_timeout
-        #: Envelopes dropped because the queue was full or sending failed.
+        #: Envelopes dropped: the queue was full (while the server was unreachable, or too slow),
+        #: or the client library took them but could not deliver them to the server.
         self.dropped = 0
         self.state = BackplaneState.NEW
         self._on_message: OnMessage | None = None
@@ -173,6 +174,7 @@ class Backplane(ABC):
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._last_warning = -1e9
+        self._online: asyncio.Event | None = None  # set while the server is reachable
 
     # ----------------------------------------------------------------- public API
 
@@ -184,6 +186,17 @@ class Backplane(ABC):
     @property
     def running(self) -> bool:
         return self.state is BackplaneState.RUNNING
+
+    @property
+    def connected(self) -> bool:
+        """The server is reachable: queued envelopes are being sent (while it is not, they wait,
+        up to ``max_queue``)."""
+        return self._online is not None and self._online.is_set()
+
+    @property
+    def queued(self) -> int:
+        """Envelopes waiting to be sent."""
+        return len(self._queue)
 
     @property
     def topics(self) -> frozenset[str]:
@@ -204,6 +217,8 @@ class Backplane(ABC):
         self._topics.clear()
         self._receiving.clear()
         await self._connect()
+        self._online = asyncio.Event()
+        self._online.set()
         self._wake = asyncio.Event()
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         self.state = BackplaneState.RUNNING
@@ -314,17 +329,52 @@ class Backplane(ABC):
             raise BackplaneError(f"cannot {action}: {self!r} is {self.state.value}, call start()")
 
     def _drop(self, count: int, why: str) -> None:
+        """Count ``count`` lost envelopes; warn at most every 5 s, with the running count."""
         self.dropped += count
         now = asyncio.get_running_loop().time()
         if now - self._last_warning >= 5.0:
             self._last_warning = now
-            logger.warning("harpy: %r dropped messages (%s); %d so far", self, why, self.dropped)
+            logger.warning(
+                "harpy: %r dropped %d message(s) (%s); %d dropped so far",
+                self,
+                count,
+                why,
+                self.dropped,
+            )
+
+    def _connection_lost(self, why: str) -> None:
+        """The implementation lost its server: hold queued envelopes until it is back."""
+        online = self._online
+        if online is not None and online.is_set():
+            online.clear()
+            logger.warning(
+                "harpy: %r lost its server (%s); holding up to %d messages, %d dropped so far",
+                self,
+                why,
+                self.max_queue,
+                self.dropped,
+            )
+
+    def _connection_restored(self) -> None:
+        """The implementation has its server back, subscriptions restored: send again."""
+        online = self._online
+        if online is not None and not online.is_set():
+            online.set()
+            logger.warning(
+                "harpy: %r reconnected; sending %d held messages, %d dropped so far",
+                self,
+                len(self._queue),
+                self.dropped,
+            )
 
     async def _write_loop(self) -> None:
         queue = self._queue
-        wake = self._wake
-        assert wake is not None
+        wake, online = self._wake, self._online
+        assert wake is not None and online is not None
         while True:
+            if not online.is_set():
+                await online.wait()  # stop() cancels this after flush_timeout
+                continue
             if not queue:
                 if self._closing:
                     return

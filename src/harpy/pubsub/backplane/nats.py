@@ -5,7 +5,9 @@ character, a NATS subject may not (``.`` separates tokens, ``*`` and ``>`` are w
 whitespace ends it), so a topic is escaped to one safe token: ASCII letters, digits, ``-`` and
 ``_`` stay as they are; every other UTF-8 byte becomes ``~`` and two hex digits (``room 1`` ->
 ``room~201``, ``a.b`` -> ``a~2Eb``).  The escape is one-to-one, so two topics never share a
-subject.  Reconnection is nats-py's (it re-subscribes); messages published meanwhile are lost.
+subject.  Reconnection is nats-py's (it re-subscribes); messages published meanwhile wait in
+the backplane's queue (up to ``max_queue``), and each batch sent is confirmed by a PING, so a
+message the server may not have read is counted in ``dropped``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class NatsBackplane(Backplane):
         self._options = nats_options
         self._nc: Any = None
         self._subs: dict[str, Any] = {}
+        self._gone = asyncio.Event()  # set while disconnected
+        self._disconnects = 0
 
     def subject(self, topic: str) -> str:
         return self.subject_prefix + escape_topic(topic)
@@ -71,10 +75,14 @@ class NatsBackplane(Backplane):
             logger.warning("harpy: NATS backplane error: %s", exc)
 
         async def on_disconnected() -> None:
-            logger.warning("harpy: NATS backplane disconnected from %s", redact_url(self.url))
+            self._disconnects += 1
+            self._gone.set()
+            self._connection_lost(f"disconnected from {redact_url(self.url)}")
 
         async def on_reconnected() -> None:
-            logger.info("harpy: NATS backplane reconnected")
+            # nats-py has sent its subscriptions again before it calls this.
+            self._gone.clear()
+            self._connection_restored()
 
         options: dict[str, Any] = {
             "error_cb": on_error,
@@ -84,6 +92,7 @@ class NatsBackplane(Backplane):
             "connect_timeout": 2,
         }
         options.update(self._options)
+        self._gone.clear()
         nc = Client()
         try:
             await asyncio.wait_for(
@@ -109,11 +118,35 @@ class NatsBackplane(Backplane):
 
         nc = self._nc
         subject = self.subject
+        sent = 0
+        disconnects = self._disconnects
         for topic, envelope in batch:
             try:
                 await nc.publish(subject(topic), envelope)
+                sent += 1
             except MaxPayloadError:  # this one only: the rest of the batch still goes
                 self._drop(1, f"{len(envelope)} bytes on {topic!r} exceed the NATS max_payload")
+        # NATS core has no acknowledgement: a PING answered proves the server read every
+        # message before it.  Without the answer (the server went away) the batch is counted
+        # as lost, rather than lost without a trace in a dead socket's buffer.
+        # The answer to a PING sent before a disconnection never comes: stop waiting then.
+        loop = asyncio.get_running_loop()
+        flush = loop.create_task(nc.flush(timeout=self.subscribe_timeout))
+        gone = loop.create_task(self._gone.wait())
+        try:
+            await asyncio.wait({flush, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not flush.done():
+                flush.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await flush
+        # nats-py's flush also returns at once, unconfirmed, once its reader has stopped: a
+        # disconnection in between, or a client not connected now, means no confirmation.
+        if flush.cancelled() or disconnects != self._disconnects or not nc.is_connected:
+            self._drop(sent, "the server did not confirm them: disconnected")
+        elif flush.exception() is not None:
+            self._drop(sent, f"the server did not confirm them: {flush.exception()!r}")
 
     async def _subscribe(self, topic: str) -> None:
         deliver = self.deliver

@@ -3,7 +3,9 @@
 Each topic is the Redis channel ``channel_prefix + topic`` (channels are binary-safe, so topic
 names are used as they are).  Subscriptions live on one pub/sub connection read by one task;
 publications go on another connection, pipelined per batch so order is kept.  Reconnection is
-redis-py's: its pub/sub re-subscribes after a reconnect; messages published meanwhile are lost.
+redis-py's: its pub/sub re-subscribes after a reconnect; messages published meanwhile wait in
+the backplane's queue (up to ``max_queue``) until every subscription is confirmed again, and a
+publication that fails is counted in ``dropped``.
 """
 
 from __future__ import annotations
@@ -118,14 +120,22 @@ class RedisBackplane(Backplane):
         pubsub = self._pubsub
         prefix = self._prefix
         skip = len(prefix)
+        resubscribing: set[bytes] = set()
         while True:
             try:
                 message = await pubsub.get_message(timeout=None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - redis-py reconnects on the next read
-                logger.warning("harpy: Redis backplane read failed (%s); retrying", exc)
+                self._connection_lost(f"read failed: {exc!r}")
+                # redis-py subscribes again when it reconnects; the server is back for us once
+                # it has confirmed every subscription (or answers a PING, with none).
+                resubscribing = {self._channel(topic) for topic in self.topics}
                 await asyncio.sleep(self.retry_delay)
+                if not resubscribing:
+                    with contextlib.suppress(Exception):
+                        await self._client.ping()
+                        self._connection_restored()
                 continue
             if message is None:
                 continue
@@ -143,6 +153,10 @@ class RedisBackplane(Backplane):
                 future = self._confirm.get(channel)
                 if future is not None and not future.done():
                     future.set_result(None)
+                if not self.connected:
+                    resubscribing.discard(channel)
+                    if not resubscribing:
+                        self._connection_restored()
 
     def __repr__(self) -> str:
         return f"<RedisBackplane {redact_url(self.url)} {self.state.value}>"
