@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import sys
 import uuid
@@ -291,3 +292,29 @@ async def test_a_killed_node_leaves_presence_within_four_intervals(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_presence_example_lists_who_is_online_on_both_nodes(
+    make_backplane: MakeBackplane,
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "presence_example", Path(__file__).parents[2] / "examples" / "presence.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    a, b = example.make_app(make_backplane()), example.make_app(make_backplane())
+    async with serve(a), serve(b), connect(f"{a.url}/online?name=ada") as ada:
+        assert json.loads(await recv(ada)) == {"online": ["ada"]}
+        await eventually(subscribed(b, "presence"))
+        async with connect(f"{b.url}/online?name=bob") as bob:
+            for _ in range(3):  # bob's own list may come before ada's presence reached b
+                if json.loads(await recv(bob)) == {"online": ["ada", "bob"]}:
+                    break
+            else:
+                raise AssertionError("bob never saw ada")
+            assert json.loads(await recv(ada)) == {"online": ["ada", "bob"]}
+            await eventually(subscribed(a, "r:online"))
+            await bob.send("hello")
+            assert json.loads(await recv(ada)) == {"from": "bob", "text": "hello"}
+        assert json.loads(await recv(ada)) == {"online": ["ada"]}
