@@ -111,6 +111,10 @@ async def test_rooms_cross_nodes_once_and_exclude_the_sender_once(
         for client in (sender, near, both, only_y):
             assert await recv(client) == "again"
         # app.broadcast(rooms=..., route=...) keeps the route filter on every node.
+        with pytest.raises(TypeError, match="room names are strings, not int"):
+            a.broadcast("no", rooms=["x", 1])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="not a string"):
+            a.broadcast("no", rooms="x")
         assert a.broadcast(b"\x00bin", rooms=["x"], route="/other") == 0
         assert await recv(other_route) == b"\x00bin"
         await nothing_more(sender, near, both, only_y, elsewhere, other_route)

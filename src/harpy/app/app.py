@@ -369,6 +369,9 @@ class App(Routes):
             if isinstance(rooms, str):
                 raise TypeError("rooms must be a list of room names, not a string")
             names = list(dict.fromkeys(rooms))
+            for name in names:
+                if not isinstance(name, str):
+                    raise TypeError(f"room names are strings, not {type(name).__name__}")
             receivers = self.room_groups.union(names)
             if route is not None:
                 receivers = [ws for ws in receivers if ws.route == route]

@@ -224,7 +224,8 @@ class Backplane(ABC):
         self.state = BackplaneState.RUNNING
 
     async def stop(self) -> None:
-        """Send what is queued (for up to ``flush_timeout`` seconds), then disconnect.
+        """Send what is queued (for up to ``flush_timeout`` seconds, while the server is
+        reachable; what is left is dropped and counted), then disconnect.
 
         Stopping a backplane that is not running does nothing.
         """
@@ -237,12 +238,15 @@ class Backplane(ABC):
         if writer is not None:
             assert self._wake is not None
             self._wake.set()
-            done, _ = await asyncio.wait({writer}, timeout=self.flush_timeout)
+            # Nothing can be sent while the server is away: what is held is dropped at once.
+            timeout = self.flush_timeout if self.connected else 0
+            done, _ = await asyncio.wait({writer}, timeout=timeout)
             if not done:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
-        self.dropped += len(self._queue)
+        if self._queue:
+            self._drop(len(self._queue), "stopped before they could be sent")
         self._queue.clear()
         self._topics.clear()
         self._receiving.clear()
