@@ -18,7 +18,7 @@ from harpy.pubsub.backplane import (
     encode_envelope,
     escape_topic,
 )
-from harpy.pubsub.backplane.base import BackplaneState, Kind
+from harpy.pubsub.backplane.base import PRESENCE_CHANNEL, BackplaneState, Envelope, Kind, Relay
 
 from ..timing import eventually, scaled
 
@@ -265,3 +265,73 @@ def test_escape_topic_is_one_safe_token_and_one_to_one() -> None:
     assert escape_topic("room 1") == "room~201"
     assert escape_topic("a.b") == "a~2Eb"
     assert escape_topic("~") != escape_topic("~7E") and escape_topic("~7E") == "~7E7E"
+
+
+class Deliveries:
+    """Collects what a :class:`Relay` hands to the app: ``(kind, name, payload, rooms)``."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Kind, str, bytes, tuple[str, ...]]] = []
+
+    def __call__(self, kind: Kind, name: str, envelope: Envelope) -> None:
+        self.items.append((kind, name, envelope.payload, envelope.rooms))
+
+
+async def test_relay_carries_every_kind_of_group_and_only_what_is_subscribed(
+    make_backplane: MakeBackplane,
+) -> None:
+    got = Deliveries()
+    sender, receiver = Relay(make_backplane()), Relay(make_backplane(), got)
+    notes: list[bytes] = []
+    receiver.handle(PRESENCE_CHANNEL, lambda envelope: notes.append(envelope.payload))
+    for kind, name in [(Kind.TOPIC, "t"), (Kind.ROOMS, "x"), (Kind.ROOMS, "y"), (Kind.ROUTE, "/r")]:
+        receiver.opened(kind, name)
+    receiver.opened(Kind.ROOMS, "gone")
+    receiver.closed(Kind.ROOMS, "gone")
+    await sender.start()
+    await receiver.start()
+    backplane = receiver.backplane
+    try:
+        channels = {"t:t", "r:x", "r:y", "p:/r", "*", PRESENCE_CHANNEL}
+        await eventually(lambda: backplane.topics == channels, scaled(3.0))
+        sender.publish("t", Message(OP_TEXT, b"topic"))
+        sender.broadcast_rooms(["x", "y", "z"], None, Message(OP_TEXT, b"rooms"))
+        sender.broadcast_route("/r", Message(OP_TEXT, b"route"))
+        sender.broadcast_route("/elsewhere", Message(OP_TEXT, b"not here"))
+        sender.broadcast_route(None, Message(OP_BINARY, b"all"))
+        sender.send(PRESENCE_CHANNEL, Message(OP_BINARY, b"note"))
+        await eventually(lambda: len(got.items) >= 5 and notes, scaled(3.0))
+        assert sorted(got.items) == sorted(
+            [
+                (Kind.TOPIC, "t", b"topic", ()),
+                (Kind.ROOMS, "x", b"rooms", ("x", "y", "z")),
+                (Kind.ROOMS, "y", b"rooms", ("x", "y", "z")),
+                (Kind.ROUTE, "/r", b"route", ()),
+                (Kind.ALL, "", b"all", ()),
+            ]
+        )
+        assert notes == [b"note"]
+        # Its own envelopes come back to a relay subscribed to the channel; it ignores them.
+        mine = Deliveries()
+        receiver.deliver = mine
+        receiver.broadcast_route(None, Message(OP_TEXT, b"own"))
+        sender.broadcast_route(None, Message(OP_TEXT, b"marker"))
+        await eventually(lambda: len(mine.items) == 1, scaled(3.0))
+        assert mine.items == [(Kind.ALL, "", b"marker", ())]
+    finally:
+        await sender.stop()
+        await receiver.stop()
+
+
+async def test_connected_and_queued_while_running(make_backplane: MakeBackplane) -> None:
+    bp = make_backplane()
+    assert not bp.connected and bp.queued == 0
+    await bp.start(Inbox())
+    try:
+        assert bp.connected
+        bp.publish("t", b"1")
+        assert bp.queued == 1  # the writer has not run yet
+        await eventually(lambda: bp.queued == 0, scaled(3.0))
+    finally:
+        await bp.stop()
+    assert not bp.connected

@@ -191,7 +191,8 @@ class Backplane(ABC):
     def connected(self) -> bool:
         """The server is reachable: queued envelopes are being sent (while it is not, they wait,
         up to ``max_queue``)."""
-        return self._online is not None and self._online.is_set()
+        online = self._online
+        return self.state is BackplaneState.RUNNING and online is not None and online.is_set()
 
     @property
     def queued(self) -> int:
@@ -231,6 +232,8 @@ class Backplane(ABC):
         """
         if self.state is not BackplaneState.RUNNING:
             return
+        # Nothing can be sent while the server is away: what is held is dropped at once.
+        timeout = self.flush_timeout if self.connected else 0
         self.state = BackplaneState.STOPPED
         self._closing = True
         writer = self._writer
@@ -238,8 +241,6 @@ class Backplane(ABC):
         if writer is not None:
             assert self._wake is not None
             self._wake.set()
-            # Nothing can be sent while the server is away: what is held is dropped at once.
-            timeout = self.flush_timeout if self.connected else 0
             done, _ = await asyncio.wait({writer}, timeout=timeout)
             if not done:
                 writer.cancel()
