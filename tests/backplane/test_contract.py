@@ -335,3 +335,20 @@ async def test_connected_and_queued_while_running(make_backplane: MakeBackplane)
     finally:
         await bp.stop()
     assert not bp.connected
+
+
+def test_nats_counts_as_buffered_exactly_what_nats_py_buffers() -> None:
+    # nats-py's own command builder: if its format changes, this says so.
+    from nats.protocol.command import pub_cmd
+
+    from harpy.pubsub.backplane.nats import _still_buffered
+
+    bp = NatsBackplane(subject_prefix="p.")
+    batch = [("a", b"x" * 10), ("b c", b""), ("d", bytes(range(256)))]
+    sizes = [len(pub_cmd(bp.subject(t), "", e)) for t, e in batch]
+    ping = len(b"PING\r\n")
+    assert _still_buffered(ping, batch, bp.subject) == 0
+    assert _still_buffered(ping + sizes[2], batch, bp.subject) == 1
+    assert _still_buffered(ping + sizes[2] + sizes[1] - 1, batch, bp.subject) == 1
+    assert _still_buffered(ping + sum(sizes), batch, bp.subject) == 3
+    assert _still_buffered(ping + sum(sizes) + 100, batch, bp.subject) == 3

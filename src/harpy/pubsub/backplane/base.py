@@ -31,6 +31,7 @@ __all__ = [
     "Kind",
     "Relay",
     "TrackedGroups",
+    "Unsent",
     "decode_envelope",
     "encode_envelope",
     "redact_url",
@@ -52,6 +53,11 @@ _COMPRESS_FROM_BITS: dict[int, bool | None] = {0x00: None, 0x10: True, 0x20: Fal
 
 class BackplaneError(HarpyError):
     """A backplane is used in a state that does not allow it, or cannot reach its server."""
+
+
+class Unsent(Exception):
+    """Raised by ``_send`` when it handed nothing of the batch over because the connection is
+    down: the batch goes back to the front of the queue, held until the server is back."""
 
 
 class BackplaneState(enum.Enum):
@@ -389,6 +395,9 @@ class Backplane(ABC):
             batch = [queue.popleft() for _ in range(min(len(queue), 512))]
             try:
                 await self._send(batch)
+            except Unsent as exc:
+                queue.extendleft(reversed(batch))
+                self._connection_lost(str(exc))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - at-most-once: counted and logged

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from typing import Any
 
-from .base import Backplane, BackplaneError, redact_url
+from .base import Backplane, BackplaneError, Unsent, redact_url
 
 __all__ = ["NatsBackplane", "escape_topic"]
 
@@ -31,6 +31,22 @@ def escape_topic(topic: str) -> str:
     if topic and all(ord(c) < 128 and ord(c) in _SAFE for c in topic):
         return topic
     return "".join(chr(b) if b in _SAFE else f"~{b:02X}" for b in topic.encode("utf-8")) or "~"
+
+
+def _still_buffered(pending: int, batch: list[tuple[str, bytes]], subject: Any) -> int:
+    """How many messages at the end of ``batch`` are still in nats-py's buffer (``pending``
+    bytes, its flush PING included) after a disconnection: nats-py sends those after it
+    reconnects, so they are not lost.  Each is one
+    ``PUB <subject>  <size>\\r\\n<payload>\\r\\n`` (nats-py's ``pub_cmd``, no reply subject)."""
+    pending -= len(b"PING\r\n")
+    count = 0
+    for topic, envelope in reversed(batch):
+        size = len(f"PUB {subject(topic)}  {len(envelope)}\r\n".encode()) + len(envelope) + 2
+        if size > pending:
+            break
+        pending -= size
+        count += 1
+    return count
 
 
 class NatsBackplane(Backplane):
@@ -117,6 +133,10 @@ class NatsBackplane(Backplane):
         from nats.errors import MaxPayloadError
 
         nc = self._nc
+        if not nc.is_connected:
+            # nats-py would buffer them for after a reconnect, and a flush would return at once
+            # unconfirmed: hold them in the queue instead, until on_reconnected.
+            raise Unsent("not connected")
         subject = self.subject
         sent = 0
         disconnects = self._disconnects
@@ -144,7 +164,9 @@ class NatsBackplane(Backplane):
         # nats-py's flush also returns at once, unconfirmed, once its reader has stopped: a
         # disconnection in between, or a client not connected now, means no confirmation.
         if flush.cancelled() or disconnects != self._disconnects or not nc.is_connected:
-            self._drop(sent, "the server did not confirm them: disconnected")
+            lost = sent - _still_buffered(nc.pending_data_size, batch, subject)
+            if lost:
+                self._drop(lost, "the server did not confirm them: disconnected")
         elif flush.exception() is not None:
             self._drop(sent, f"the server did not confirm them: {flush.exception()!r}")
 
