@@ -201,11 +201,6 @@ class Backplane(ABC):
         return self.state is BackplaneState.RUNNING and online is not None and online.is_set()
 
     @property
-    def queued(self) -> int:
-        """Envelopes waiting to be sent."""
-        return len(self._queue)
-
-    @property
     def topics(self) -> frozenset[str]:
         """The topics this backplane is subscribed to."""
         return frozenset(self._topics)
