@@ -1,10 +1,13 @@
-"""Several processes, one port, shared topics: ``python -m harpy examples.workers:app --workers 2``.
+"""Several processes, one port, shared topics and rooms:
+``python -m harpy examples.workers:app --workers 2``.
 
 Each connection is told which process serves it (``{"type": "hello", "pid": ...}``). Send
 ``{"type": "subscribe", "topic": "news"}`` (answered ``{"type": "subscribed", ...}``), then
 ``{"type": "publish", "topic": "news", "text": "hi"}``: every other subscriber gets
 ``{"type": "message", "topic": "news", "text": "hi", "pid": <the publisher's process>}``,
 whichever worker holds its connection (through the embedded NATS, or the app's backplane).
+Rooms the same way: ``{"type": "join", "room": "lobby"}`` (answered ``{"type": "joined", ...}``),
+then ``{"type": "say", "room": "lobby", "text": "hi"}`` reaches every other member of the room.
 """
 
 from __future__ import annotations
@@ -28,18 +31,25 @@ class Workers:
             data = json.loads(message)
         except ValueError:
             data = None
-        if not isinstance(data, dict) or not isinstance(data.get("topic"), str):
-            ws.send_json({"type": "error", "message": "send a JSON object with a 'topic'"})
+        if not isinstance(data, dict):
+            ws.send_json({"type": "error", "message": "send a JSON object"})
             return
-        topic = data["topic"]
-        if data.get("type") == "subscribe":
-            ws.subscribe(topic)
-            ws.send_json({"type": "subscribed", "topic": topic, "pid": os.getpid()})
-        elif data.get("type") == "publish":
-            text = data.get("text", "")
-            ws.publish(topic, {"type": "message", "topic": topic, "text": text, "pid": os.getpid()})
+        kind, pid, text = data.get("type"), os.getpid(), data.get("text", "")
+        group = data.get("room") if kind in ("join", "say") else data.get("topic")
+        if not isinstance(group, str) or not group:
+            ws.send_json({"type": "error", "message": "name a 'topic' (or a 'room' to join)"})
+        elif kind == "subscribe":
+            ws.subscribe(group)
+            ws.send_json({"type": "subscribed", "topic": group, "pid": pid})
+        elif kind == "publish":
+            ws.publish(group, {"type": "message", "topic": group, "text": text, "pid": pid})
+        elif kind == "join":
+            ws.join(group)
+            ws.send_json({"type": "joined", "room": group, "pid": pid})
+        elif kind == "say":
+            ws.broadcast({"type": "message", "room": group, "text": text, "pid": pid}, [group])
         else:
-            ws.send_json({"type": "error", "message": f"unknown type {data.get('type')!r}"})
+            ws.send_json({"type": "error", "message": f"unknown type {kind!r}"})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``--workers N``: real processes on one port, a real embedded nats-server, real clients.
 
-The cross-worker group message goes through a topic (``ws.subscribe`` / ``ws.publish``).
+The cross-worker group messages go through a topic (``ws.subscribe`` / ``ws.publish``) and a
+room (``ws.join`` / ``ws.broadcast(rooms=...)``).
 """
 
 from __future__ import annotations
@@ -128,20 +129,21 @@ async def receive_until(client: ClientConnection, text: str) -> dict[str, Any]:
     raise AssertionError(f"{text!r} never came")
 
 
-async def assert_a_topic_crosses(
-    clients: dict[ClientConnection, int], first: int, second: int
+async def assert_a_group_crosses(
+    clients: dict[ClientConnection, int], first: int, second: int, group: str
 ) -> None:
-    """A message published on worker ``first`` reaches every other subscriber, on both workers."""
+    """A message sent to ``group`` ("topic" or "room") on worker ``first`` reaches every other
+    member, on both workers."""
+    join, send = ("subscribe", "publish") if group == "topic" else ("join", "say")
     for client in clients:
-        assert (await request(client, {"type": "subscribe", "topic": "news"}))["type"] == (
-            "subscribed"
-        )
+        answer = await request(client, {"type": join, group: "news"})
+        assert answer["type"] in ("subscribed", "joined"), answer
     publisher = next(c for c, pid in clients.items() if pid == first)
     remote = next(c for c, pid in clients.items() if pid == second)
-    # A worker's subscription reaches the backplane shortly after its first local subscriber
+    # A worker's subscription reaches the backplane shortly after its first local member
     # (at most once, no replay): probe until the other worker relays, bounded in count.
     for probe in range(50):
-        await publisher.send(json.dumps({"type": "publish", "topic": "news", "text": probe}))
+        await publisher.send(json.dumps({"type": send, group: "news", "text": probe}))
         try:
             message = json.loads(await asyncio.wait_for(remote.recv(), scaled(0.2)))
         except TimeoutError:
@@ -149,12 +151,13 @@ async def assert_a_topic_crosses(
         assert message["pid"] == first
         break
     else:
-        raise AssertionError("no message crossed from one worker to the other")
-    await publisher.send(json.dumps({"type": "publish", "topic": "news", "text": "all"}))
+        raise AssertionError(f"no {group} message crossed from one worker to the other")
+    await publisher.send(json.dumps({"type": send, group: "news", "text": "all"}))
     for client, pid in clients.items():
         if client is not publisher:
             received = await receive_until(client, "all")
             assert received["pid"] == first, (pid, received)
+            assert received.get(group) == "news", received
 
 
 async def stop_gracefully(
@@ -169,7 +172,7 @@ async def stop_gracefully(
     assert await asyncio.wait_for(server.proc.wait(), scaled(20.0)) == 0
 
 
-async def test_workers_share_the_port_and_topics_restart_and_stop_with_1001() -> None:
+async def test_workers_share_the_port_topics_and_rooms_restart_and_stop_with_1001() -> None:
     async with supervised("examples.workers:app", "--workers", "2", "--port", "0") as server:
         (url,) = await server.wait_for(r"2 workers on (ws://\S+)", timeout=scaled(15.0))
         (nats_pid,) = await server.wait_for(r"embedded nats-server \(pid (\d+)\)")
@@ -177,7 +180,8 @@ async def test_workers_share_the_port_and_topics_restart_and_stop_with_1001() ->
         clients = await connect_until(url, lambda pids: len(pids) == 2)
         first, second = sorted(set(clients.values()))
 
-        await assert_a_topic_crosses(clients, first, second)
+        await assert_a_group_crosses(clients, first, second, "topic")
+        await assert_a_group_crosses(clients, first, second, "room")
 
         # A worker killed outright is started again: a new process takes connections.
         os.kill(second, signal.SIGKILL)
@@ -230,7 +234,7 @@ async def test_a_configured_backplane_is_used_instead_of_an_embedded_one(tmp_pat
             assert not any("embedded nats-server" in line for line in server.lines)
             clients = await connect_until(url, lambda pids: len(pids) == 2)
             first, second = sorted(set(clients.values()))
-            await assert_a_topic_crosses(clients, first, second)
+            await assert_a_group_crosses(clients, first, second, "topic")
             await stop_gracefully(server, signal.SIGTERM, clients)
     finally:
         nats.stop()
