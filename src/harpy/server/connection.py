@@ -51,11 +51,24 @@ if TYPE_CHECKING:
     from ..protocol.deflate import PerMessageDeflate
     from .listener import Server
 
-__all__ = ["Connection", "Limits", "ReadyState"]
+__all__ = ["BUDGET_POLICIES", "LINGER_BYTES", "LINGER_TIME", "Connection", "Limits", "ReadyState"]
 
 logger = logging.getLogger("harpy")
 
 MiB = 1024 * 1024
+
+#: A refused or failed connection: after the answer, read and discard what the peer still
+#: sends for at most this many seconds and bytes, so that it reads the answer, not a reset.
+LINGER_TIME = 2.0
+LINGER_BYTES = 1 * MiB
+
+#: What happens to a message for one of the slowest connections once the server's output
+#: budget is spent: drop it (counted), or close the connection with 1008 or with 1013.
+BUDGET_POLICIES = ("drop", "close_1008", "close_1013")
+_BUDGET_CLOSE = {
+    "close_1008": (1008, "Output budget exceeded"),
+    "close_1013": (1013, "Server overloaded, try again later"),
+}
 
 
 class ReadyState(enum.IntEnum):
@@ -90,6 +103,9 @@ class Limits:
     backpressure_limit: int = 16 * MiB
     #: Close with 1008 instead of dropping when the backpressure limit is passed.
     close_on_backpressure_limit: bool = False
+    #: Once the server's output budget is spent, for one of the connections holding the most:
+    #: "drop" the message (counted), or "close_1008" / "close_1013" the connection.
+    output_budget_policy: str = "drop"
     #: Write buffer watermarks: ``send`` returns -1 above the high one, drain fires below the low.
     write_high_water: int = 64 * 1024
     write_low_water: int = 16 * 1024
@@ -120,10 +136,13 @@ class Connection(asyncio.Protocol):
         "_corked",
         "_deadline",
         "_head",
+        "_held",
         "_key",
         "_last_active",
         "_last_seen",
         "_limits",
+        "_linger",
+        "_linger_left",
         "_missed_pongs",
         "_out",
         "_out_size",
@@ -149,7 +168,8 @@ class Connection(asyncio.Protocol):
         self.request: Request | None = None
         #: The negotiated permessage-deflate codec, or None.
         self.codec: PerMessageDeflate | None = None
-        #: Messages dropped at this connection's backpressure limit.
+        #: Messages dropped while this connection was open: past its backpressure limit, or past
+        #: the server's output budget (those sent once it was closing count on the server).
         self.dropped = 0
         #: Messages sent or queued to the peer (not the dropped ones).
         self.messages_out = 0
@@ -160,6 +180,9 @@ class Connection(asyncio.Protocol):
         self._key = ""
         self._out: list[bytes] = []
         self._out_size = 0
+        self._held = 0  # output bytes counted in the server's total (queued + transport)
+        self._linger: asyncio.TimerHandle | None = None
+        self._linger_left = 0
         self._corked = False
         self._write_paused = False
         self._limits = _DEFAULT_LIMITS
@@ -225,6 +248,10 @@ class Connection(asyncio.Protocol):
             return
         if self.ready_state is _CONNECTING:
             self._receive_head(data)
+        elif self._linger is not None:
+            self._linger_left -= len(data)  # discarded: the answer is on its way
+            if self._linger_left <= 0 and self.transport is not None:
+                self.transport.close()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: a half-closed WebSocket is of no use
@@ -237,8 +264,15 @@ class Connection(asyncio.Protocol):
         self.ready_state = _CLOSED
         code, reason = self._peer_close()
         self._reader = None
+        self._head = b""
         self._out.clear()
         self._out_size = 0
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        held = self._held
+        self._held = 0
+        server.released(held)
         if was is not _CONNECTING:
             self._handle_closed(code, reason)
 
@@ -251,9 +285,11 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._recount()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._recount()
         if self.ready_state is _OPEN:
             self._handle_drain()
 
@@ -345,7 +381,29 @@ class Connection(asyncio.Protocol):
             return
         self.ready_state = _CLOSED
         transport.write(response)
-        transport.close()
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after a refusal or a failure while the peer may still be sending: end the
+        write side (the answer goes first), discard input for at most :data:`LINGER_TIME`
+        seconds and :data:`LINGER_BYTES` bytes, then close.  Closing at once with unread
+        input makes the kernel send a reset, which can destroy the answer before the peer
+        reads it.  TLS cannot half-close: there, close at once."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._linger is not None:
+            return
+        self._reader = None
+        try:
+            if not transport.can_write_eof():
+                transport.close()
+                return
+            transport.write_eof()
+            transport.resume_reading()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self._linger_left = LINGER_BYTES
+        self._linger = self._server.loop.call_later(LINGER_TIME, transport.close)
 
     # ----------------------------------------------------------------- facts of the transport
 
@@ -416,7 +474,10 @@ class Connection(asyncio.Protocol):
         if self.ready_state is _OPEN:
             self._enter_closing()
         if state == ST_CLOSED and self.transport is not None:
-            self.transport.close()
+            if reader.close_received:
+                self.transport.close()
+            else:
+                self._close_lingering()  # failed: the peer may still be sending
 
     def _enter_closing(self) -> None:
         """OPEN -> CLOSING: our close frame is out; the peer has ``close_timeout`` to answer."""
@@ -453,7 +514,7 @@ class Connection(asyncio.Protocol):
             return self._send_compressed(codec, opcode, payload)
         # _write, inlined: this is every uncompressed send.
         if self.ready_state is not _OPEN:
-            return 0
+            return self._drop_closing()
         frame = build_frame(opcode, payload)
         if not (self._write_paused or self._corked or self._out):
             self.transport.write(frame)  # type: ignore[union-attr]
@@ -465,7 +526,7 @@ class Connection(asyncio.Protocol):
 
     def _send_compressed(self, codec: PerMessageDeflate, opcode: int, payload: bytes) -> int:
         if self.ready_state is not _OPEN:
-            return 0
+            return self._drop_closing()
         if codec.shareable:
             return self._write_message(build_frame(opcode, codec.compress(payload), True))
         frame = self._own_compressed(codec, opcode, payload)
@@ -497,48 +558,85 @@ class Connection(asyncio.Protocol):
             frame = own
         size = len(frame)
         if self.ready_state is not _OPEN:
+            self._drop_closing()
             return False
+        server = self._server
         if (
-            self._write_paused or self._out_size + size > self._limits.backpressure_limit
-        ) and self._over_limit(size):
+            (self._write_paused or self._out_size + size > self._limits.backpressure_limit)
+            and self._over_limit(size)
+        ) or (server.over_budget(size) and self._over_budget(size)):
             return False
         out = self._out
         if not out and not self._corked:
-            self._server.flush_later(self)
+            server.flush_later(self)
         out.append(frame)
         self._out_size += size
         self.messages_out += 1
+        self._held += size
+        server.queued += size
         return True
 
     def _write(self, frame: bytes) -> int:
         """Write (or queue behind what is queued) one frame; the status of ``send_message``."""
         if self.ready_state is not _OPEN:
-            return 0
+            return self._drop_closing()
         if not (self._write_paused or self._corked or self._out):
             self.transport.write(frame)  # type: ignore[union-attr]
             return -1 if self._write_paused else len(frame)
-        if self._past_limit(len(frame)):
+        size = len(frame)
+        if self._past_limit(size):
             return 0
         if self._corked or self._out:  # behind queued frames: keep the order
             self._out.append(frame)
-            self._out_size += len(frame)
+            self._out_size += size
         else:
             self.transport.write(frame)  # type: ignore[union-attr]
-        return -1 if self._write_paused else len(frame)
+        self._held += size
+        self._server.queued += size
+        return -1 if self._write_paused else size
 
     def _past_limit(self, size: int) -> bool:
         # Cheap test first: the kernel side only matters once writing is paused, and the
         # queue of this tick only once it nears the limit.
-        if self._write_paused or self._out_size + size > self._limits.backpressure_limit:
-            return self._over_limit(size)
-        return False
+        if (
+            self._write_paused or self._out_size + size > self._limits.backpressure_limit
+        ) and self._over_limit(size):
+            return True
+        return self._server.over_budget(size) and self._over_budget(size)
+
+    def _over_budget(self, size: int) -> bool:
+        """The server's output budget is spent: refuse ``size`` more bytes to a connection
+        holding more than its fair share (one of the slowest), by the route's
+        ``output_budget_policy``; the others still get theirs."""
+        server = self._server
+        self._recount()  # this connection's count, fresh
+        if self._held + size <= server.fair_share():
+            return False
+        self._drop("budget")
+        close = _BUDGET_CLOSE.get(self._limits.output_budget_policy)
+        if close is not None:
+            self._start_close(*close)
+        return True
+
+    def _recount(self) -> None:
+        """Sample what this connection holds (its queue and its transport's buffer) into the
+        server's total: at each flush and at the watermarks, never per message."""
+        transport = self.transport
+        held = self._out_size
+        if transport is not None:
+            held += transport.get_write_buffer_size()
+        self._server.queued += held - self._held
+        self._held = held
 
     def _own_compressed(
         self, codec: PerMessageDeflate, opcode: int, payload: bytes
     ) -> bytes | None:
         """A frame compressed by this connection's own (context-keeping) compressor, or None
         when it would be dropped: the compressor never remembers a message never sent."""
-        if self.ready_state is not _OPEN or self._past_limit(deflate_bound(len(payload))):
+        if self.ready_state is not _OPEN:
+            self._drop_closing()
+            return None
+        if self._past_limit(deflate_bound(len(payload))):
             return None
         return build_frame(opcode, codec.compress(payload), True)
 
@@ -556,10 +654,20 @@ class Connection(asyncio.Protocol):
     def _drop_at_limit(self) -> None:
         """A message dropped at the backpressure limit: count it, or close with 1008 when the
         route asks for that."""
-        self.dropped += 1
-        self._server.dropped += 1
+        self._drop("backpressure")
         if self._limits.close_on_backpressure_limit:
             self._start_close(1008, "Backpressure limit exceeded")
+
+    def _drop(self, reason: str) -> None:
+        """Count one message lost on this connection, and on the server by ``reason``."""
+        self.dropped += 1
+        self._server.count_drop(reason)
+
+    def _drop_closing(self) -> int:
+        """A message for a connection that is closing or closed: counted on the server, status 0."""
+        if self.ready_state is not _CONNECTING:
+            self._server.count_drop("closing")
+        return 0
 
     def flush(self) -> None:
         """Write what was queued this tick, unless a batch of events is still being handled
@@ -575,6 +683,7 @@ class Connection(asyncio.Protocol):
                 transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
             self._out_size = 0
+            self._recount()
 
     @property
     def buffered_amount(self) -> int:
@@ -594,6 +703,8 @@ class Connection(asyncio.Protocol):
             return
         if self.ready_state is _OPEN:
             self._start_close(code, reason)
+        elif self._linger is not None and self.transport is not None:
+            self.transport.close()  # a refused or failed connection: stop waiting for it
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
