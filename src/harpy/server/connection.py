@@ -605,13 +605,18 @@ class Connection(asyncio.Protocol):
         return self._server.over_budget(size) and self._over_budget(size)
 
     def _over_budget(self, size: int) -> bool:
-        """The server's output budget is spent: refuse ``size`` more bytes to a connection
-        holding more than its fair share (one of the slowest), by the route's
-        ``output_budget_policy``; the others still get theirs."""
-        server = self._server
-        self._recount()  # this connection's count, fresh
-        if self._held + size <= server.fair_share():
+        """The server's output budget is spent: refuse ``size`` more bytes to one of the
+        slowest connections, by the route's ``output_budget_policy``; the others still get
+        theirs.  One of the slowest holds more than its fair share and its peer does not
+        keep up: what is queued, written now, leaves its transport above the high-water mark.
+        (Within one loop tick every receiver of a fan-out has the same queue: only writing
+        tells a fast peer from a slow one.)"""
+        if self._held + size <= self._server.fair_share():
             return False
+        if not self._write_paused and self._out and not self._corked:
+            self._flush()
+        if not self._write_paused:
+            return False  # the peer keeps up
         self._drop("budget")
         close = _BUDGET_CLOSE.get(self._limits.output_budget_policy)
         if close is not None:
