@@ -1,8 +1,9 @@
 """A harpy server for the overload tests, run in its own process so that its memory can be
 measured apart from the test's: ``python -m tests.overload_server BUDGET`` prints its port.
 
-``/sub`` and ``/slow`` subscribe to the topic ``t`` (``/slow`` with a small kernel send buffer); every message to ``/pub`` is published to ``t``; the
-message ``stats`` to ``/ctl`` is answered with the drop counters and the bytes of output held.
+``/sub`` and ``/slow`` subscribe to the topic ``t`` (``/slow`` with a small kernel send
+buffer); every message to ``/pub`` is published to ``t``; the message ``stats`` to ``/ctl`` is
+answered with the drop counters and the number of open connections.
 """
 
 from __future__ import annotations

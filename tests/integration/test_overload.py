@@ -147,7 +147,9 @@ async def test_output_budget_bounds_memory_and_memory_goes_back_after_close() ->
 
         slow = await asyncio.to_thread(_open_slow, port, SLOW)
         try:
-            fast = [await connect(url + "/sub", compression=None, max_size=None) for _ in range(FAST)]
+            fast = [
+                await connect(url + "/sub", compression=None, max_size=None) for _ in range(FAST)
+            ]
             readers = [asyncio.ensure_future(_read_all(ws, MESSAGES)) for ws in fast]
             async with connect(url + "/pub", compression=None) as pub:
                 for seq in range(MESSAGES):
