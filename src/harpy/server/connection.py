@@ -564,7 +564,7 @@ class Connection(asyncio.Protocol):
         if (
             (self._write_paused or self._out_size + size > self._limits.backpressure_limit)
             and self._over_limit(size)
-        ) or (server.over_budget(size) and self._over_budget(size)):
+        ) or (server.queued + size > server.output_bound and self._over_budget(size)):
             return False
         out = self._out
         if not out and not self._corked:
@@ -602,7 +602,8 @@ class Connection(asyncio.Protocol):
             self._write_paused or self._out_size + size > self._limits.backpressure_limit
         ) and self._over_limit(size):
             return True
-        return self._server.over_budget(size) and self._over_budget(size)
+        server = self._server
+        return server.queued + size > server.output_bound and self._over_budget(size)
 
     def _over_budget(self, size: int) -> bool:
         """The server's output budget is spent: refuse ``size`` more bytes to one of the

@@ -98,7 +98,8 @@ class Server:
         #: Bytes of output all connections may hold, queued or in their transports (0: no
         #: bound); past it, the connections holding the most get no more.
         self.output_budget = output_budget
-        self._budget = output_budget or sys.maxsize
+        #: The bound the connections test against: the budget, or no bound for 0.
+        self.output_bound = output_budget or sys.maxsize
         #: Bytes of output held now, as last sampled (each connection's own count summed).
         self.queued = 0
         self._freed = 0
@@ -114,14 +115,10 @@ class Server:
             self._warned_at[reason] = now
             logger.warning("harpy: %d message(s) dropped so far (%s)", drops[reason], reason)
 
-    def over_budget(self, size: int) -> bool:
-        """Whether ``size`` more bytes of output would pass :attr:`output_budget`."""
-        return self.queued + size > self._budget
-
     def fair_share(self) -> int:
         """The budget divided among the connections: past it, a connection is among the
         slowest (the budget can only be passed when one is)."""
-        return self._budget // max(1, len(self.connections))
+        return self.output_bound // max(1, len(self.connections))
 
     def released(self, held: int) -> None:
         """A connection that held ``held`` bytes of output closed: forget them, and ask the
