@@ -180,7 +180,7 @@ class Connection(asyncio.Protocol):
         self._key = ""
         self._out: list[bytes] = []
         self._out_size = 0
-        self._held = 0  # output bytes counted in the server's total (queued + transport)
+        self._held = 0  # the transport's buffer, as last sampled into the server's total
         self._linger: asyncio.TimerHandle | None = None
         self._linger_left = 0
         self._corked = False
@@ -265,13 +265,13 @@ class Connection(asyncio.Protocol):
         code, reason = self._peer_close()
         self._reader = None
         self._head = b""
+        held = self._held + self._out_size
         self._out.clear()
         self._out_size = 0
+        self._held = 0
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        held = self._held
-        self._held = 0
         server.released(held)
         if was is not _CONNECTING:
             self._handle_closed(code, reason)
@@ -572,7 +572,6 @@ class Connection(asyncio.Protocol):
         out.append(frame)
         self._out_size += size
         self.messages_out += 1
-        self._held += size
         server.queued += size
         return True
 
@@ -591,7 +590,7 @@ class Connection(asyncio.Protocol):
             self._out_size += size
         else:
             self.transport.write(frame)  # type: ignore[union-attr]
-        self._held += size
+            self._held += size  # in the transport until the next sample
         self._server.queued += size
         return -1 if self._write_paused else size
 
@@ -612,7 +611,8 @@ class Connection(asyncio.Protocol):
         keep up: what is queued, written now, leaves its transport above the high-water mark.
         (Within one loop tick every receiver of a fan-out has the same queue: only writing
         tells a fast peer from a slow one.)"""
-        if self._held + size <= self._server.fair_share():
+        self._recount()
+        if self._held + self._out_size + size <= self._server.fair_share():
             return False
         if not self._write_paused and self._out and not self._corked:
             self._flush()
@@ -625,12 +625,11 @@ class Connection(asyncio.Protocol):
         return True
 
     def _recount(self) -> None:
-        """Sample what this connection holds (its queue and its transport's buffer) into the
-        server's total: at each flush and at the watermarks, never per message."""
+        """Sample the transport's buffer into the server's total: at the watermarks, on the
+        way to a drop, and at a flush once the total is past half the budget (inlined
+        there); never per message."""
         transport = self.transport
-        held = self._out_size
-        if transport is not None:
-            held += transport.get_write_buffer_size()
+        held = transport.get_write_buffer_size() if transport is not None else 0
         self._server.queued += held - self._held
         self._held = held
 
@@ -688,8 +687,16 @@ class Connection(asyncio.Protocol):
             if transport is not None and not transport.is_closing():
                 transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            size = self._out_size
             self._out_size = 0
-            self._recount()
+            server = self._server
+            if self._write_paused or server.queued > server.sample_above:
+                # Sample what the kernel did not take into the server's total.
+                held = transport.get_write_buffer_size() if transport is not None else 0
+                server.queued += held - self._held - size
+                self._held = held
+            else:
+                self._held += size  # taken as still in the transport: the total errs high
 
     @property
     def buffered_amount(self) -> int:

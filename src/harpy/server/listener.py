@@ -31,6 +31,8 @@ DROP_WARNING_INTERVAL = 5.0
 #: last connection closes after at least ``TRIM_WHEN_IDLE`` was).
 TRIM_AFTER = 64 * MiB
 TRIM_WHEN_IDLE = 1 * MiB
+#: At most one such call in this many seconds while connections remain open.
+TRIM_INTERVAL = 1.0
 #: What a closed connection is taken to have held besides its output (objects, read buffers).
 _CONNECTION_COST = 64 * 1024
 
@@ -100,10 +102,15 @@ class Server:
         self.output_budget = output_budget
         #: The bound the connections test against: the budget, or no bound for 0.
         self.output_bound = output_budget or sys.maxsize
+        #: Past this total, each flush samples its transport's buffer; below, what was
+        #: written is taken as still buffered (the total errs high, never low, and costs
+        #: nothing while far from the budget).
+        self.sample_above = self.output_bound // 2
         #: Bytes of output held now, as last sampled (each connection's own count summed).
         self.queued = 0
         self._freed = 0
         self._trim_pending = False
+        self._trimmed_at = -TRIM_INTERVAL
 
     def count_drop(self, reason: str) -> None:
         """Count one lost message; warn on the ``harpy`` logger, at most once per
@@ -127,13 +134,18 @@ class Server:
         self._freed += held + _CONNECTION_COST
         if self._trim_pending:
             return
-        if self._freed >= TRIM_AFTER or (not self.connections and self._freed >= TRIM_WHEN_IDLE):
-            self._trim_pending = True
-            self.loop.call_soon(self._trim)
+        if self.connections:
+            if self._freed < TRIM_AFTER or self.loop.time() - self._trimmed_at < TRIM_INTERVAL:
+                return
+        elif self._freed < TRIM_WHEN_IDLE:
+            return
+        self._trim_pending = True
+        self.loop.call_soon(self._trim)
 
     def _trim(self) -> None:
         self._trim_pending = False
         self._freed = 0
+        self._trimmed_at = self.loop.time()
         release_memory()
 
     async def listen(
