@@ -135,6 +135,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_corked",
         "_deadline",
+        "_failed",
         "_head",
         "_held",
         "_key",
@@ -183,6 +184,7 @@ class Connection(asyncio.Protocol):
         self._held = 0  # the transport's buffer, as last sampled into the server's total
         self._linger: asyncio.TimerHandle | None = None
         self._linger_left = 0
+        self._failed = False  # the peer broke the protocol: what follows may be anything
         self._corked = False
         self._write_paused = False
         self._limits = _DEFAULT_LIMITS
@@ -450,6 +452,7 @@ class Connection(asyncio.Protocol):
                     self._missed_pongs = 0
                     self._handle_pong(value)
                 elif kind == EV_ERROR:
+                    self._failed = True
                     self._handle_protocol_error(value)
                 # OP_CLOSE: the reader answered it already; _follow_reader carries it out.
         finally:
@@ -474,10 +477,12 @@ class Connection(asyncio.Protocol):
         if self.ready_state is _OPEN:
             self._enter_closing()
         if state == ST_CLOSED and self.transport is not None:
-            if reader.close_received:
+            if reader.close_received and not self._failed:
                 self.transport.close()
             else:
-                self._close_lingering()  # failed: the peer may still be sending
+                # Failed: the peer may still be sending (the rest of a message too big, say),
+                # and what the core took for its close may have been any bytes of that.
+                self._close_lingering()
 
     def _enter_closing(self) -> None:
         """OPEN -> CLOSING: our close frame is out; the peer has ``close_timeout`` to answer."""
