@@ -122,6 +122,7 @@ class Limits:
 
 
 _DEFAULT_LIMITS = Limits()
+_NO_CLOSE = (1006, "")
 _PING = build_frame(OP_PING, b"")
 
 
@@ -147,6 +148,7 @@ class Connection(asyncio.Protocol):
         "_missed_pongs",
         "_out",
         "_out_size",
+        "_peer_closed",
         "_ping_at",
         "_ping_sent",
         "_reader",
@@ -185,6 +187,7 @@ class Connection(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._linger_left = 0
         self._failed = False  # the peer broke the protocol: what follows may be anything
+        self._peer_closed = _NO_CLOSE  # the peer's close, kept when the reader is dropped
         self._corked = False
         self._write_paused = False
         self._limits = _DEFAULT_LIMITS
@@ -282,7 +285,7 @@ class Connection(asyncio.Protocol):
         """The peer's close code and reason; 1006 when no close frame came."""
         reader = self._reader
         if reader is None:
-            return 1006, ""
+            return self._peer_closed
         return reader.close_code, reader.close_reason
 
     def pause_writing(self) -> None:
@@ -394,7 +397,8 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self._linger is not None:
             return
-        self._reader = None
+        self._peer_closed = self._peer_close()
+        self._reader = None  # what comes now is discarded, not read
         try:
             if not transport.can_write_eof():
                 transport.close()
