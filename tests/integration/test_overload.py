@@ -286,7 +286,7 @@ def test_output_budget_options_are_checked() -> None:
         harpy.App(output_budget_policy="kill")
     app = harpy.App()
     with pytest.raises(harpy.ConfigurationError, match="output_budget_policy"):
-        app.ws("/x", object, output_budget_policy=1008)  # type: ignore[arg-type]
+        app.ws("/x", Echo, output_budget_policy=1008)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------- every loss counted
@@ -331,6 +331,11 @@ async def test_drops_are_counted_by_cause_and_warned_about_once_per_interval(
 # ----------------------------------------------------------------- answers that arrive
 
 
+class Echo:
+    def message(self, ws: harpy.WebSocket[Any], message: str | bytes) -> None:
+        ws.send(message)
+
+
 async def _write_for_a_while(client: RawClient, data: bytes, chunk: int = 8192) -> None:
     """Write ``data`` in chunks, waiting for each to drain (a client still sending)."""
     for start in range(0, len(data), chunk):
@@ -340,7 +345,7 @@ async def _write_for_a_while(client: RawClient, data: bytes, chunk: int = 8192) 
 
 async def test_header_too_large_is_answered_while_the_client_keeps_sending() -> None:
     app = harpy.App(max_header_size=4096)
-    app.ws("/", object)
+    app.ws("/", Echo)
     async with serve(app) as url:
         client = await RawClient.connect(url)
         head = b"GET / HTTP/1.1\r\nHost: test\r\nX-Pad: " + b"a" * (512 * 1024)
@@ -354,7 +359,7 @@ async def test_header_too_large_is_answered_while_the_client_keeps_sending() -> 
 
 async def test_message_too_big_close_arrives_while_the_client_keeps_sending() -> None:
     app = harpy.App(max_message_size=1024)
-    app.ws("/", object)
+    app.ws("/", Echo)
     async with serve(app) as url:
         client = await RawClient.connect(url)
         assert await client.upgrade("/") == 101
