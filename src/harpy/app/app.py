@@ -26,7 +26,7 @@ from ..pubsub.backplane.base import (
     TrackedGroups,
 )
 from ..pubsub.presence import GroupKind, Presence, PresenceEvent
-from ..server import Server, make_ssl_context
+from ..server import DROP_REASONS, Server, default_output_budget, make_ssl_context
 from .handlers import Handlers, resolve_handlers
 from .http import HttpSide, Stats
 from .jsoncodec import Dumps, Loads, json_parsing, make_encoder, resolve_loads
@@ -159,6 +159,12 @@ class App(Routes):
     ``max_header_size`` (bytes) bound the upgrade request (408 and 431), and
     ``shutdown_timeout`` bounds a graceful shutdown.
 
+    ``output_budget`` bounds the bytes of output all connections together may hold (queued,
+    or in their transports' buffers): None (the default) for the smaller of 1 GiB and a
+    quarter of physical memory, 0 for no bound.  Past it, messages for the connections
+    holding the most are dropped (or those are closed: the route option
+    ``output_budget_policy``); the others still get theirs.
+
     ``backplane`` (a :class:`~harpy.pubsub.backplane.Backplane`) shares every group with other
     processes: what is published or broadcast here also reaches the topics, rooms, routes and
     connections there, and theirs come here.  ``presence=True`` tracks who is in each topic and
@@ -191,6 +197,7 @@ class App(Routes):
         metrics: bool | str | None = False,
         presence: bool = False,
         presence_interval: float = 1.0,
+        output_budget: int | None = None,
         **route_defaults: Unpack[RouteOptionsKw],
     ) -> None:
         super().__init__()
@@ -204,6 +211,14 @@ class App(Routes):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigurationError(f"{name} must be a whole number >= 0 (0: no limit)")
+        if output_budget is None:
+            output_budget = default_output_budget()
+        elif isinstance(output_budget, bool) or not isinstance(output_budget, int):
+            raise ConfigurationError("output_budget must be a whole number of bytes, or None")
+        elif output_budget < 0:
+            raise ConfigurationError("output_budget must be >= 0 (0: no bound)")
+        #: Bytes of output all connections together may hold (0: no bound).
+        self.output_budget = output_budget
         #: Serialises a value that is neither str nor bytes to JSON text (UTF-8 bytes).
         self.encode_json = make_encoder(json_dumps)
         #: Parses the messages of ``json=True`` routes.
@@ -247,7 +262,7 @@ class App(Routes):
         self._stopping: asyncio.Event | None = None
         self.port: int | None = None
         self.url: str | None = None
-        self._dropped_before = 0
+        self._drops_before = dict.fromkeys(DROP_REASONS, 0)
 
     # ----------------------------------------------------------------- routes
 
@@ -461,8 +476,19 @@ class App(Routes):
 
     @property
     def dropped(self) -> int:
-        """Messages dropped at a connection's ``backpressure_limit`` since the server started."""
-        return self._server.dropped if self._server is not None else self._dropped_before
+        """Messages dropped to open connections since the server started: past a connection's
+        ``backpressure_limit`` or past ``output_budget`` (the sum of ``ws.dropped``; see
+        :attr:`drops` for every cause)."""
+        drops = self.drops
+        return drops["backpressure"] + drops["budget"]
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """Messages lost since the server started, by cause: ``backpressure`` (past a
+        connection's ``backpressure_limit``), ``budget`` (past ``output_budget``) and
+        ``closing`` (sent to a connection that was closing or closed)."""
+        server = self._server
+        return dict(server.drops if server is not None else self._drops_before)
 
     # ----------------------------------------------------------------- lifecycle hooks
 
@@ -526,6 +552,7 @@ class App(Routes):
             loop=loop,
             handshake_timeout=self.handshake_timeout,
             max_header_size=self.max_header_size,
+            output_budget=self.output_budget,
         )
         try:
             await server.listen(host, port, ssl_context=tls, backlog=backlog, reuse_port=reuse_port)
@@ -548,7 +575,7 @@ class App(Routes):
             return
         self._server = None
         await server.close(self.shutdown_timeout if timeout is None else timeout)
-        self._dropped_before = server.dropped
+        self._drops_before = dict(server.drops)
         if self._relay is not None:
             try:
                 await self._stop_relay()

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypedDict
 from ..auth import FirstMessageAuth, resolve_authenticate
 from ..exceptions import ConfigurationError
 from ..protocol.deflate import DeflateOptions
-from ..server import Limits
+from ..server import BUDGET_POLICIES, Limits
 
 __all__ = ["RouteOptions", "RouteOptionsKw", "check_options", "make_options"]
 
@@ -73,6 +73,7 @@ class RouteOptionsKw(TypedDict, total=False):
     close_timeout: float
     backpressure_limit: int
     close_on_backpressure_limit: bool
+    output_budget_policy: str
     write_high_water: int
     write_low_water: int
     ping_interval: float
@@ -127,7 +128,12 @@ def make_options(base: RouteOptions | None, options: Mapping[str, Any], where: s
 def _check(name: str, value: Any, annotation: str) -> None:
     """Check one option's value by its declared type (checked by its owner for the two that
     have one)."""
-    if name == "compression":
+    if name == "output_budget_policy":
+        if value not in BUDGET_POLICIES:
+            raise ConfigurationError(
+                f"output_budget_policy must be one of {', '.join(BUDGET_POLICIES)}, not {value!r}"
+            )
+    elif name == "compression":
         DeflateOptions.from_value(value)
     elif name == "authenticate":
         resolve_authenticate(value)

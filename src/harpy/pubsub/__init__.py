@@ -114,7 +114,10 @@ class Groups:
 
 
 def fan_out(receivers: Iterable[Connection], message: Message, skip: object = None) -> int:
-    """Queue ``message`` for every receiver but ``skip``; return how many accepted it."""
+    """Queue ``message`` for every receiver but ``skip``; return how many accepted it.
+
+    Each receiver that refuses it counts the loss where it happens, by cause (its
+    backpressure limit, the server's output budget, or closing): see ``App.drops``."""
     sent = 0
     for conn in receivers:
         if conn is not skip and conn.queue_message(message):

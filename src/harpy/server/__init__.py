@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from .connection import Connection, Limits, ReadyState
-from .listener import Server, make_ssl_context
+from .connection import BUDGET_POLICIES, Connection, Limits, ReadyState
+from .listener import DROP_REASONS, Server, default_output_budget, make_ssl_context
 from .timers import TimerWheel
 
-__all__ = ["Connection", "Limits", "ReadyState", "Server", "TimerWheel", "make_ssl_context"]
+__all__ = [
+    "BUDGET_POLICIES",
+    "DROP_REASONS",
+    "Connection",
+    "Limits",
+    "ReadyState",
+    "Server",
+    "TimerWheel",
+    "default_output_budget",
+    "make_ssl_context",
+]

@@ -51,11 +51,24 @@ if TYPE_CHECKING:
     from ..protocol.deflate import PerMessageDeflate
     from .listener import Server
 
-__all__ = ["Connection", "Limits", "ReadyState"]
+__all__ = ["BUDGET_POLICIES", "LINGER_BYTES", "LINGER_TIME", "Connection", "Limits", "ReadyState"]
 
 logger = logging.getLogger("harpy")
 
 MiB = 1024 * 1024
+
+#: A refused or failed connection: after the answer, read and discard what the peer still
+#: sends for at most this many seconds and bytes, so that it reads the answer, not a reset.
+LINGER_TIME = 2.0
+LINGER_BYTES = 1 * MiB
+
+#: What happens to a message for one of the slowest connections once the server's output
+#: budget is spent: drop it (counted), or close the connection with 1008 or with 1013.
+BUDGET_POLICIES = ("drop", "close_1008", "close_1013")
+_BUDGET_CLOSE = {
+    "close_1008": (1008, "Output budget exceeded"),
+    "close_1013": (1013, "Server overloaded, try again later"),
+}
 
 
 class ReadyState(enum.IntEnum):
@@ -90,6 +103,9 @@ class Limits:
     backpressure_limit: int = 16 * MiB
     #: Close with 1008 instead of dropping when the backpressure limit is passed.
     close_on_backpressure_limit: bool = False
+    #: Once the server's output budget is spent, for one of the connections holding the most:
+    #: "drop" the message (counted), or "close_1008" / "close_1013" the connection.
+    output_budget_policy: str = "drop"
     #: Write buffer watermarks: ``send`` returns -1 above the high one, drain fires below the low.
     write_high_water: int = 64 * 1024
     write_low_water: int = 16 * 1024
@@ -106,6 +122,7 @@ class Limits:
 
 
 _DEFAULT_LIMITS = Limits()
+_NO_CLOSE = (1006, "")
 _PING = build_frame(OP_PING, b"")
 
 
@@ -119,14 +136,19 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_corked",
         "_deadline",
+        "_failed",
         "_head",
+        "_held",
         "_key",
         "_last_active",
         "_last_seen",
         "_limits",
+        "_linger",
+        "_linger_left",
         "_missed_pongs",
         "_out",
         "_out_size",
+        "_peer_closed",
         "_ping_at",
         "_ping_sent",
         "_reader",
@@ -149,7 +171,8 @@ class Connection(asyncio.Protocol):
         self.request: Request | None = None
         #: The negotiated permessage-deflate codec, or None.
         self.codec: PerMessageDeflate | None = None
-        #: Messages dropped at this connection's backpressure limit.
+        #: Messages dropped while this connection was open: past its backpressure limit, or past
+        #: the server's output budget (those sent once it was closing count on the server).
         self.dropped = 0
         #: Messages sent or queued to the peer (not the dropped ones).
         self.messages_out = 0
@@ -160,6 +183,11 @@ class Connection(asyncio.Protocol):
         self._key = ""
         self._out: list[bytes] = []
         self._out_size = 0
+        self._held = 0  # the transport's buffer, as last sampled into the server's total
+        self._linger: asyncio.TimerHandle | None = None
+        self._linger_left = 0
+        self._failed = False  # the peer broke the protocol: what follows may be anything
+        self._peer_closed = _NO_CLOSE  # the peer's close, kept when the reader is dropped
         self._corked = False
         self._write_paused = False
         self._limits = _DEFAULT_LIMITS
@@ -225,6 +253,10 @@ class Connection(asyncio.Protocol):
             return
         if self.ready_state is _CONNECTING:
             self._receive_head(data)
+        elif self._linger is not None:
+            self._linger_left -= len(data)  # discarded: the answer is on its way
+            if self._linger_left <= 0 and self.transport is not None:
+                self.transport.close()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: a half-closed WebSocket is of no use
@@ -237,8 +269,15 @@ class Connection(asyncio.Protocol):
         self.ready_state = _CLOSED
         code, reason = self._peer_close()
         self._reader = None
+        self._head = b""
+        held = self._held + self._out_size
         self._out.clear()
         self._out_size = 0
+        self._held = 0
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        server.released(held)
         if was is not _CONNECTING:
             self._handle_closed(code, reason)
 
@@ -246,14 +285,16 @@ class Connection(asyncio.Protocol):
         """The peer's close code and reason; 1006 when no close frame came."""
         reader = self._reader
         if reader is None:
-            return 1006, ""
+            return self._peer_closed
         return reader.close_code, reader.close_reason
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._recount()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._recount()
         if self.ready_state is _OPEN:
             self._handle_drain()
 
@@ -345,7 +386,30 @@ class Connection(asyncio.Protocol):
             return
         self.ready_state = _CLOSED
         transport.write(response)
-        transport.close()
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after a refusal or a failure while the peer may still be sending: end the
+        write side (the answer goes first), discard input for at most :data:`LINGER_TIME`
+        seconds and :data:`LINGER_BYTES` bytes, then close.  Closing at once with unread
+        input makes the kernel send a reset, which can destroy the answer before the peer
+        reads it.  TLS cannot half-close: there, close at once."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._linger is not None:
+            return
+        self._peer_closed = self._peer_close()
+        self._reader = None  # what comes now is discarded, not read
+        try:
+            if not transport.can_write_eof():
+                transport.close()
+                return
+            transport.write_eof()
+            transport.resume_reading()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self._linger_left = LINGER_BYTES
+        self._linger = self._server.loop.call_later(LINGER_TIME, transport.close)
 
     # ----------------------------------------------------------------- facts of the transport
 
@@ -392,6 +456,7 @@ class Connection(asyncio.Protocol):
                     self._missed_pongs = 0
                     self._handle_pong(value)
                 elif kind == EV_ERROR:
+                    self._failed = True
                     self._handle_protocol_error(value)
                 # OP_CLOSE: the reader answered it already; _follow_reader carries it out.
         finally:
@@ -416,7 +481,12 @@ class Connection(asyncio.Protocol):
         if self.ready_state is _OPEN:
             self._enter_closing()
         if state == ST_CLOSED and self.transport is not None:
-            self.transport.close()
+            if reader.close_received and not self._failed:
+                self.transport.close()
+            else:
+                # Failed: the peer may still be sending (the rest of a message too big, say),
+                # and what the core took for its close may have been any bytes of that.
+                self._close_lingering()
 
     def _enter_closing(self) -> None:
         """OPEN -> CLOSING: our close frame is out; the peer has ``close_timeout`` to answer."""
@@ -453,7 +523,7 @@ class Connection(asyncio.Protocol):
             return self._send_compressed(codec, opcode, payload)
         # _write, inlined: this is every uncompressed send.
         if self.ready_state is not _OPEN:
-            return 0
+            return self._drop_closing()
         frame = build_frame(opcode, payload)
         if not (self._write_paused or self._corked or self._out):
             self.transport.write(frame)  # type: ignore[union-attr]
@@ -465,7 +535,7 @@ class Connection(asyncio.Protocol):
 
     def _send_compressed(self, codec: PerMessageDeflate, opcode: int, payload: bytes) -> int:
         if self.ready_state is not _OPEN:
-            return 0
+            return self._drop_closing()
         if codec.shareable:
             return self._write_message(build_frame(opcode, codec.compress(payload), True))
         frame = self._own_compressed(codec, opcode, payload)
@@ -497,48 +567,90 @@ class Connection(asyncio.Protocol):
             frame = own
         size = len(frame)
         if self.ready_state is not _OPEN:
+            self._drop_closing()
             return False
+        server = self._server
         if (
-            self._write_paused or self._out_size + size > self._limits.backpressure_limit
-        ) and self._over_limit(size):
+            (self._write_paused or self._out_size + size > self._limits.backpressure_limit)
+            and self._over_limit(size)
+        ) or (server.queued + size > server.output_bound and self._over_budget(size)):
             return False
         out = self._out
         if not out and not self._corked:
-            self._server.flush_later(self)
+            server.flush_later(self)
         out.append(frame)
         self._out_size += size
         self.messages_out += 1
+        server.queued += size
         return True
 
     def _write(self, frame: bytes) -> int:
         """Write (or queue behind what is queued) one frame; the status of ``send_message``."""
         if self.ready_state is not _OPEN:
-            return 0
+            return self._drop_closing()
         if not (self._write_paused or self._corked or self._out):
             self.transport.write(frame)  # type: ignore[union-attr]
             return -1 if self._write_paused else len(frame)
-        if self._past_limit(len(frame)):
+        size = len(frame)
+        if self._past_limit(size):
             return 0
         if self._corked or self._out:  # behind queued frames: keep the order
             self._out.append(frame)
-            self._out_size += len(frame)
+            self._out_size += size
         else:
             self.transport.write(frame)  # type: ignore[union-attr]
-        return -1 if self._write_paused else len(frame)
+            self._held += size  # in the transport until the next sample
+        self._server.queued += size
+        return -1 if self._write_paused else size
 
     def _past_limit(self, size: int) -> bool:
         # Cheap test first: the kernel side only matters once writing is paused, and the
         # queue of this tick only once it nears the limit.
-        if self._write_paused or self._out_size + size > self._limits.backpressure_limit:
-            return self._over_limit(size)
-        return False
+        if (
+            self._write_paused or self._out_size + size > self._limits.backpressure_limit
+        ) and self._over_limit(size):
+            return True
+        server = self._server
+        return server.queued + size > server.output_bound and self._over_budget(size)
+
+    def _over_budget(self, size: int) -> bool:
+        """The server's output budget is spent: refuse ``size`` more bytes to one of the
+        slowest connections, by the route's ``output_budget_policy``; the others still get
+        theirs.  One of the slowest holds more than its fair share and its peer does not
+        keep up: what is queued, written now, leaves its transport above the high-water mark.
+        (Within one loop tick every receiver of a fan-out has the same queue: only writing
+        tells a fast peer from a slow one.)"""
+        self._recount()
+        if self._held + self._out_size + size <= self._server.fair_share():
+            return False
+        if not self._write_paused and self._out and not self._corked:
+            self._flush()
+        if not self._write_paused:
+            return False  # the peer keeps up
+        self._drop("budget")
+        close = _BUDGET_CLOSE.get(self._limits.output_budget_policy)
+        if close is not None:
+            self._start_close(*close)
+        return True
+
+    def _recount(self) -> None:
+        """Sample the transport's buffer into the server's total: at the watermarks, on the
+        way to a drop, and at a flush once the total is past half the budget (inlined
+        there); never per message."""
+        transport = self.transport
+        held = transport.get_write_buffer_size() if transport is not None else 0
+        self._server.queued += held - self._held
+        self._held = held
 
     def _own_compressed(
         self, codec: PerMessageDeflate, opcode: int, payload: bytes
     ) -> bytes | None:
         """A frame compressed by this connection's own (context-keeping) compressor, or None
         when it would be dropped: the compressor never remembers a message never sent."""
-        if self.ready_state is not _OPEN or self._past_limit(deflate_bound(len(payload))):
+        if self.ready_state is not _OPEN:
+            self._drop_closing()
+            return None
+        if self._past_limit(deflate_bound(len(payload))):
             return None
         return build_frame(opcode, codec.compress(payload), True)
 
@@ -556,10 +668,20 @@ class Connection(asyncio.Protocol):
     def _drop_at_limit(self) -> None:
         """A message dropped at the backpressure limit: count it, or close with 1008 when the
         route asks for that."""
-        self.dropped += 1
-        self._server.dropped += 1
+        self._drop("backpressure")
         if self._limits.close_on_backpressure_limit:
             self._start_close(1008, "Backpressure limit exceeded")
+
+    def _drop(self, reason: str) -> None:
+        """Count one message lost on this connection, and on the server by ``reason``."""
+        self.dropped += 1
+        self._server.count_drop(reason)
+
+    def _drop_closing(self) -> int:
+        """A message for a connection that is closing or closed: counted on the server, status 0."""
+        if self.ready_state is not _CONNECTING:
+            self._server.count_drop("closing")
+        return 0
 
     def flush(self) -> None:
         """Write what was queued this tick, unless a batch of events is still being handled
@@ -574,7 +696,16 @@ class Connection(asyncio.Protocol):
             if transport is not None and not transport.is_closing():
                 transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            size = self._out_size
             self._out_size = 0
+            server = self._server
+            if self._write_paused or server.queued > server.sample_above:
+                # Sample what the kernel did not take into the server's total.
+                held = transport.get_write_buffer_size() if transport is not None else 0
+                server.queued += held - self._held - size
+                self._held = held
+            else:
+                self._held += size  # taken as still in the transport: the total errs high
 
     @property
     def buffered_amount(self) -> int:
@@ -594,6 +725,8 @@ class Connection(asyncio.Protocol):
             return
         if self.ready_state is _OPEN:
             self._start_close(code, reason)
+        elif self._linger is not None and self.transport is not None:
+            self.transport.close()  # a refused or failed connection: stop waiting for it
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""

@@ -3,16 +3,66 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
+import os
 import ssl
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .timers import TimerWheel
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["Server", "make_ssl_context"]
+__all__ = ["DROP_REASONS", "Server", "default_output_budget", "make_ssl_context", "release_memory"]
+
+logger = logging.getLogger("harpy")
+
+MiB = 1024 * 1024
+
+#: Why a message can be lost: past a connection's ``backpressure_limit``, past the server's
+#: ``output_budget``, or sent to a connection that is closing or closed.
+DROP_REASONS = ("backpressure", "budget", "closing")
+#: At most one warning per cause of drops in this many seconds.
+DROP_WARNING_INTERVAL = 5.0
+#: Ask the allocator to give memory back once this much output was freed (and whenever the
+#: last connection closes after at least ``TRIM_WHEN_IDLE`` was).
+TRIM_AFTER = 64 * MiB
+TRIM_WHEN_IDLE = 1 * MiB
+#: At most one such call in this many seconds while connections remain open.
+TRIM_INTERVAL = 1.0
+#: What a closed connection is taken to have held besides its output (objects, read buffers).
+_CONNECTION_COST = 64 * 1024
+
+
+def default_output_budget() -> int:
+    """The smaller of 1 GiB and a quarter of physical memory (1 GiB when that is unknown)."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 1024 * MiB
+    return min(1024 * MiB, physical // 4) if physical > 0 else 1024 * MiB
+
+
+def _load_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent from musl, macOS, Windows
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_memory() -> bool:
+    """Tell the C allocator to return its free memory to the system (glibc ``malloc_trim``);
+    False where there is no such call."""
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
@@ -33,6 +83,7 @@ class Server:
         loop: asyncio.AbstractEventLoop,
         handshake_timeout: float = 10.0,
         max_header_size: int = 8192,
+        output_budget: int = 0,
     ) -> None:
         self._factory = protocol_factory
         self.loop = loop
@@ -43,8 +94,59 @@ class Server:
         self._servers: list[asyncio.base_events.Server] = []
         self._dirty: list[Connection] = []
         self.closing = False
-        #: Frames dropped at a connection's backpressure limit, over all connections.
-        self.dropped = 0
+        #: Messages lost, by cause (:data:`DROP_REASONS`), over all connections.
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._warned_at: dict[str, float] = dict.fromkeys(DROP_REASONS, -DROP_WARNING_INTERVAL)
+        #: Bytes of output all connections may hold, queued or in their transports (0: no
+        #: bound); past it, the connections holding the most get no more.
+        self.output_budget = output_budget
+        #: The bound the connections test against: the budget, or no bound for 0.
+        self.output_bound = output_budget or sys.maxsize
+        #: Past this total, each flush samples its transport's buffer; below, what was
+        #: written is taken as still buffered (the total errs high, never low, and costs
+        #: nothing while far from the budget).
+        self.sample_above = self.output_bound // 2
+        #: Bytes of output held now, as last sampled (each connection's own count summed).
+        self.queued = 0
+        self._freed = 0
+        self._trim_pending = False
+        self._trimmed_at = -TRIM_INTERVAL
+
+    def count_drop(self, reason: str) -> None:
+        """Count one lost message; warn on the ``harpy`` logger, at most once per
+        :data:`DROP_WARNING_INTERVAL` seconds per cause, with the running count."""
+        drops = self.drops
+        drops[reason] += 1
+        now = self.loop.time()
+        if now - self._warned_at[reason] >= DROP_WARNING_INTERVAL:
+            self._warned_at[reason] = now
+            logger.warning("harpy: %d message(s) dropped so far (%s)", drops[reason], reason)
+
+    def fair_share(self) -> int:
+        """The budget divided among the connections: past it, a connection is among the
+        slowest (the budget can only be passed when one is)."""
+        return self.output_bound // max(1, len(self.connections))
+
+    def released(self, held: int) -> None:
+        """A connection that held ``held`` bytes of output closed: forget them, and ask the
+        allocator to give memory back once enough was freed."""
+        self.queued -= held
+        self._freed += held + _CONNECTION_COST
+        if self._trim_pending:
+            return
+        if self.connections:
+            if self._freed < TRIM_AFTER or self.loop.time() - self._trimmed_at < TRIM_INTERVAL:
+                return
+        elif self._freed < TRIM_WHEN_IDLE:
+            return
+        self._trim_pending = True
+        self.loop.call_soon(self._trim)
+
+    def _trim(self) -> None:
+        self._trim_pending = False
+        self._freed = 0
+        self._trimmed_at = self.loop.time()
+        release_memory()
 
     async def listen(
         self,
