@@ -76,6 +76,28 @@ def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContex
 class Server:
     """Accepts connections for one protocol factory and keeps track of them until closed."""
 
+    # Slots: the per-delivery path reads and writes ``queued`` and ``output_bound``.
+    __slots__ = (
+        "_dirty",
+        "_factory",
+        "_freed",
+        "_servers",
+        "_trim_pending",
+        "_trimmed_at",
+        "_warned_at",
+        "closing",
+        "connections",
+        "drops",
+        "handshake_timeout",
+        "loop",
+        "max_header_size",
+        "output_bound",
+        "output_budget",
+        "queued",
+        "sample_above",
+        "wheel",
+    )
+
     def __init__(
         self,
         protocol_factory: Callable[[Server], Connection],
