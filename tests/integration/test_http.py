@@ -269,6 +269,8 @@ async def test_metrics_count_connections_messages_errors_closes() -> None:
     ]
     assert after[("harpy_handshakes_refused_total", (("status", "404"),))] == 1
     assert after[("harpy_backpressure_dropped_total", ())] == 0
+    for reason in ("backpressure", "budget", "closing"):
+        assert after[("harpy_messages_dropped_total", (("reason", reason),))] == 0
     assert theirs[("harpy_messages_received_total", ())] == 0
     assert theirs[("harpy_received_bytes_total", ())] == 0
     assert app.metrics_registry is not other.metrics_registry

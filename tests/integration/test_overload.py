@@ -295,7 +295,7 @@ def test_output_budget_options_are_checked() -> None:
 async def test_drops_are_counted_by_cause_and_warned_about_once_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = harpy.App(backpressure_limit=64 * 1024)
+    app = harpy.App(backpressure_limit=64 * 1024, metrics=True)
     sockets: list[harpy.WebSocket[Any]] = []
 
     @app.ws("/slow")
@@ -320,6 +320,10 @@ async def test_drops_are_counted_by_cause_and_warned_about_once_per_interval(
         assert ws.send("after close") == 0
         assert app.publish("t", "after close") == 0  # still subscribed until closed
         assert app.drops["closing"] == 2
+        # The same counts on the metrics endpoint.
+        scraped = await _scrape(url)
+        assert f'harpy_messages_dropped_total{{reason="backpressure"}} {ws.dropped}.0' in scraped
+        assert 'harpy_messages_dropped_total{reason="closing"} 2.0' in scraped
         client.writer.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     # One warning per cause within the interval, with the count at that time.
@@ -368,3 +372,15 @@ async def test_message_too_big_close_arrives_while_the_client_keeps_sending() ->
         assert await client.read_close() == 1009
         assert await client.at_eof()
         client.writer.close()
+
+
+async def _scrape(url: str) -> str:
+    """GET /metrics from the server at ``url`` with a raw socket (the answer closes it)."""
+    host, port = url.removeprefix("ws://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body.decode()

@@ -95,10 +95,19 @@ class _AppCollector:
         for code, count in sorted(stats.closes.items()):
             closes.add_metric([str(code)], count)
         yield closes
+        drops = app.drops
         yield CounterMetricFamily(
             "harpy_backpressure_dropped", "Messages dropped at a backpressure limit",
-            value=app.dropped,
+            value=drops["backpressure"],
         )
+        dropped = CounterMetricFamily(
+            "harpy_messages_dropped",
+            "Messages lost in this process, by cause (backpressure, budget, closing)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(drops.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
         backplane = app.backplane
         if backplane is not None:
             yield GaugeMetricFamily(
