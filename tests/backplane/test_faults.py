@@ -42,6 +42,10 @@ def make_backplane(backend: str, broker: Broker, tag: str, max_queue: int = MAX_
     )
 
 
+#: The most messages one batch in flight at the kill may hold (paced at 2 ms, it is 1 or 2).
+IN_FLIGHT_AT_KILL = 8
+
+
 @pytest.mark.parametrize("backend", ["redis", "nats"])
 async def test_a_broker_restart_mid_stream_loses_nothing_uncounted(
     backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
@@ -69,11 +73,15 @@ async def test_a_broker_restart_mid_stream_loses_nothing_uncounted(
                 restarted_at = loop.time()
             await asyncio.sleep(0.002)  # a paced stream, not a synchronisation
         await eventually(
-            lambda: backplane.queued == 0 and len(arrived) + backplane.dropped == sent,
+            lambda: backplane.queued == 0 and len(arrived) + backplane.dropped >= sent,
             timeout=scaled(10.0),
-            what=f"arrived + dropped == {sent}",
+            what=f"arrived + dropped >= {sent}",
         )
-        assert len(arrived) + backplane.dropped == sent
+        # Every lost message is counted. A message in flight when the server died is never
+        # confirmed, so it is counted as dropped even when it did arrive: the count may be
+        # over by that batch (the stream is paced, so a batch is a message or two), never under.
+        lost = sent - len(arrived)
+        assert lost <= backplane.dropped <= lost + IN_FLIGHT_AT_KILL
         assert backplane.dropped >= STREAM // 3 - MAX_QUEUE  # the outage outgrew the queue
         numbers = [n for _, n in arrived]
         assert len(set(numbers)) == len(numbers), "a message arrived twice"
