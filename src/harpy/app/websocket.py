@@ -47,6 +47,7 @@ from ..protocol.message import encode_data
 from ..server import Connection, ReadyState, Server
 
 if TYPE_CHECKING:
+    from ..pubsub import Groups
     from .app import App, Route
 
 __all__ = ["Admission", "Dispatch", "MeteredWebSocket", "WebSocket", "auto_broadcasting"]
@@ -322,13 +323,11 @@ class WebSocket(Connection, Generic[T]):
         return self._app.topic_groups.remove(self, topic)
 
     def is_subscribed(self, topic: str) -> bool:
-        if self._groups_at_close is not None:
-            return topic in self._groups_at_close[0]
-        return self._app.topic_groups.has(self, topic)
+        return self._is_in(0, topic)
 
     @property
     def subscriptions(self) -> list[str]:
-        return sorted(self._topics_now())
+        return sorted(self._groups(0))
 
     def publish(self, topic: str, data: Any, compress: bool | None = None) -> int:
         """Send ``data`` to every subscriber of ``topic`` but this connection (unless the route
@@ -384,16 +383,12 @@ class WebSocket(Connection, Generic[T]):
         return self._app.room_groups.remove(self, room)
 
     def in_room(self, room: str) -> bool:
-        if self._groups_at_close is not None:
-            return room in self._groups_at_close[1]
-        return self._app.room_groups.has(self, room)
+        return self._is_in(1, room)
 
     @property
     def rooms(self) -> frozenset[str]:
         """The rooms this connection is in (in a ``close`` handler: was in)."""
-        if self._groups_at_close is not None:
-            return self._groups_at_close[1]
-        return self._app.room_groups.of(self)
+        return self._groups(1)
 
     def broadcast(
         self,
@@ -412,10 +407,20 @@ class WebSocket(Connection, Generic[T]):
             exclude=None if include_self else self,
         )
 
-    def _topics_now(self) -> frozenset[str]:
+    def _group_index(self, kind: int) -> Groups:
+        """The app's topics (``kind`` 0) or rooms (1)."""
+        return self._app.topic_groups if kind == 0 else self._app.room_groups
+
+    def _groups(self, kind: int) -> frozenset[str]:
+        """Its topics (0) or rooms (1); after close, those it was in."""
         if self._groups_at_close is not None:
-            return self._groups_at_close[0]
-        return self._app.topic_groups.of(self)
+            return self._groups_at_close[kind]
+        return self._group_index(kind).of(self)
+
+    def _is_in(self, kind: int, name: str) -> bool:
+        if self._groups_at_close is not None:
+            return name in self._groups_at_close[kind]
+        return self._group_index(kind).has(self, name)
 
     def _require_open(self, action: str) -> None:
         if self.ready_state is not _OPEN:
