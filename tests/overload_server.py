@@ -36,7 +36,7 @@ def make_app(budget: int) -> harpy.App:
             # A small kernel send buffer for the subscribers that stop reading: what they
             # cannot take stays in this process, where the budget bounds it, instead of
             # a megabyte each in the kernel.
-            sock = ws.transport.get_extra_info("socket") if ws.transport else None
+            sock = ws._conn.transport.get_extra_info("socket") if ws._conn.transport else None
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             ws.subscribe("t")

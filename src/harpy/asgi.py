@@ -3,10 +3,11 @@
 ``ASGIApp(app)`` is an ASGI application.  A ``websocket`` scope goes through the same code as
 the native server: routing, connection limits, origins, subprotocols, ``authenticate`` hooks,
 then ``open`` / ``message`` / ``close`` in order.  Each connection is a real
-:class:`harpy.WebSocket` whose message-level output (accept, refuse, send a message, close) is
-turned into ASGI events directly, in order, by one sender task per connection: nothing is framed
-or parsed here.  Topics, rooms and broadcasts are the App's, so they reach native and ASGI
-connections alike.
+:class:`harpy.WebSocket` on an :class:`ASGIConnection`: the second transport on the
+transport-neutral :class:`~harpy.server.Connection` (the native one frames; this one turns the
+message-level output, accept, refuse, send a message, close, into ASGI events, in order, through
+one sender task per connection).  Nothing is framed or parsed here.  Topics, rooms and
+broadcasts are the App's, so they reach native and ASGI connections alike.
 
 Framing, compression and heartbeat pings are the ASGI server's: harpy's ``idle_timeout`` and
 ping options do not apply here (``inactivity_timeout``, ``max_message_size``, backpressure and
@@ -29,12 +30,20 @@ from .app import App, WebSocket
 from .exceptions import PayloadTooBig
 from .protocol import OP_TEXT, Message, Request
 from .protocol.handshake import refusal
-from .server import Limits, ReadyState, Server
+from .server import (
+    EV_PROTOCOL_ERROR,
+    EV_REFUSED,
+    EV_REQUEST,
+    Connection,
+    Host,
+    Limits,
+    ReadyState,
+)
 
 if TYPE_CHECKING:
     from .protocol.deflate import PerMessageDeflate
 
-__all__ = ["ASGIApp"]
+__all__ = ["ASGIApp", "ASGIConnection"]
 
 logger = logging.getLogger("harpy")
 
@@ -64,7 +73,7 @@ class ASGIApp:
         self.app = app
         self.fallback = fallback
         self.lifespan = lifespan
-        self._server: Server | None = None
+        self._server: Host | None = None
         self._limits: dict[int, tuple[Limits, Limits]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,14 +104,13 @@ class ASGIApp:
         """How many WebSocket connections this adapter holds (handshaking or open)."""
         return len(self._server.connections) if self._server is not None else 0
 
-    def _get_server(self) -> Server:
+    def _get_server(self) -> Host:
         loop = asyncio.get_running_loop()
         server = self._server
         if server is None or server.loop is not loop:
-            # One per event loop, never listening: the loop, the timer wheel, the registry of
-            # connections and the end-of-tick flush that harpy's connections rely on.
-            server = Server(
-                lambda srv: WebSocket(srv, self.app),  # never called: it does not listen
+            # One per event loop: the timer wheel, the registry of connections, the output
+            # budget and the end-of-tick flush that harpy's connections share.
+            server = Host(
                 loop=loop,
                 handshake_timeout=self.app.handshake_timeout,
                 max_header_size=self.app.max_header_size,
@@ -131,8 +139,9 @@ class ASGIApp:
         first = await receive()
         if first["type"] != "websocket.connect":
             return  # disconnected before anything happened
-        ws = _ASGIWebSocket(self._get_server(), self, scope, send)
-        await ws.serve(request, receive)
+        conn = ASGIConnection(self._get_server(), self, scope, send)
+        WebSocket(self.app, conn)  # binds itself to the connection's events
+        await conn.serve(request, receive)
 
     # ----------------------------------------------------------------- lifespan
 
@@ -174,16 +183,20 @@ class ASGIApp:
                 return
 
 
-class _ASGIWebSocket(WebSocket[Any]):
-    """A harpy connection whose output becomes ASGI events, in order, through one sender."""
+class ASGIConnection(Connection):
+    """A harpy connection whose output becomes ASGI events, in order, through one sender.
+
+    Its output items are :class:`~harpy.protocol.Message` objects and ASGI events; what it
+    holds for the ASGI server counts as its transport's buffer, so the backpressure limit,
+    the watermarks and the server's output budget apply as on the native server."""
 
     __slots__ = (
         "_adapter",
         "_asgi_send",
         "_decided",
-        "_ended",
         "_events",
         "_final",
+        "_gone",
         "_peer",
         "_peer_status",
         "_queued",
@@ -192,8 +205,8 @@ class _ASGIWebSocket(WebSocket[Any]):
         "_wakeup",
     )
 
-    def __init__(self, server: Server, adapter: ASGIApp, scope: Scope, send: Send) -> None:
-        super().__init__(server, adapter.app)
+    def __init__(self, server: Host, adapter: ASGIApp, scope: Scope, send: Send) -> None:
+        super().__init__(server)
         loop = server.loop
         self._adapter = adapter
         self._scope = scope
@@ -203,7 +216,7 @@ class _ASGIWebSocket(WebSocket[Any]):
         self._wakeup = asyncio.Event()
         self._final = False  # a final event (close, refusal) is queued: nothing more
         self._decided: asyncio.Future[bool] = loop.create_future()  # True: accepted
-        self._ended: asyncio.Future[None] = loop.create_future()
+        self._gone: asyncio.Future[None] = loop.create_future()
         self._peer_status = (1006, "")
         self._reading = asyncio.Event()
         self._reading.set()
@@ -214,30 +227,28 @@ class _ASGIWebSocket(WebSocket[Any]):
 
     async def serve(self, request: Request, receive: Receive) -> None:
         """Run the connection from the upgrade request to the disconnect."""
-        server = self._server
-        loop = server.loop
-        server.connections.add(self)
-        self._deadline = loop.time() + server.handshake_timeout
-        server.wheel.schedule(self, self._deadline)
+        loop = self._server.loop
+        self._started()
         self.request = request
         pump = loop.create_task(self._pump())
         reader: asyncio.Task[None] | None = None
         try:
-            self._handle_request(request)
+            self._on_event(EV_REQUEST, request)
             if await self._decided:
                 reader = loop.create_task(self._read(receive))
                 reader.add_done_callback(lambda _: self._finish(1006, ""))
-                await self._ended
+                await self._gone
             else:
                 # The refusal (or nothing, after an abort) goes out before returning.
-                await asyncio.wait([pump, self._ended], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([pump, self._gone], return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (reader, pump):
                 if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            self.connection_lost(None)
+            self._events.clear()
+            self._ended(*self._peer_status)
 
     async def _read(self, receive: Receive) -> None:
         loop = self._server.loop
@@ -256,28 +267,22 @@ class _ASGIWebSocket(WebSocket[Any]):
                     data = message.get("bytes") or b""
                 self._last_seen = self._last_active = loop.time()
                 if limit and _too_big(data, limit):
-                    self._handle_protocol_error(PayloadTooBig("message too big"))
+                    self._on_event(EV_PROTOCOL_ERROR, PayloadTooBig("message too big"))
                     self.close(1009, "Message too big")
                     continue
-                self._handle_message(data)
+                self._on_message(data)
             elif kind == "websocket.disconnect":
                 self._finish(int(message.get("code", 1005)), message.get("reason") or "")
                 return
 
     def _finish(self, code: int, reason: str) -> None:
         """The connection is over: the peer's close code, or 1006 without one."""
-        if not self._ended.done():
+        if not self._gone.done():
             self._peer_status = (code, reason)
-            self._ended.set_result(None)
+            self._gone.set_result(None)
         _resolve(self._decided, False)
 
-    def _peer_close(self) -> tuple[int, str]:
-        return self._peer_status
-
     # ----------------------------------------------------------------- output, as ASGI events
-
-    def check_upgrade(self) -> None:
-        """The ASGI server checked the handshake (and may not pass its headers on: HTTP/2)."""
 
     def accept(
         self,
@@ -286,18 +291,19 @@ class _ASGIWebSocket(WebSocket[Any]):
         codec: PerMessageDeflate | None = None,
     ) -> None:
         # No permessage-deflate of harpy's: the ASGI server owns the wire format.
-        if self.ready_state is not _CONNECTING or self._ended.done():
+        if self.ready_state is not _CONNECTING or self._gone.done():
             return
-        self._push({"type": "websocket.accept", "subprotocol": self.subprotocol, "headers": []}, 0)
+        subprotocol = next((v for n, v in headers or () if n == "Sec-WebSocket-Protocol"), None)
+        self._push({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []}, 0)
         _resolve(self._decided, True)
-        self._open(self._adapter.limits_for(limits), None)
+        self._open(self._adapter.limits_for(limits))
 
     def refuse(
         self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
     ) -> None:
-        if self.ready_state is not _CONNECTING or self._ended.done():
+        if self.ready_state is not _CONNECTING or self._gone.done():
             return
-        self.ready_state = ReadyState.CLOSED
+        self._enter(ReadyState.CLOSED)
         extensions = self._scope.get("extensions") or {}
         if "websocket.http.response" in extensions:
             _, fields, body = refusal(status, reason, headers)
@@ -316,32 +322,41 @@ class _ASGIWebSocket(WebSocket[Any]):
             self._push({"type": "websocket.close", "code": 1000}, 0)  # 403 from the server
         self._final = True
         _resolve(self._decided, False)
+        self._on_event(EV_REFUSED, status)
+
+    def respond(
+        self,
+        status: int,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        *,
+        content_length: int | None = None,
+    ) -> None:
+        """Plain HTTP requests never reach a connection here: the ASGI server answers them."""
+        self.refuse(status)
 
     def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
-        if self.ready_state is not _OPEN:
-            return 0
-        size = _frame_size(len(payload))
-        if self._over(size):
-            return 0
-        self._push(Message(opcode, payload), size)
-        return -1 if self._write_paused else size
+        # The ASGI server frames (and compresses): the size is what it will write.
+        status = self._write(Message(opcode, payload), _frame_size(len(payload)))
+        if status:
+            self.messages_out += 1
+        return status
 
     def send_control(self, opcode: int, payload: bytes) -> int:
         return 0  # pings and pongs are the ASGI server's
 
     def queue_message(self, message: Message) -> bool:
-        size = len(message.frame)
-        if self.ready_state is not _OPEN or self._over(size):
-            return False
-        self._push(message, size)
-        return True
+        return self._enqueue(message, len(message.frame))
 
-    def _over(self, size: int) -> bool:
-        """Past ``backpressure_limit``: count the drop, or close with 1008 when asked."""
-        if self._queued + size <= self._limits.backpressure_limit:
-            return False
-        self._drop_at_limit()
-        return True
+    def _transmit(self, item: Any) -> None:
+        self._push(item, len(item.frame) if isinstance(item, Message) else 0)
+
+    def _transmit_all(self, items: list[Any]) -> None:
+        for item in items:
+            self._transmit(item)
+
+    def _transport_buffer(self) -> int:
+        return self._queued
 
     def _start_close(self, code: int, reason: str) -> None:
         if self.ready_state is not _OPEN or self._final:
@@ -361,6 +376,9 @@ class _ASGIWebSocket(WebSocket[Any]):
     def resume_reading(self) -> None:
         self._reading.set()
 
+    def check_upgrade(self) -> None:
+        """The ASGI server checked the handshake (and may not pass its headers on: HTTP/2)."""
+
     @property
     def remote_address(self) -> str:
         return self._peer
@@ -369,12 +387,8 @@ class _ASGIWebSocket(WebSocket[Any]):
     def tls(self) -> bool:
         return self._scope.get("scheme") in ("wss", "https")
 
-    @property
-    def buffered_amount(self) -> int:
-        return self._queued
-
     def _push(self, event: Message | Event, size: int) -> None:
-        if self._final or self._ended.done():
+        if self._final or self._gone.done():
             return
         self._events.append((event, size))
         self._queued += size

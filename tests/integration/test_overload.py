@@ -208,7 +208,7 @@ async def _close_code_after_data(client: RawClient) -> int:
 
 
 def _small_send_buffer(ws: harpy.WebSocket[Any]) -> None:
-    sock = ws.transport.get_extra_info("socket") if ws.transport else None
+    sock = ws._conn.transport.get_extra_info("socket") if ws._conn.transport else None
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
 

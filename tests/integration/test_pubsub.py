@@ -856,8 +856,9 @@ async def raw_slow_client(url: str) -> RawClient:
 
 def shrink_send_buffer(ws: harpy.WebSocket[Any]) -> None:
     """Keep the kernel from absorbing megabytes for a reader that never reads (loopback)."""
-    assert ws.transport is not None
-    ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport = ws._conn.transport  # the server's own socket, below the user API
+    assert transport is not None
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
 
 def slow_consumer_app(conns: Conns, closed: list[tuple[str, int]], **options: Any) -> harpy.App:

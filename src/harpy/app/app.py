@@ -16,7 +16,7 @@ from ..auth import resolve_authenticate
 from ..exceptions import ConfigurationError, HarpyError
 from ..protocol import OP_BINARY, Message
 from ..protocol.deflate import DeflateOptions
-from ..pubsub import Groups, fan_out
+from ..pubsub import Groups, Receiver, fan_out
 from ..pubsub.backplane.base import (
     PRESENCE_CHANNEL,
     Backplane,
@@ -26,14 +26,21 @@ from ..pubsub.backplane.base import (
     TrackedGroups,
 )
 from ..pubsub.presence import GroupKind, Presence, PresenceEvent
-from ..server import DROP_REASONS, Server, default_output_budget, make_ssl_context
+from ..server import (
+    DROP_REASONS,
+    FramedConnection,
+    MeteredConnection,
+    Server,
+    default_output_budget,
+    make_ssl_context,
+)
 from .handlers import Handlers, resolve_handlers
 from .http import HttpSide, Stats
 from .jsoncodec import Dumps, Loads, json_parsing, make_encoder, resolve_loads
 from .options import RouteOptions, RouteOptionsKw, make_options
 from .router import Routes, RouteSpec
 from .routing import RouteTable
-from .websocket import MeteredWebSocket, WebSocket, auto_broadcasting
+from .websocket import WebSocket, auto_broadcasting
 
 __all__ = ["App", "Connections", "Route"]
 
@@ -103,8 +110,8 @@ class Connections:
         on_opened: Callable[[str], None] | None = None,
         on_closed: Callable[[str], None] | None = None,
     ) -> None:
-        self._all: dict[WebSocket[Any], None] = {}
-        self._by_route: dict[str, dict[WebSocket[Any], None]] = {}
+        self._all: dict[WebSocket[Any], Receiver] = {}
+        self._by_route: dict[str, dict[WebSocket[Any], Receiver]] = {}
         #: Called with a route pattern when it gets its first connection, and loses its last.
         self._on_opened = on_opened
         self._on_closed = on_closed
@@ -123,23 +130,29 @@ class Connections:
         """The open connections of the route declared with ``pattern``."""
         return list(self._by_route.get(pattern, ()))
 
+    def receivers(self, pattern: str | None = None) -> list[tuple[WebSocket[Any], Receiver]]:
+        """(connection, receiver) pairs of every open connection, or of one route's, for
+        fan-out."""
+        members = self._all if pattern is None else self._by_route.get(pattern)
+        return list(members.items()) if members else []
+
     def count(self, pattern: str | None = None) -> int:
         return len(self._all) if pattern is None else len(self._by_route.get(pattern, ()))
 
-    def add(self, ws: WebSocket[Any], pattern: str) -> None:
-        """Register an open connection of the route ``pattern`` (the connection does, once
-        ``open`` may run)."""
-        self._all[ws] = None
+    def add(self, ws: WebSocket[Any], pattern: str, receiver: Receiver) -> None:
+        """Register an open connection of the route ``pattern``, whose messages go to
+        ``receiver`` (the connection does, once ``open`` may run)."""
+        self._all[ws] = receiver
         members = self._by_route.get(pattern)
         if members is None:
             members = self._by_route[pattern] = {}
             if self._on_opened is not None:
                 self._on_opened(pattern)
-        members[ws] = None
+        members[ws] = receiver
 
     def discard(self, ws: WebSocket[Any]) -> bool:
         """Forget a closed connection; False when it was not registered."""
-        if self._all.pop(ws, 0) is not None:
+        if self._all.pop(ws, None) is None:
             return False
         members = self._by_route.get(ws.route)
         if members is not None:
@@ -345,7 +358,7 @@ class App(Routes):
         message = Message.from_data(data, compress, self.encode_json)
         if self._relay is not None:
             self._relay.publish(topic, message)
-        return fan_out(self.topic_groups.members(topic), message, exclude)
+        return fan_out(self.topic_groups.receivers(topic), message, exclude)
 
     def subscriber_count(self, topic: str) -> int:
         return self.topic_groups.count(topic)
@@ -379,7 +392,7 @@ class App(Routes):
         """
         message = Message.from_data(data, compress, self.encode_json)
         relay = self._relay
-        receivers: Iterable[WebSocket[Any]]
+        receivers: Iterable[tuple[WebSocket[Any], Receiver]]
         if rooms is not None:
             if isinstance(rooms, str):
                 raise TypeError("rooms must be a list of room names, not a string")
@@ -387,13 +400,15 @@ class App(Routes):
             for name in names:
                 if not isinstance(name, str):
                     raise TypeError(f"room names are strings, not {type(name).__name__}")
-            receivers = self.room_groups.union(names)
-            if route is not None:
-                receivers = [ws for ws in receivers if ws.route == route]
+            union = self.room_groups.union(names)
+            if route is None:
+                receivers = union.items()
+            else:
+                receivers = [(ws, to) for ws, to in union.items() if ws.route == route]
             if relay is not None:
                 relay.broadcast_rooms(names, route, message)
         else:
-            receivers = self.connections if route is None else self.connections.route(route)
+            receivers = self.connections.receivers(route)
             if relay is not None:
                 relay.broadcast_route(route, message)
         return fan_out(receivers, message, exclude)
@@ -402,13 +417,13 @@ class App(Routes):
         """A message from another node for the local members of a group (the sender, on its
         own node, is never here: nobody to exclude)."""
         message = Message(envelope.opcode, envelope.payload, envelope.compress)
-        receivers: Iterable[WebSocket[Any]]
+        receivers: Iterable[tuple[WebSocket[Any], Receiver]]
         if kind is Kind.TOPIC:
-            receivers = self.topic_groups.members(name)
+            receivers = self.topic_groups.receivers(name)
         elif kind is Kind.ROUTE:
-            receivers = self.connections.route(name)
+            receivers = self.connections.receivers(name)
         elif kind is Kind.ALL:
-            receivers = self.connections
+            receivers = self.connections.receivers()
         else:
             # One envelope comes per room of the broadcast: a member of several of them takes
             # it from the first of its rooms only, so it gets one copy.
@@ -416,8 +431,8 @@ class App(Routes):
             if name not in rooms:
                 return
             receivers = [
-                ws
-                for ws in groups.members(name)
+                (ws, to)
+                for ws, to in groups.receivers(name)
                 if (route is None or ws.route == route)
                 and next(r for r in rooms if groups.has(ws, r)) == name
             ]
@@ -546,9 +561,15 @@ class App(Routes):
             if self.presence is not None:
                 await self.presence.start(self._presence_send)
         # With metrics on, connections also count bytes (a cost per read and per send).
-        kind = WebSocket if self.http.registry is None else MeteredWebSocket
+        kind = FramedConnection if self.http.registry is None else MeteredConnection
+
+        def connect(host: Server) -> FramedConnection:
+            conn = kind(host)
+            WebSocket(self, conn)  # binds itself to the connection's events
+            return conn
+
         server = Server(
-            lambda srv: kind(srv, self),
+            connect,
             loop=loop,
             handshake_timeout=self.handshake_timeout,
             max_header_size=self.max_header_size,

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigurationError
 from ..server.http import Response, StaticFiles
-from .websocket import MeteredWebSocket
 
 if TYPE_CHECKING:
     from ..protocol import Request
+    from ..server import Connection
     from .app import App
     from .websocket import WebSocket
 
@@ -61,9 +61,8 @@ class Stats:
     def add_closed(self, ws: WebSocket[Any]) -> None:
         self.messages_in += ws.messages_in
         self.messages_out += ws.messages_out
-        if isinstance(ws, MeteredWebSocket):
-            self.bytes_in += ws.bytes_in
-            self.bytes_out += ws.bytes_out
+        self.bytes_in += ws.bytes_in
+        self.bytes_out += ws.bytes_out
 
 
 def _path_option(value: bool | str | None, default: str, name: str) -> str | None:
@@ -95,7 +94,7 @@ class HttpSide:
         #: The app's own Prometheus registry (None without ``metrics``): add your metrics to it.
         self.registry: Any = None
         #: Exact paths answered before any route: health, metrics.
-        self.exact: dict[str, Callable[[WebSocket[Any], Request], None]] = {}
+        self.exact: dict[str, Callable[[Connection, Request], None]] = {}
         if self.health_path is not None:
             self.exact[self.health_path] = self._health
         if self.metrics_path is not None:
@@ -122,21 +121,21 @@ class HttpSide:
                 f"route {pattern!r} is the app's health or metrics path; move one of them"
             )
 
-    def answer_exact(self, ws: WebSocket[Any], request: Request) -> bool:
+    def answer_exact(self, conn: Connection, request: Request) -> bool:
         """Answer a plain request for the health or metrics path; False for anything else
         (an upgrade request there finds no route: 404)."""
         handler = self.exact.get(request.path)
-        if handler is None or not _plain(ws, request):
+        if handler is None or not _plain(conn, request):
             return False
         if request.method not in ("GET", "HEAD"):
-            ws.respond(405, [("Allow", "GET, HEAD"), *_TEXT], b"Method Not Allowed\n")
+            conn.respond(405, [("Allow", "GET, HEAD"), *_TEXT], b"Method Not Allowed\n")
         else:
-            handler(ws, request)
+            handler(conn, request)
         return True
 
-    def answer_static(self, ws: WebSocket[Any], request: Request) -> bool:
+    def answer_static(self, conn: Connection, request: Request) -> bool:
         """Start answering a plain request from a static mount; False when none covers it."""
-        if not self.mounts or not _plain(ws, request):
+        if not self.mounts or not _plain(conn, request):
             return False
         path = request.path
         for prefix, files in self.mounts:
@@ -148,49 +147,49 @@ class HttpSide:
                         request.get("if-none-match"),
                     )
                 )
-                task.add_done_callback(lambda done: _send(ws, done))
+                task.add_done_callback(lambda done: _send(conn, done))
                 return True
         return False
 
-    def _health(self, ws: WebSocket[Any], request: Request) -> None:
+    def _health(self, conn: Connection, request: Request) -> None:
         """200 while serving; 503 once shutdown has begun (take this node out of rotation)."""
-        if ws.server_closing:
-            _reply(ws, request, 503, [*_TEXT, ("Retry-After", "5")], b"shutting down\n")
+        if conn.server_closing:
+            _reply(conn, request, 503, [*_TEXT, ("Retry-After", "5")], b"shutting down\n")
         else:
-            _reply(ws, request, 200, _TEXT, b"ok\n")
+            _reply(conn, request, 200, _TEXT, b"ok\n")
 
-    def _metrics(self, ws: WebSocket[Any], request: Request) -> None:
+    def _metrics(self, conn: Connection, request: Request) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         body = generate_latest(self.registry)
-        _reply(ws, request, 200, [("Content-Type", CONTENT_TYPE_LATEST)], body)
+        _reply(conn, request, 200, [("Content-Type", CONTENT_TYPE_LATEST)], body)
 
 
-def _plain(ws: WebSocket[Any], request: Request) -> bool:
+def _plain(conn: Connection, request: Request) -> bool:
     """A plain HTTP request on the native server: not an upgrade, and not a connection of the
     ASGI adapter (no transport: its server answers HTTP itself)."""
-    return ws.transport is not None and "websocket" not in request.tokens("upgrade")
+    return conn.answers_http and "websocket" not in request.tokens("upgrade")
 
 
 def _reply(
-    ws: WebSocket[Any], request: Request, status: int, headers: list[tuple[str, str]], body: bytes
+    conn: Connection, request: Request, status: int, headers: list[tuple[str, str]], body: bytes
 ) -> None:
     """Answer GET with ``body``, HEAD with its length only."""
     if request.method == "HEAD":
-        ws.respond(status, headers, b"", content_length=len(body))
+        conn.respond(status, headers, b"", content_length=len(body))
     else:
-        ws.respond(status, headers, body)
+        conn.respond(status, headers, body)
 
 
-def _send(ws: WebSocket[Any], done: asyncio.Task[Response]) -> None:
+def _send(conn: Connection, done: asyncio.Task[Response]) -> None:
     if done.cancelled():
-        ws.abort()
+        conn.abort()
         return
     try:
         response = done.result()
     except Exception:  # an answer is owed whatever failed
         logger.exception("harpy: serving a static file failed")
         response = Response(500, list(_TEXT), b"Internal Server Error\n")
-    ws.respond(
+    conn.respond(
         response.status, response.headers, response.body, content_length=response.content_length
     )

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigurationError
-from .websocket import MeteredWebSocket
 
 if TYPE_CHECKING:
     from .app import App
@@ -65,9 +64,8 @@ class _AppCollector:
         for ws in app.connections:
             totals["messages_in"] += ws.messages_in
             totals["messages_out"] += ws.messages_out
-            if isinstance(ws, MeteredWebSocket):
-                totals["bytes_in"] += ws.bytes_in
-                totals["bytes_out"] += ws.bytes_out
+            totals["bytes_in"] += ws.bytes_in
+            totals["bytes_out"] += ws.bytes_out
         yield CounterMetricFamily(
             "harpy_messages_received", "WebSocket messages received", value=totals["messages_in"]
         )

@@ -1,8 +1,10 @@
-"""The connection object handed to every handler: ``harpy.WebSocket[T]``.
+r"""The connection object handed to every handler: ``harpy.WebSocket[T]``.
 
-``WebSocket`` subclasses the server's :class:`~harpy.server.Connection` (one object per
-connection) and speaks to it at the message level: it decides the upgrade (``accept`` or
-``refuse``), runs the route's handlers on the connection's events, and sends messages.
+``WebSocket`` shows users their API and nothing else.  Under it is a transport-neutral
+:class:`~harpy.server.Connection` (the native server's framed one, or the ASGI adapter's), to
+which it speaks at the message level: it hears the connection's events through the callbacks
+it :meth:`~harpy.server.Connection.bind`\ s, decides the upgrade (``accept`` or ``refuse``),
+runs the route's handlers, and sends messages.
 
 Its own state is explicit: :class:`Admission` (may the route's handlers run, is it a member of
 the app's connections) and :class:`Dispatch` (is an async handler running, is reading paused).
@@ -28,7 +30,6 @@ from ..exceptions import (
     HandshakeError,
     InvalidMessage,
     InvalidState,
-    ProtocolError,
 )
 from ..protocol import (
     OP_BINARY,
@@ -36,7 +37,6 @@ from ..protocol import (
     OP_PONG,
     OP_TEXT,
     Headers,
-    Message,
     Request,
     is_valid_close_code,
     parse_cookies,
@@ -44,13 +44,26 @@ from ..protocol import (
 from ..protocol.deflate import negotiate
 from ..protocol.handshake import ORIGIN_REFUSED, origin_allowed
 from ..protocol.message import encode_data
-from ..server import Connection, ReadyState, Server
+from ..server import (
+    EV_CLOSED,
+    EV_DRAIN,
+    EV_OPEN,
+    EV_PING,
+    EV_PONG,
+    EV_PROTOCOL_ERROR,
+    EV_REFUSED,
+    EV_REQUEST,
+    EV_RESPONDED,
+    EV_TRANSPORT_ERROR,
+    Connection,
+    ReadyState,
+)
 
 if TYPE_CHECKING:
     from ..pubsub import Groups
     from .app import App, Route
 
-__all__ = ["Admission", "Dispatch", "MeteredWebSocket", "WebSocket", "auto_broadcasting"]
+__all__ = ["Admission", "Dispatch", "WebSocket", "auto_broadcasting"]
 
 logger = logging.getLogger("harpy")
 #: One INFO record per upgrade or plain HTTP answer, and one per close, with the fields in
@@ -110,7 +123,7 @@ _MEMBER = Admission.MEMBER
 _IDLE = Dispatch.IDLE
 
 
-class WebSocket(Connection, Generic[T]):
+class WebSocket(Generic[T]):
     """One client connection on a route.
 
     ``data`` is the per-connection object (typed by the route's ``data=`` class), ``params`` the
@@ -122,6 +135,7 @@ class WebSocket(Connection, Generic[T]):
         "_admission",
         "_app",
         "_auth_timer",
+        "_conn",
         "_cookies",
         "_dispatch",
         "_gated",
@@ -130,6 +144,7 @@ class WebSocket(Connection, Generic[T]):
         "_holds_place",
         "_id",
         "_in_groups",
+        "_messages_in",
         "_on_message",
         "_opened_at",
         "_presence",
@@ -139,14 +154,13 @@ class WebSocket(Connection, Generic[T]):
         "_tokens_at",
         "auth",
         "data",
-        "messages_in",
         "params",
         "subprotocol",
     )
 
-    def __init__(self, server: Server, app: App) -> None:
-        super().__init__(server)
+    def __init__(self, app: App, conn: Connection) -> None:
         self._app = app
+        self._conn = conn
         self._route: Route | None = None
         self._handlers: Any = None
         self._admission = Admission.PENDING
@@ -164,14 +178,18 @@ class WebSocket(Connection, Generic[T]):
         self._cookies: dict[str, str] | None = None
         self._groups_at_close: tuple[frozenset[str], frozenset[str]] | None = None
         self._opened_at = 0.0
-        #: Messages received from the peer (``messages_out``, ``bytes_in`` and ``bytes_out``
-        #: are the connection's own counters).
-        self.messages_in = 0
+        self._messages_in = 0
         self._presence: dict[str, Any] | None = None
         self.params: dict[str, str] = {}
+        """The route's path parameters (``/room/:name`` gives ``{"name": ...}``)."""
         self.data: T = None  # type: ignore[assignment]
+        """The per-connection object: the route's ``data=`` factory makes it at the upgrade."""
         self.auth: Any = None
+        """What authentication kept: the ``authenticate`` hook's result, the JWT claims, the
+        session, or the first message verifier's result."""
         self.subprotocol: str | None = None
+        """The subprotocol agreed in the upgrade, or None."""
+        conn.bind(self._handle_message, self._handle_event)
 
     # ----------------------------------------------------------------- request facts
 
@@ -188,11 +206,9 @@ class WebSocket(Connection, Generic[T]):
         return self._route.pattern if self._route is not None else ""
 
     @property
-    def admission(self) -> Admission:
-        return self._admission
-
-    @property
     def dispatch(self) -> Dispatch:
+        """How the handlers run: IDLE, RUNNING (an async handler), PAUSED (reading paused
+        until the queued events drain)."""
         return self._dispatch
 
     @property
@@ -203,7 +219,7 @@ class WebSocket(Connection, Generic[T]):
     @property
     def server_closing(self) -> bool:
         """Whether the server has begun shutting down (health checks answer 503)."""
-        return self._server.closing
+        return self._conn.server_closing
 
     @property
     def app(self) -> App:
@@ -211,12 +227,63 @@ class WebSocket(Connection, Generic[T]):
         return self._app
 
     @property
+    def ready_state(self) -> ReadyState:
+        """CONNECTING, OPEN, CLOSING or CLOSED (as the browser's and Bun's ``readyState``)."""
+        return self._conn.ready_state
+
+    @property
+    def remote_address(self) -> str:
+        """The peer's IP address (or socket path)."""
+        return self._conn.remote_address
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection is encrypted (``wss``)."""
+        return self._conn.tls
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes accepted by ``send`` and not yet handed to the kernel."""
+        return self._conn.buffered_amount
+
+    @property
+    def messages_in(self) -> int:
+        """Messages received from the peer."""
+        return self._messages_in
+
+    @property
+    def messages_out(self) -> int:
+        """Messages sent or queued to the peer (not the dropped ones)."""
+        return self._conn.messages_out
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped while this connection was open: past its backpressure limit, or
+        past the server's output budget."""
+        return self._conn.dropped
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes read from the socket (frames and the upgrade); counted with ``metrics`` on,
+        else 0."""
+        return int(getattr(self._conn, "bytes_in", 0))
+
+    @property
+    def bytes_out(self) -> int:
+        """Payload bytes sent or queued; counted with ``metrics`` on, else 0."""
+        return int(getattr(self._conn, "bytes_out", 0))
+
+    @property
     def path(self) -> str:
-        return self.request.path if self.request is not None else ""
+        """The request path (still percent-encoded), without the query."""
+        request = self._conn.request
+        return request.path if request is not None else ""
 
     @property
     def query_string(self) -> str:
-        return self.request.query_string if self.request is not None else ""
+        """The raw query string, without the ``?``."""
+        request = self._conn.request
+        return request.query_string if request is not None else ""
 
     @property
     def query(self) -> dict[str, str]:
@@ -228,21 +295,26 @@ class WebSocket(Connection, Generic[T]):
 
     @property
     def headers(self) -> Headers:
-        return Headers(self.request.headers if self.request is not None else [])
+        """The upgrade request's headers."""
+        request = self._conn.request
+        return Headers(request.headers if request is not None else [])
 
     @property
     def cookies(self) -> dict[str, str]:
+        """The upgrade request's cookies."""
         if self._cookies is None:
-            header = "; ".join(self.request.get_all("cookie")) if self.request else ""
+            request = self._conn.request
+            header = "; ".join(request.get_all("cookie")) if request else ""
             self._cookies = parse_cookies(header)
         return self._cookies
 
     @property
     def url(self) -> str:
         """``ws://host/path?query`` (``wss`` over TLS), as the client asked for it."""
-        host = (self.request.get("host") if self.request else None) or "localhost"
-        scheme = "wss" if self.tls else "ws"
-        target = self.request.target if self.request else "/"
+        request = self._conn.request
+        host = (request.get("host") if request else None) or "localhost"
+        scheme = "wss" if self._conn.tls else "ws"
+        target = request.target if request else "/"
         return f"{scheme}://{host}{target}"
 
     # ----------------------------------------------------------------- sending
@@ -256,34 +328,38 @@ class WebSocket(Connection, Generic[T]):
         True always, False never.
         """
         if type(data) is str:
-            return self.send_message(OP_TEXT, data.encode("utf-8"), compress)
+            return self._conn.send_message(OP_TEXT, data.encode("utf-8"), compress)
         if type(data) is bytes:
-            return self.send_message(OP_BINARY, data, compress)
+            return self._conn.send_message(OP_BINARY, data, compress)
         opcode, payload = encode_data(data, self._app.encode_json)
-        return self.send_message(opcode, payload, compress)
+        return self._conn.send_message(opcode, payload, compress)
 
     def send_text(self, data: str, compress: bool | None = None) -> int:
+        """Send a text message; the status of ``send``."""
         if not isinstance(data, str):
             raise TypeError(f"send_text() takes str, not {type(data).__name__}")
-        return self.send_message(OP_TEXT, data.encode("utf-8"), compress)
+        return self._conn.send_message(OP_TEXT, data.encode("utf-8"), compress)
 
     def send_binary(
         self, data: bytes | bytearray | memoryview, compress: bool | None = None
     ) -> int:
+        """Send a binary message; the status of ``send``."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"send_binary() takes bytes-like data, not {type(data).__name__}")
-        return self.send_message(OP_BINARY, bytes(data), compress)
+        return self._conn.send_message(OP_BINARY, bytes(data), compress)
 
     def send_json(self, obj: Any, compress: bool | None = None) -> int:
         """Serialise ``obj`` as JSON (the app's ``json_dumps``) and send it as text (also for a
         ``str``: a JSON string)."""
-        return self.send_message(OP_TEXT, self._app.encode_json(obj), compress)
+        return self._conn.send_message(OP_TEXT, self._app.encode_json(obj), compress)
 
     def ping(self, data: bytes | str = b"") -> int:
-        return self.send_control(OP_PING, _control_payload(data))
+        """Send a ping (at most 125 bytes); the status of ``send``."""
+        return self._conn.send_control(OP_PING, _control_payload(data))
 
     def pong(self, data: bytes | str = b"") -> int:
-        return self.send_control(OP_PONG, _control_payload(data))
+        """Send an unsolicited pong (at most 125 bytes); the status of ``send``."""
+        return self._conn.send_control(OP_PONG, _control_payload(data))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; ``close`` runs once the peer answered (or timed out)."""
@@ -293,22 +369,15 @@ class WebSocket(Connection, Generic[T]):
             )
         if len(reason.encode("utf-8")) > 123:
             raise ConfigurationError("close reason is longer than 123 bytes of UTF-8")
-        super().close(code, reason)
+        self._conn.close(code, reason)
 
     def terminate(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
-        self.abort()
+        self._conn.abort()
 
     def cork(self, fn: Callable[[WebSocket[T]], Any]) -> Any:
         """Run ``fn(ws)``; every send it makes leaves in one write."""
-        if self._corked:
-            return fn(self)
-        self._corked = True
-        try:
-            return fn(self)
-        finally:
-            self._corked = False
-            self._flush()
+        return self._conn.corked(fn, self)
 
     # ----------------------------------------------------------------- topics (Bun)
 
@@ -316,17 +385,19 @@ class WebSocket(Connection, Generic[T]):
         """Receive what is published to ``topic``; False when already subscribed."""
         self._require_open("subscribe")
         self._in_groups = True
-        return self._app.topic_groups.add(self, _check_name(topic, "topic"))
+        return self._app.topic_groups.add(self, _check_name(topic, "topic"), self._conn)
 
     def unsubscribe(self, topic: str) -> bool:
         """Stop receiving ``topic``; False when not subscribed."""
         return self._app.topic_groups.remove(self, topic)
 
     def is_subscribed(self, topic: str) -> bool:
+        """Whether this connection receives ``topic`` (in a ``close`` handler: did)."""
         return self._is_in(0, topic)
 
     @property
     def subscriptions(self) -> list[str]:
+        """The topics this connection receives, sorted (in a ``close`` handler: received)."""
         return sorted(self._groups(0))
 
     def publish(self, topic: str, data: Any, compress: bool | None = None) -> int:
@@ -337,6 +408,7 @@ class WebSocket(Connection, Generic[T]):
         return self._app.publish(topic, data, compress, exclude=exclude)
 
     def publish_text(self, topic: str, data: str, compress: bool | None = None) -> int:
+        """``publish`` a text message."""
         if not isinstance(data, str):
             raise TypeError(f"publish_text() takes str, not {type(data).__name__}")
         return self.publish(topic, data, compress)
@@ -344,6 +416,7 @@ class WebSocket(Connection, Generic[T]):
     def publish_binary(
         self, topic: str, data: bytes | bytearray | memoryview, compress: bool | None = None
     ) -> int:
+        """``publish`` a binary message."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"publish_binary() takes bytes-like data, not {type(data).__name__}")
         return self.publish(topic, data, compress)
@@ -376,13 +449,14 @@ class WebSocket(Connection, Generic[T]):
         """Join ``room``; False when already in it."""
         self._require_open("join a room")
         self._in_groups = True
-        return self._app.room_groups.add(self, _check_name(room, "room"))
+        return self._app.room_groups.add(self, _check_name(room, "room"), self._conn)
 
     def leave(self, room: str) -> bool:
         """Leave ``room``; False when not in it."""
         return self._app.room_groups.remove(self, room)
 
     def in_room(self, room: str) -> bool:
+        """Whether this connection is in ``room`` (in a ``close`` handler: was)."""
         return self._is_in(1, room)
 
     @property
@@ -454,9 +528,9 @@ class WebSocket(Connection, Generic[T]):
         was = self._dispatch
         self._dispatch = dispatch
         if dispatch is paused and was is not paused:
-            self.pause_reading()
+            self._conn.pause_reading()
         elif was is paused and dispatch is not paused and self.ready_state is _OPEN:
-            self.resume_reading()
+            self._conn.resume_reading()
 
     def _handler(self, name: str) -> Callable[..., Any] | None:
         """The route's handler ``name``; none runs for a connection that never was a member."""
@@ -467,21 +541,44 @@ class WebSocket(Connection, Generic[T]):
 
     # ----------------------------------------------------------------- the upgrade
 
+    def _handle_event(self, kind: int, value: Any) -> None:
+        """The connection's events but messages (those come to :meth:`_handle_message`)."""
+        if kind == EV_REQUEST:
+            self._handle_request(value)
+        elif kind == EV_OPEN:
+            self._handle_open()
+        elif kind == EV_CLOSED:
+            self._handle_closed(*value)
+        elif kind == EV_REFUSED:
+            refused = self._app.stats.refused
+            refused[value] = refused.get(value, 0) + 1
+            self._log_answer(value)
+        elif kind == EV_RESPONDED:
+            self._log_answer(value)
+        elif kind == EV_TRANSPORT_ERROR:
+            self._transport_failed(value)
+        else:
+            name = _HANDLER_OF_EVENT[kind]
+            fn = self._handler(name)
+            if fn is not None:
+                self._call(fn, () if value is None else (value,))
+
     def _handle_request(self, request: Request) -> None:
         app = self._app
         http = app.http
-        if http.exact and http.answer_exact(self, request):
+        conn = self._conn
+        if http.exact and http.answer_exact(conn, request):
             return
         match = app.match(request.path)
         if match is None:
-            if not http.answer_static(self, request):
-                self.refuse(404, "Not Found")
+            if not http.answer_static(conn, request):
+                conn.refuse(404, "Not Found")
             return
         route, params = match
         try:
-            self.check_upgrade()
+            conn.check_upgrade()
         except HandshakeError as exc:
-            self.refuse(exc.status, exc.reason, exc.headers)
+            conn.refuse(exc.status, exc.reason, exc.headers)
             return
         self.params = params
         self._route = route
@@ -490,9 +587,9 @@ class WebSocket(Connection, Generic[T]):
             # A place is taken now, before any authenticate hook awaits, so upgrades waiting
             # at the same time cannot all pass the limit; it is given back when the socket
             # closes.
-            refusal = app.admit(self.remote_address)
+            refusal = app.admit(conn.remote_address)
             if refusal is not None:
-                self.refuse(*refusal)
+                conn.refuse(*refusal)
                 return
             self._holds_place = True
         # Cross-site WebSocket hijacking: a browser's upgrade (it carries Origin) comes from
@@ -501,13 +598,13 @@ class WebSocket(Connection, Generic[T]):
         if origin is not None and not origin_allowed(
             origin, request.get("host"), route.allowed_origins
         ):
-            self.refuse(403, ORIGIN_REFUSED)
+            conn.refuse(403, ORIGIN_REFUSED)
             return
         if route.subprotocols:
             offered = request.tokens_cased("sec-websocket-protocol")
             self.subprotocol = next((p for p in offered if p in route.subprotocols), None)
             if self.subprotocol is None and route.options.require_subprotocol:
-                self.refuse(400, "No supported subprotocol")
+                conn.refuse(400, "No supported subprotocol")
                 return
         hook = route.authenticate
         if hook is None:
@@ -521,8 +618,8 @@ class WebSocket(Connection, Generic[T]):
         if inspect.isawaitable(result):
             # The upgrade waits for the hook: stop reading meanwhile (the handshake timeout
             # still bounds it).
-            self.pause_reading()
-            self._server.loop.create_task(self._await_auth(result))
+            conn.pause_reading()
+            conn.loop.create_task(self._await_auth(result))
             return
         self._auth_done(result)
 
@@ -533,7 +630,7 @@ class WebSocket(Connection, Generic[T]):
             self._auth_failed(exc)
             return
         if self.ready_state is ReadyState.CONNECTING:
-            self.resume_reading()
+            self._conn.resume_reading()
         self._auth_done(result)
 
     def _auth_done(self, result: Any) -> None:
@@ -546,14 +643,14 @@ class WebSocket(Connection, Generic[T]):
             self._auth_failed(exc)
             return
         if not accepted:
-            self.refuse(401, "Unauthorized")
+            self._conn.refuse(401, "Unauthorized")
             return
         self.auth = data
         self._upgrade(deny)
 
     def _auth_failed(self, exc: BaseException) -> None:
         if isinstance(exc, HandshakeError):  # Reject(status, reason)
-            self.refuse(exc.status, exc.reason, exc.headers)
+            self._conn.refuse(exc.status, exc.reason, exc.headers)
         elif isinstance(exc, Deny):
             self._upgrade(exc)
         else:
@@ -562,12 +659,13 @@ class WebSocket(Connection, Generic[T]):
                 self.route,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
-            self.refuse(500, "Internal Server Error")
+            self._conn.refuse(500, "Internal Server Error")
 
     def _upgrade(self, deny: Deny | None) -> None:
         """Answer 101; a denied connection is closed at once, without its handlers."""
         route = self._route
-        request = self.request
+        conn = self._conn
+        request = conn.request
         assert route is not None and request is not None
         if self.ready_state is not ReadyState.CONNECTING:
             return  # answered meanwhile (408 after a slow hook, or shutting down)
@@ -576,7 +674,7 @@ class WebSocket(Connection, Generic[T]):
                 self.data = route.make_data(self)
             except Exception:
                 logger.exception("harpy: data factory of route %s failed", route.pattern)
-                self.refuse(500, "Internal Server Error")
+                conn.refuse(500, "Internal Server Error")
                 return
         else:
             self._admit_as(Admission.DENIED)
@@ -591,32 +689,9 @@ class WebSocket(Connection, Generic[T]):
                 if agreed is not None:
                     headers.append(("Sec-WebSocket-Extensions", agreed[0]))
                     codec = agreed[1]
-        self.accept(headers, route.options, codec)
+        conn.accept(headers, route.options, codec)
         if deny is not None:
             self.close(deny.code, deny.reason)
-
-    def refuse(
-        self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
-    ) -> None:
-        """Answer an HTTP error instead of upgrading (counted, and in the access log)."""
-        if self.ready_state is ReadyState.CONNECTING:
-            refused = self._app.stats.refused
-            refused[status] = refused.get(status, 0) + 1
-            self._log_answer(status)
-        super().refuse(status, reason, headers)
-
-    def respond(
-        self,
-        status: int,
-        headers: list[tuple[str, str]] | None = None,
-        body: bytes = b"",
-        *,
-        content_length: int | None = None,
-    ) -> None:
-        """Answer a plain HTTP request and close (in the access log)."""
-        if self.ready_state is ReadyState.CONNECTING:
-            self._log_answer(status)
-        super().respond(status, headers, body, content_length=content_length)
 
     def _log_answer(self, status: int) -> None:
         if access_logger.isEnabledFor(_INFO):
@@ -632,7 +707,7 @@ class WebSocket(Connection, Generic[T]):
             )
 
     def _log_close(self, code: int) -> None:
-        duration = round(self._server.loop.time() - self._opened_at, 6)
+        duration = round(self._conn.loop.time() - self._opened_at, 6)
         path = self.path
         address = self.remote_address
         access_logger.info(
@@ -655,19 +730,19 @@ class WebSocket(Connection, Generic[T]):
     def _handle_open(self) -> None:
         route = self._route
         assert route is not None
-        self._opened_at = self._last_seen  # set to "now" by the upgrade
+        self._opened_at = self._conn.last_seen  # set to "now" by the upgrade
         self._log_answer(101)
         if self._admission is Admission.DENIED:
             return  # denied by authenticate: closing at once
         if route.options.rate_limit > 0:
             self._tokens = route.rate_burst
-            self._tokens_at = self._last_seen
+            self._tokens_at = self._opened_at
         verifier = route.first_message_auth
         if verifier is not None:
             # Not a member of anything (connections, rooms, broadcasts) until authenticated;
             # open() runs then.
             self._admit_as(Admission.AUTHENTICATING)
-            self._auth_timer = self._server.loop.call_later(verifier.timeout, self._auth_timeout)
+            self._auth_timer = self._conn.loop.call_later(verifier.timeout, self._auth_timeout)
             return
         self._become_member()
         fn = self._handlers.open
@@ -679,13 +754,13 @@ class WebSocket(Connection, Generic[T]):
         route = self._route
         assert route is not None
         self._admit_as(Admission.MEMBER)
-        self._app.connections.add(self, route.pattern)
+        self._app.connections.add(self, route.pattern, self._conn)
         if route.options.default_room is not None:
             self._in_groups = True
-            self._app.room_groups.add(self, route.options.default_room)
+            self._app.room_groups.add(self, route.options.default_room, self._conn)
 
     def _handle_message(self, message: str | bytes) -> None:
-        self.messages_in += 1
+        self._messages_in += 1
         if self._gated and not self._pass_gate(message):
             return
         if self._dispatch:  # not IDLE (0): behind a running async handler or first-message auth
@@ -708,7 +783,7 @@ class WebSocket(Connection, Generic[T]):
         rate = route.options.rate_limit
         if rate > 0:
             # Token bucket: rate_limit tokens a second, at most rate_burst saved up.
-            now = self._last_seen
+            now = self._conn.last_seen
             refill = (now - self._tokens_at) * rate
             tokens = min(route.rate_burst, self._tokens + refill)
             self._tokens_at = now
@@ -733,27 +808,10 @@ class WebSocket(Connection, Generic[T]):
             self._admit_as(Admission.DENIED)
         self.close(code, reason)
 
-    def _handle_ping(self, data: bytes) -> None:
-        fn = self._handler("ping")
-        if fn is not None:
-            self._call(fn, (data,))
-
-    def _handle_pong(self, data: bytes) -> None:
-        fn = self._handler("pong")
-        if fn is not None:
-            self._call(fn, (data,))
-
-    def _handle_drain(self) -> None:
-        fn = self._handler("drain")
-        if fn is not None:
-            self._call(fn, ())
-
-    def _handle_protocol_error(self, exc: ProtocolError) -> None:
-        fn = self._handler("error")
-        if fn is not None:
-            self._call(fn, (exc,))
-
     def _handle_closed(self, code: int, reason: str) -> None:
+        if self._holds_place:
+            self._holds_place = False
+            self._app.release(self._conn.remote_address)
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
@@ -779,14 +837,6 @@ class WebSocket(Connection, Generic[T]):
             self._groups_at_close = _NO_GROUPS
         if fn is not None:
             self._call(fn, (code, reason))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            self._transport_failed(exc)
-        super().connection_lost(exc)
-        if self._holds_place:
-            self._holds_place = False
-            self._app.release(self.remote_address)
 
     def _transport_failed(self, exc: Exception) -> None:
         """The transport failed (connection reset, broken pipe: a send or a read the OS
@@ -833,7 +883,7 @@ class WebSocket(Connection, Generic[T]):
 
     def _start_async(self, awaitable: Any) -> None:
         self._dispatch_as(Dispatch.RUNNING)
-        self._server.loop.create_task(self._run_queue(awaitable))
+        self._conn.loop.create_task(self._run_queue(awaitable))
 
     async def _run_queue(self, first: Any) -> None:
         try:
@@ -871,7 +921,7 @@ class WebSocket(Connection, Generic[T]):
             try:
                 result = fn(self, exc)
                 if result is not None and inspect.isawaitable(result):
-                    self._server.loop.create_task(self._await_error_handler(result))
+                    self._conn.loop.create_task(self._await_error_handler(result))
                 return
             except Exception as inner:  # noqa: BLE001
                 exc = inner
@@ -929,36 +979,6 @@ class WebSocket(Connection, Generic[T]):
         return f"<WebSocket {self.id} {self.path or '-'} {state}>"
 
 
-class MeteredWebSocket(WebSocket[T]):
-    """A connection that also counts bytes, for an app with ``metrics`` on: the byte counts
-    cost a call per read and per send, which an app without metrics does not pay."""
-
-    __slots__ = ("bytes_in", "bytes_out")
-
-    def __init__(self, server: Server, app: App) -> None:
-        super().__init__(server, app)
-        #: Bytes read from the socket: frames, and the upgrade request.
-        self.bytes_in = 0
-        #: Payload bytes of the messages sent or queued (before compression).
-        self.bytes_out = 0
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        super().data_received(data)
-
-    def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
-        status = super().send_message(opcode, payload, compress)
-        if status:
-            self.bytes_out += len(payload)
-        return status
-
-    def queue_message(self, message: Message) -> bool:
-        queued = super().queue_message(message)
-        if queued:
-            self.bytes_out += len(message.payload)
-        return queued
-
-
 def auto_broadcasting(handler: Callable[..., Any] | None) -> Callable[..., Any]:
     """``handler`` (if any), then, unless it raised, the automatic broadcast of the
     message to every other open connection of the app."""
@@ -979,6 +999,13 @@ async def _await_then_broadcast(ws: WebSocket[Any], awaitable: Any, message: str
 
 
 _NO_GROUPS: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+#: The route handler each remaining event runs.
+_HANDLER_OF_EVENT = {
+    EV_PING: "ping",
+    EV_PONG: "pong",
+    EV_DRAIN: "drain",
+    EV_PROTOCOL_ERROR: "error",
+}
 
 
 def _check_name(name: str, kind: str) -> str:

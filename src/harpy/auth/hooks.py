@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..exceptions import ConfigurationError, HarpyError, Reject
-from ..protocol import Headers, Request
+from ..protocol import Headers
 
 __all__ = [
     "Deny",
@@ -65,7 +65,6 @@ class Upgrading(Protocol):
     def url(self) -> str: ...
 
     params: dict[str, str]
-    request: Request | None
     subprotocol: str | None
 
 
@@ -132,8 +131,7 @@ class UpgradeRequest:
     @property
     def subprotocols(self) -> list[str]:
         """The subprotocols the client offered, in its order."""
-        request = self._ws.request
-        return request.tokens_cased("sec-websocket-protocol") if request is not None else []
+        return self._ws.headers.tokens_cased("sec-websocket-protocol")
 
     @property
     def subprotocol(self) -> str | None:

@@ -73,14 +73,18 @@ class Request:
 
     def tokens_cased(self, name: str) -> list[str]:
         """The comma-separated tokens of every ``name`` header, case kept (subprotocols)."""
-        out: list[str] = []
-        for key, value in self.headers:
-            if key == name:
-                out.extend(t.strip() for t in value.split(",") if t.strip())
-        return out
+        return _tokens_cased(self.headers, name)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target}>"
+
+
+def _tokens_cased(items: list[tuple[str, str]], name: str) -> list[str]:
+    out: list[str] = []
+    for key, value in items:
+        if key == name:
+            out.extend(t.strip() for t in value.split(",") if t.strip())
+    return out
 
 
 def parse_request(head: bytes) -> Request:
@@ -309,6 +313,10 @@ class Headers(Mapping[str, str]):
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
         return [value for key, value in self._items if key == name]
+
+    def tokens_cased(self, name: str) -> list[str]:
+        """The comma-separated tokens of every ``name`` header, case kept (subprotocols)."""
+        return _tokens_cased(self._items, name.lower())
 
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"

@@ -10,29 +10,37 @@ messages reached it in that tick.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from ..protocol import Message
-from ..server import Connection
 from .presence import Presence, PresenceEvent
 
-__all__ = ["Groups", "Message", "Presence", "PresenceEvent", "fan_out"]
+__all__ = ["Groups", "Message", "Presence", "PresenceEvent", "Receiver", "fan_out"]
+
+
+class Receiver(Protocol):
+    """Where a member's messages go: its connection."""
+
+    def queue_message(self, message: Message) -> bool: ...
 
 
 class Groups:
     """Named groups of connections (topics, or rooms), indexed both ways: group to members
-    (in joining order) and member to its groups."""
+    (in joining order) and member to its groups.  Each member comes with its
+    :class:`Receiver`: members are what users see (their ``ws``), receivers what fan-out
+    writes to."""
 
     __slots__ = ("_groups", "_of")
 
     def __init__(self) -> None:
-        #: group name -> members (a dict keeps joining order, and deletes in O(1))
-        self._groups: dict[str, dict[Any, None]] = {}
+        #: group name -> {member: receiver} (a dict keeps joining order, deletes in O(1))
+        self._groups: dict[str, dict[Any, Receiver]] = {}
         #: member -> the names of its groups
         self._of: dict[Any, set[str]] = {}
 
-    def add(self, member: Any, name: str) -> bool:
-        """Put ``member`` in group ``name``; False when it already was."""
+    def add(self, member: Any, name: str, receiver: Receiver) -> bool:
+        """Put ``member`` (its messages go to ``receiver``) in group ``name``; False when it
+        already was."""
         mine = self._of.get(member)
         if mine is None:
             mine = self._of[member] = set()
@@ -41,9 +49,9 @@ class Groups:
         mine.add(name)
         group = self._groups.get(name)
         if group is None:
-            self._groups[name] = {member: None}
+            self._groups[name] = {member: receiver}
         else:
-            group[member] = None
+            group[member] = receiver
         return True
 
     def remove(self, member: Any, name: str) -> bool:
@@ -87,9 +95,14 @@ class Groups:
         group = self._groups.get(name)
         return list(group) if group else []
 
-    def union(self, names: Iterable[str]) -> dict[Any, None]:
-        """The members of several groups, each once, in a stable order."""
-        out: dict[Any, None] = {}
+    def receivers(self, name: str) -> list[tuple[Any, Receiver]]:
+        """A snapshot of the (member, receiver) pairs of group ``name``, for :func:`fan_out`."""
+        group = self._groups.get(name)
+        return list(group.items()) if group else []
+
+    def union(self, names: Iterable[str]) -> dict[Any, Receiver]:
+        """The members of several groups, each once, in a stable order, with their receivers."""
+        out: dict[Any, Receiver] = {}
         for name in names:
             group = self._groups.get(name)
             if group:
@@ -113,13 +126,16 @@ class Groups:
         return len(self._groups)
 
 
-def fan_out(receivers: Iterable[Connection], message: Message, skip: object = None) -> int:
-    """Queue ``message`` for every receiver but ``skip``; return how many accepted it.
+def fan_out(
+    receivers: Iterable[tuple[Any, Receiver]], message: Message, skip: object = None
+) -> int:
+    """Queue ``message`` for every (member, receiver) pair but the member ``skip``; return how
+    many accepted it.
 
     Each receiver that refuses it counts the loss where it happens, by cause (its
     backpressure limit, the server's output budget, or closing): see ``App.drops``."""
     sent = 0
-    for conn in receivers:
-        if conn is not skip and conn.queue_message(message):
+    for member, receiver in receivers:
+        if member is not skip and receiver.queue_message(message):
             sent += 1
     return sent

@@ -1,57 +1,61 @@
-"""The asyncio glue of one connection: handshake bytes, frame events, writes, closing, deadlines.
+"""The transport-neutral part of one connection: state, limits, deadlines, output accounting.
 
-:class:`Connection` is an ``asyncio.Protocol`` that owns the transport.  It knows nothing of
-routes or handlers.  The layer above subclasses it and talks to it at the message level:
+:class:`Connection` knows nothing of routes or handlers, nor of how bytes reach the peer.  Two
+transports stand on it: :class:`~harpy.server.framed.FramedConnection` (the native server: an
+``asyncio.Protocol`` that parses the upgrade and frames messages) and the ASGI adapter's
+connection (which turns messages into ASGI events).  Neither overrides the other's output.
 
-* it implements the ``_handle_*`` hooks (a request to decide on, open, a message, ping, pong,
-  drain, a protocol error, closed);
-* it answers with :meth:`Connection.check_upgrade`, :meth:`~Connection.accept` or
-  :meth:`~Connection.refuse`, then :meth:`~Connection.send_message`,
-  :meth:`~Connection.send_control`, :meth:`~Connection.close` and :meth:`~Connection.abort`;
-* fan-out hands one :class:`~harpy.protocol.Message` to many connections with
-  :meth:`~Connection.queue_message`.
+The layer above talks to a connection at the message level and hears from it through two
+callbacks given to :meth:`Connection.bind`:
 
-This class frames; another adapter (ASGI) overrides the same methods to emit its own events.
-The closing handshake is decided by the Sans-I/O :class:`~harpy.protocol.FrameReader`; this
-class only carries out what it decides (send its answer, close or abort the transport) and
-mirrors its state in :attr:`Connection.ready_state`.  Writes made while a batch of events is
-being handled are corked and leave in one ``transport.write`` at the end of the batch.
+* ``on_message(message)``: a whole text (``str``) or binary (``bytes``) message arrived;
+* ``on_event(kind, value)``: one of the ``EV_*`` events below (request, open, ping, pong,
+  drain, protocol error, transport error, closed).
+
+It answers with :meth:`~Connection.accept` or :meth:`~Connection.refuse`, then
+:meth:`~Connection.send_message`, :meth:`~Connection.send_control`,
+:meth:`~Connection.close` and :meth:`~Connection.abort`; fan-out hands one
+:class:`~harpy.protocol.Message` to many connections with :meth:`~Connection.queue_message`.
+
+**What a transport may use** (the subclass interface, checked by ``tests/unit/test_seams.py``):
+it implements the abstract methods of :data:`TRANSPORT_INTERFACE` and may call the protected
+members listed in :data:`SUBCLASS_INTERFACE`; nothing else of this class is its to touch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import HandshakeError, ProtocolError
-from ..protocol import (
-    EV_ERROR,
-    OP_BINARY,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    ST_CLOSED,
-    ST_OPEN,
-    FrameReader,
-    Message,
-    Request,
-    build_accept,
-    build_frame,
-    build_refusal,
-    build_response,
-    check_upgrade,
-    parse_request,
-)
-from ..protocol.deflate import deflate_bound
+from ..exceptions import InvalidState
+from ..protocol import OP_PING, Message, Request
 
 if TYPE_CHECKING:
-    from ..protocol.deflate import PerMessageDeflate
-    from .listener import Server
+    from .listener import Host
 
-__all__ = ["BUDGET_POLICIES", "LINGER_BYTES", "LINGER_TIME", "Connection", "Limits", "ReadyState"]
+__all__ = [
+    "BUDGET_POLICIES",
+    "EV_CLOSED",
+    "EV_DRAIN",
+    "EV_OPEN",
+    "EV_PING",
+    "EV_PONG",
+    "EV_PROTOCOL_ERROR",
+    "EV_REFUSED",
+    "EV_REQUEST",
+    "EV_RESPONDED",
+    "EV_TRANSPORT_ERROR",
+    "LINGER_BYTES",
+    "LINGER_TIME",
+    "SUBCLASS_INTERFACE",
+    "TRANSPORT_INTERFACE",
+    "Connection",
+    "Limits",
+    "ReadyState",
+]
 
 logger = logging.getLogger("harpy")
 
@@ -70,9 +74,24 @@ _BUDGET_CLOSE = {
     "close_1013": (1013, "Server overloaded, try again later"),
 }
 
+#: The events of ``on_event(kind, value)``, with their value.
+EV_REQUEST = 0  #: the upgrade request (:class:`~harpy.protocol.Request`): accept or refuse it
+EV_OPEN = 1  #: None: the connection is open (the 101 is on its way)
+EV_PING = 2  #: the ping's payload (the pong is already queued)
+EV_PONG = 3  #: the pong's payload
+EV_DRAIN = 4  #: None: the output fell below the low watermark after passing the high one
+EV_PROTOCOL_ERROR = 5  #: the :class:`~harpy.ProtocolError`: the connection is failing
+EV_TRANSPORT_ERROR = 6  #: the ``OSError`` (or other) that broke the transport
+EV_CLOSED = 7  #: ``(code, reason)``: the peer's close, or ``(1006, "")`` without one
+EV_REFUSED = 8  #: the HTTP status of a refused upgrade (:meth:`Connection.refuse`)
+EV_RESPONDED = 9  #: the HTTP status of a plain answer (:meth:`Connection.respond`)
+
+OnMessage = Callable[[Any], None]
+OnEvent = Callable[[int, Any], None]
+
 
 class ReadyState(enum.IntEnum):
-    """As the browser's and Bun's ``readyState``; OPEN to CLOSED follow the protocol core."""
+    """As the browser's and Bun's ``readyState``; changed by :meth:`Connection._enter` only."""
 
     CONNECTING = 0
     OPEN = 1
@@ -84,6 +103,14 @@ _CONNECTING = ReadyState.CONNECTING
 _OPEN = ReadyState.OPEN
 _CLOSING = ReadyState.CLOSING
 _CLOSED = ReadyState.CLOSED
+
+#: The steps allowed from each state (CLOSED to CLOSED: closing twice is no step).
+_STEPS: tuple[frozenset[ReadyState], ...] = (
+    frozenset({_OPEN, _CLOSED}),  # CONNECTING: upgraded, or refused / gone
+    frozenset({_CLOSING, _CLOSED}),  # OPEN
+    frozenset({_CLOSED}),  # CLOSING
+    frozenset({_CLOSED}),  # CLOSED
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,55 +149,114 @@ class Limits:
 
 
 _DEFAULT_LIMITS = Limits()
-_NO_CLOSE = (1006, "")
-_PING = build_frame(OP_PING, b"")
 
 
 def _earliest(a: float, b: float) -> float:
     return b if a <= 0 or (0 < b < a) else a
 
 
-class Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection, from the first request byte to the closed socket."""
+def _ignore_message(message: Any) -> None:
+    """No listener bound yet."""
+
+
+def _ignore_event(kind: int, value: Any) -> None:
+    """No listener bound yet."""
+
+
+#: What a transport implements (each raises ``NotImplementedError`` here).
+TRANSPORT_INTERFACE = (
+    "check_upgrade",
+    "accept",
+    "refuse",
+    "respond",
+    "send_message",
+    "send_control",
+    "queue_message",
+    "abort",
+    "pause_reading",
+    "resume_reading",
+    "remote_address",
+    "tls",
+    "_transmit",
+    "_transmit_all",
+    "_transport_buffer",
+    "_start_close",
+)
+
+#: The protected members of :class:`Connection` a transport may use or extend; a test checks
+#: that the transports in ``src/`` use no other.
+SUBCLASS_INTERFACE = (
+    # state
+    "_enter",
+    "_started",
+    "_open",
+    "_ended",
+    "_enter_closing",
+    "_limits",
+    "_server",
+    "_deadline",
+    # events to the layer above
+    "_on_message",
+    "_on_event",
+    "_last_seen",
+    "_last_active",
+    "_pong_received",
+    # output accounting
+    "_write",
+    "_enqueue",
+    "_flush",
+    "_corked",
+    "_out",
+    "_write_paused",
+    "_drop",
+    "_drop_at_limit",
+    "_drop_closing",
+    "_past_limit",
+    "_give_up",
+    # the transport's own (TRANSPORT_INTERFACE)
+    "_transmit",
+    "_transmit_all",
+    "_transport_buffer",
+    "_start_close",
+)
+
+
+class Connection:
+    """One client connection, from the first request byte to the closed transport."""
+
+    #: Whether this transport answers plain HTTP requests itself (the native one does; under
+    #: ASGI the ASGI server does).
+    answers_http = False
 
     __slots__ = (
         "_corked",
         "_deadline",
-        "_failed",
-        "_head",
         "_held",
-        "_key",
         "_last_active",
         "_last_seen",
         "_limits",
-        "_linger",
-        "_linger_left",
         "_missed_pongs",
+        "_on_event",
+        "_on_message",
         "_out",
         "_out_size",
-        "_peer_closed",
         "_ping_at",
         "_ping_sent",
-        "_reader",
         "_server",
         "_write_paused",
-        "codec",
         "dropped",
         "messages_out",
         "ready_state",
         "request",
         "timer_slot",
-        "transport",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Host) -> None:
         self._server = server
-        self.transport: asyncio.Transport | None = None
+        #: Changed by :meth:`_enter` only.
         self.ready_state = _CONNECTING
         #: The upgrade request, once its head was read.
         self.request: Request | None = None
-        #: The negotiated permessage-deflate codec, or None.
-        self.codec: PerMessageDeflate | None = None
         #: Messages dropped while this connection was open: past its backpressure limit, or past
         #: the server's output budget (those sent once it was closing count on the server).
         self.dropped = 0
@@ -178,16 +264,11 @@ class Connection(asyncio.Protocol):
         self.messages_out = 0
         #: The timer wheel's slot for this connection (the wheel's to change).
         self.timer_slot = -1
-        self._reader: Any = None
-        self._head = b""
-        self._key = ""
-        self._out: list[bytes] = []
+        self._on_message: OnMessage = _ignore_message
+        self._on_event: OnEvent = _ignore_event
+        self._out: list[Any] = []  # items the transport writes (frames, or ASGI messages)
         self._out_size = 0
         self._held = 0  # the transport's buffer, as last sampled into the server's total
-        self._linger: asyncio.TimerHandle | None = None
-        self._linger_left = 0
-        self._failed = False  # the peer broke the protocol: what follows may be anything
-        self._peer_closed = _NO_CLOSE  # the peer's close, kept when the reader is dropped
         self._corked = False
         self._write_paused = False
         self._limits = _DEFAULT_LIMITS
@@ -198,174 +279,106 @@ class Connection(asyncio.Protocol):
         self._ping_sent = 0.0  # when the unanswered ping went out; 0.0: none outstanding
         self._missed_pongs = 0
 
-    # ----------------------------------------------------------------- hooks (the layer above)
+    def bind(self, on_message: OnMessage, on_event: OnEvent) -> None:
+        """Give the connection its listener: ``on_message(message)`` for each whole message,
+        ``on_event(kind, value)`` for the ``EV_*`` events."""
+        self._on_message = on_message
+        self._on_event = on_event
 
-    def _handle_request(self, request: Request) -> None:
-        """Decide on the upgrade: call :meth:`accept` or :meth:`refuse`, now or later."""
-        self.refuse(404, "Not Found")
+    # ----------------------------------------------------------------- the state machine
 
-    def _handle_open(self) -> None:
-        """The 101 is on the wire."""
+    def _enter(self, state: ReadyState) -> None:
+        """The one place ``ready_state`` changes; an illegal step raises, naming both states."""
+        was = self.ready_state
+        if state is not was and state not in _STEPS[was]:
+            raise InvalidState(f"connection cannot go from {was.name} to {state.name}")
+        self.ready_state = state
 
-    def _handle_message(self, message: str | bytes) -> None:
-        """A whole text (``str``) or binary (``bytes``) message arrived."""
-
-    def _handle_ping(self, data: bytes) -> None:
-        """A ping arrived (the pong is already queued)."""
-
-    def _handle_pong(self, data: bytes) -> None:
-        """A pong arrived."""
-
-    def _handle_drain(self) -> None:
-        """The write buffer fell below the low watermark after having passed the high one."""
-
-    def _handle_closed(self, code: int, reason: str) -> None:
-        """The socket is closed; ``code`` is the peer's close code, or 1006 if it sent none."""
-
-    def _handle_protocol_error(self, exc: ProtocolError) -> None:
-        """The peer broke the protocol; the connection is failing with ``exc.code``."""
-
-    # ----------------------------------------------------------------- asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+    def _started(self) -> None:
+        """The transport is there: register, and bound the handshake in time."""
         server = self._server
         server.connections.add(self)
         self._deadline = server.loop.time() + server.handshake_timeout
         server.wheel.schedule(self, self._deadline)
 
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is not None:
-            self._last_seen = now = self._server.loop.time()
-            events = reader.feed(data)
-            if len(events) == 1:
-                # The common case, one message in one read: no corking, sends go straight out.
-                kind, value = events[0]
-                if (kind == OP_TEXT or kind == OP_BINARY) and self.ready_state is _OPEN:
-                    self._last_active = now
-                    self._handle_message(value)
-                    return
-            if events:
-                self._handle_events(events)
-            elif reader.close_sent:
-                self._follow_reader()  # closing: the core may have ended it without an event
-            return
-        if self.ready_state is _CONNECTING:
-            self._receive_head(data)
-        elif self._linger is not None:
-            self._linger_left -= len(data)  # discarded: the answer is on its way
-            if self._linger_left <= 0 and self.transport is not None:
-                self.transport.close()
-
-    def eof_received(self) -> bool | None:
-        return None  # close the transport: a half-closed WebSocket is of no use
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        server = self._server
-        server.connections.discard(self)
-        server.wheel.cancel(self)
-        was = self.ready_state
-        self.ready_state = _CLOSED
-        code, reason = self._peer_close()
-        self._reader = None
-        self._head = b""
-        held = self._held + self._out_size
-        self._out.clear()
-        self._out_size = 0
-        self._held = 0
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-        server.released(held)
-        if was is not _CONNECTING:
-            self._handle_closed(code, reason)
-
-    def _peer_close(self) -> tuple[int, str]:
-        """The peer's close code and reason; 1006 when no close frame came."""
-        reader = self._reader
-        if reader is None:
-            return self._peer_closed
-        return reader.close_code, reader.close_reason
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        self._recount()
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._recount()
-        if self.ready_state is _OPEN:
-            self._handle_drain()
-
-    # ----------------------------------------------------------------- the upgrade
-
-    def _receive_head(self, data: bytes) -> None:
-        head = self._head + data if self._head else data
-        end = head.find(b"\r\n\r\n")
-        limit = self._server.max_header_size
-        if end < 0:
-            if len(head) > limit:
-                self.refuse(431, "Request Header Fields Too Large")
-            else:
-                self._head = head
-            return
-        if end > limit:
-            self.refuse(431, "Request Header Fields Too Large")
-            return
-        self._head = head[end + 4 :]  # bytes sent ahead of the 101: fed once open
-        try:
-            request = parse_request(head[:end])
-        except HandshakeError as exc:
-            self.refuse(exc.status, exc.reason, exc.headers)
-            return
-        self.request = request
-        self._handle_request(request)
-
-    def check_upgrade(self) -> None:
-        """Check that the request asks for a WebSocket upgrade (RFC 6455 4.2.1); raise
-        :class:`~harpy.HandshakeError` with the status to refuse with otherwise."""
-        assert self.request is not None
-        self._key = check_upgrade(self.request)
-
-    def accept(
-        self,
-        headers: list[tuple[str, str]] | None,
-        limits: Limits,
-        codec: PerMessageDeflate | None = None,
-    ) -> None:
-        """Answer 101 and start reading frames; the ``_handle_open`` hook runs before any."""
-        transport = self.transport
-        if self.ready_state is not _CONNECTING or transport is None or transport.is_closing():
-            return
-        transport.write(build_accept(self._key, headers))
-        transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
-        self._reader = FrameReader(limits.max_message_size, codec)
-        self._open(limits, codec)
-
-    def _open(self, limits: Limits, codec: PerMessageDeflate | None) -> None:
-        """CONNECTING -> OPEN: start the deadlines, run the open hook, then read what the peer
-        sent ahead of the 101."""
+    def _open(self, limits: Limits) -> None:
+        """CONNECTING -> OPEN: start the deadlines, then tell the layer above."""
         self._limits = limits
-        self.ready_state = _OPEN
-        self.codec = codec
+        self._enter(_OPEN)
         server = self._server
         self._last_seen = self._last_active = now = server.loop.time()
         self._deadline = 0.0
         if limits.ping_interval > 0:
             self._ping_at = now + limits.ping_interval
         server.wheel.schedule(self, self._next_deadline(now))
-        early = self._head
-        self._head = b""
-        self._handle_open()
-        if early and self._reader is not None:
-            self.data_received(early)
+        self._on_event(EV_OPEN, None)
+
+    def _enter_closing(self) -> None:
+        """OPEN -> CLOSING: our close is out; the peer has ``close_timeout`` to answer."""
+        self._enter(_CLOSING)
+        self._deadline = self._server.loop.time() + self._limits.close_timeout
+        self._server.wheel.schedule(self, self._deadline)
+
+    def _ended(self, code: int, reason: str, exc: BaseException | None = None) -> None:
+        """The transport is gone: unregister, give back what it held, tell the layer above
+        (the transport error first, then the close; also for a connection never upgraded)."""
+        server = self._server
+        server.connections.discard(self)
+        server.wheel.cancel(self)
+        self._enter(_CLOSED)
+        held = self._held + self._out_size
+        self._out.clear()
+        self._out_size = 0
+        self._held = 0
+        server.released(held)
+        on_event = self._on_event
+        # Nothing comes after this: let go of the listener (no cycle left to collect).
+        self._on_message = _ignore_message
+        self._on_event = _ignore_event
+        if exc is not None:
+            on_event(EV_TRANSPORT_ERROR, exc)
+        on_event(EV_CLOSED, (code, reason))
+
+    @property
+    def last_seen(self) -> float:
+        """Loop time of the last bytes from the peer (of the upgrade, before it opened)."""
+        return self._last_seen
+
+    @property
+    def server_closing(self) -> bool:
+        """Whether the server has begun shutting down."""
+        return self._server.closing
+
+    @property
+    def loop(self) -> Any:
+        """The event loop this connection runs on."""
+        return self._server.loop
+
+    def _pong_received(self, data: bytes) -> None:
+        """A pong: the heartbeat's outstanding ping is answered."""
+        self._ping_sent = 0.0
+        self._missed_pongs = 0
+        self._on_event(EV_PONG, data)
+
+    # ----------------------------------------------------------------- the transport's part
+
+    def check_upgrade(self) -> None:
+        """Check that the request asks for a WebSocket upgrade; raise
+        :class:`~harpy.HandshakeError` with the status to refuse with otherwise."""
+        raise NotImplementedError
+
+    def accept(
+        self, headers: list[tuple[str, str]] | None, limits: Limits, codec: Any = None
+    ) -> None:
+        """Answer 101 with ``headers``, enforce ``limits``, frame with ``codec`` (a
+        permessage-deflate codec, or None); ``EV_OPEN`` follows."""
+        raise NotImplementedError
 
     def refuse(
         self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
     ) -> None:
         """Answer an HTTP error and close: no upgrade happens."""
-        self._answer(build_refusal(status, reason, headers))
+        raise NotImplementedError
 
     def respond(
         self,
@@ -375,197 +388,102 @@ class Connection(asyncio.Protocol):
         *,
         content_length: int | None = None,
     ) -> None:
-        """Answer a plain HTTP request (health, static files, metrics) and close: one
-        response per connection, no keep-alive (``Connection: close``)."""
-        self._answer(build_response(status, headers, body, content_length=content_length))
+        """Answer a plain HTTP request (health, static files, metrics) and close."""
+        raise NotImplementedError
 
-    def _answer(self, response: bytes) -> None:
-        transport = self.transport
-        self._head = b""
-        if self.ready_state is not _CONNECTING or transport is None or transport.is_closing():
-            return
-        self.ready_state = _CLOSED
-        transport.write(response)
-        self._close_lingering()
+    def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
+        """Send one whole message; Bun's status: bytes written, -1 under backpressure, 0
+        dropped (closing, or past the backpressure limit)."""
+        raise NotImplementedError
 
-    def _close_lingering(self) -> None:
-        """Close after a refusal or a failure while the peer may still be sending: end the
-        write side (the answer goes first), discard input for at most :data:`LINGER_TIME`
-        seconds and :data:`LINGER_BYTES` bytes, then close.  Closing at once with unread
-        input makes the kernel send a reset, which can destroy the answer before the peer
-        reads it.  TLS cannot half-close: there, close at once."""
-        transport = self.transport
-        if transport is None or transport.is_closing() or self._linger is not None:
-            return
-        self._peer_closed = self._peer_close()
-        self._reader = None  # what comes now is discarded, not read
-        try:
-            if not transport.can_write_eof():
-                transport.close()
-                return
-            transport.write_eof()
-            transport.resume_reading()
-        except (OSError, RuntimeError):
-            transport.close()
-            return
-        self._linger_left = LINGER_BYTES
-        self._linger = self._server.loop.call_later(LINGER_TIME, transport.close)
+    def send_control(self, opcode: int, payload: bytes) -> int:
+        """Send a ping or a pong (``payload`` of at most 125 bytes); status as ``send_message``."""
+        raise NotImplementedError
 
-    # ----------------------------------------------------------------- facts of the transport
+    def queue_message(self, message: Message) -> bool:
+        """Queue a message shared with other connections; every queue leaves once per loop
+        tick.  False when it was dropped (closing, or past a limit)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (read-side backpressure, or an upgrade awaiting a hook)."""
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        raise NotImplementedError
 
     @property
     def remote_address(self) -> str:
-        """The peer's IP address (or socket path), as the transport reports it."""
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        if isinstance(peer, tuple):
-            return str(peer[0])
-        return str(peer) if peer else ""
+        """The peer's IP address (or socket path)."""
+        raise NotImplementedError
 
     @property
     def tls(self) -> bool:
         """Whether the connection is encrypted (``wss``)."""
-        transport = self.transport
-        return transport is not None and transport.get_extra_info("sslcontext") is not None
+        raise NotImplementedError
 
-    def pause_reading(self) -> None:
-        """Stop reading from the peer (read-side backpressure, or an upgrade awaiting a hook)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+    def _transmit(self, item: Any) -> None:
+        """Hand one output item to the transport now."""
+        raise NotImplementedError
 
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+    def _transmit_all(self, items: list[Any]) -> None:
+        """Hand the items queued this tick to the transport, in one write where it can."""
+        raise NotImplementedError
 
-    # ----------------------------------------------------------------- frames in
-
-    def _handle_events(self, events: list[tuple[int, Any]]) -> None:
-        self._corked = True
-        try:
-            for kind, value in events:
-                if kind == OP_TEXT or kind == OP_BINARY:
-                    if self.ready_state is _OPEN:
-                        self._last_active = self._last_seen
-                        self._handle_message(value)
-                elif kind == OP_PING:
-                    if self.ready_state is _OPEN:
-                        self._last_active = self._last_seen
-                        self._out.append(build_frame(OP_PONG, value))
-                        self._handle_ping(value)
-                elif kind == OP_PONG:
-                    self._ping_sent = 0.0
-                    self._missed_pongs = 0
-                    self._handle_pong(value)
-                elif kind == EV_ERROR:
-                    self._failed = True
-                    self._handle_protocol_error(value)
-                # OP_CLOSE: the reader answered it already; _follow_reader carries it out.
-        finally:
-            self._corked = False
-            self._follow_reader()
-
-    def _follow_reader(self) -> None:
-        """Carry out what the protocol core decided: send its answer, mirror its state, and
-        close the transport once the closing handshake is over (the server closes first,
-        RFC 6455 7.1.1)."""
-        reader = self._reader
-        if reader is None:
-            self._flush()
-            return
-        answer = reader.data_to_send()
-        if answer:
-            self._out.append(answer)
-        self._flush()
-        state = reader.state
-        if state == ST_OPEN:
-            return
-        if self.ready_state is _OPEN:
-            self._enter_closing()
-        if state == ST_CLOSED and self.transport is not None:
-            if reader.close_received and not self._failed:
-                self.transport.close()
-            else:
-                # Failed: the peer may still be sending (the rest of a message too big, say),
-                # and what the core took for its close may have been any bytes of that.
-                self._close_lingering()
-
-    def _enter_closing(self) -> None:
-        """OPEN -> CLOSING: our close frame is out; the peer has ``close_timeout`` to answer."""
-        self.ready_state = _CLOSING
-        self._deadline = self._server.loop.time() + self._limits.close_timeout
-        self._server.wheel.schedule(self, self._deadline)
+    def _transport_buffer(self) -> int:
+        """Bytes handed to the transport and not yet to the peer (or its kernel)."""
+        raise NotImplementedError
 
     def _start_close(self, code: int, reason: str) -> None:
-        reader = self._reader
-        frame = reader.send_close(code, reason) if reader is not None else b""
-        if not frame:
-            return
-        if self._corked or self._out:
-            self._out.append(frame)
-            if not self._corked:
-                self._flush()
-        elif self.transport is not None:
-            self.transport.write(frame)
-        self._enter_closing()
-        if reader.state == ST_CLOSED and self.transport is not None:
-            self.transport.close()
+        """Send our close (code, reason) and enter CLOSING, if open."""
+        raise NotImplementedError
 
-    # ----------------------------------------------------------------- messages out
+    def _give_up(self) -> None:
+        """``close()`` on a connection already closing or refused: the transport may stop
+        waiting for the peer (the native one ends its lingering close)."""
 
-    def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
-        """Send one whole message; Bun's status: bytes written, -1 under backpressure, 0
-        dropped (closing, or past the backpressure limit).
+    # ----------------------------------------------------------------- flow
 
-        With permessage-deflate, ``compress=None`` compresses from the threshold up, True
-        always, False never.
-        """
-        codec = self.codec
-        if codec is not None and codec.wants(len(payload), compress):
-            return self._send_compressed(codec, opcode, payload)
-        # _write, inlined: this is every uncompressed send.
+    def pause_writing(self) -> None:
+        """The transport's buffer passed the high watermark."""
+        self._write_paused = True
+        self._recount()
+
+    def resume_writing(self) -> None:
+        """The transport's buffer fell below the low watermark: ``EV_DRAIN``."""
+        self._write_paused = False
+        self._recount()
+        if self.ready_state is _OPEN:
+            self._on_event(EV_DRAIN, None)
+
+    # ----------------------------------------------------------------- output accounting
+
+    def _write(self, item: Any, size: int) -> int:
+        """Write (or queue behind what is queued) one item of ``size`` bytes; the status of
+        ``send_message``."""
         if self.ready_state is not _OPEN:
             return self._drop_closing()
-        frame = build_frame(opcode, payload)
         if not (self._write_paused or self._corked or self._out):
-            self.transport.write(frame)  # type: ignore[union-attr]
-            self.messages_out += 1
-            # The transport calls pause_writing() inside write() when this frame passed the
-            # high watermark: then this send is "queued under backpressure".
-            return -1 if self._write_paused else len(frame)
-        return self._write_message(frame)
-
-    def _send_compressed(self, codec: PerMessageDeflate, opcode: int, payload: bytes) -> int:
-        if self.ready_state is not _OPEN:
-            return self._drop_closing()
-        if codec.shareable:
-            return self._write_message(build_frame(opcode, codec.compress(payload), True))
-        frame = self._own_compressed(codec, opcode, payload)
-        return 0 if frame is None else self._write_message(frame)
-
-    def _write_message(self, frame: bytes) -> int:
-        """:meth:`_write` a message's frame, counted when it was not dropped."""
-        status = self._write(frame)
-        if status:
-            self.messages_out += 1
-        return status
-
-    def send_control(self, opcode: int, payload: bytes) -> int:
-        """Send a ping or a pong (``payload`` of at most 125 bytes); status as ``send_message``."""
-        return self._write(build_frame(opcode, payload))
-
-    def queue_message(self, message: Message) -> bool:
-        """Queue a message shared with other connections; every queue leaves once per loop
-        tick.  False when it was dropped (closing, or past the backpressure limit)."""
-        codec = self.codec
-        if codec is None or not codec.wants(len(message.payload), message.compress):
-            frame = message.frame
-        elif codec.shareable:
-            frame = message.shared_frame(codec)
+            self._transmit(item)
+            return -1 if self._write_paused else size
+        if self._past_limit(size):
+            return 0
+        if self._corked or self._out:  # behind queued items: keep the order
+            self._out.append(item)
+            self._out_size += size
         else:
-            own = self._own_compressed(codec, message.opcode, message.payload)
-            if own is None:
-                return False
-            frame = own
-        size = len(frame)
+            self._transmit(item)
+            self._held += size  # in the transport until the next sample
+        self._server.queued += size
+        return -1 if self._write_paused else size
+
+    def _enqueue(self, item: Any, size: int) -> bool:
+        """Queue an item of a message shared with other connections (fan-out): it leaves at
+        the end of the loop tick, with every other one queued meanwhile.  False: dropped."""
         if self.ready_state is not _OPEN:
             self._drop_closing()
             return False
@@ -578,33 +496,14 @@ class Connection(asyncio.Protocol):
         out = self._out
         if not out and not self._corked:
             server.flush_later(self)
-        out.append(frame)
+        out.append(item)
         self._out_size += size
         self.messages_out += 1
         server.queued += size
         return True
 
-    def _write(self, frame: bytes) -> int:
-        """Write (or queue behind what is queued) one frame; the status of ``send_message``."""
-        if self.ready_state is not _OPEN:
-            return self._drop_closing()
-        if not (self._write_paused or self._corked or self._out):
-            self.transport.write(frame)  # type: ignore[union-attr]
-            return -1 if self._write_paused else len(frame)
-        size = len(frame)
-        if self._past_limit(size):
-            return 0
-        if self._corked or self._out:  # behind queued frames: keep the order
-            self._out.append(frame)
-            self._out_size += size
-        else:
-            self.transport.write(frame)  # type: ignore[union-attr]
-            self._held += size  # in the transport until the next sample
-        self._server.queued += size
-        return -1 if self._write_paused else size
-
     def _past_limit(self, size: int) -> bool:
-        # Cheap test first: the kernel side only matters once writing is paused, and the
+        # Cheap test first: the transport side only matters once writing is paused, and the
         # queue of this tick only once it nears the limit.
         if (
             self._write_paused or self._out_size + size > self._limits.backpressure_limit
@@ -637,30 +536,13 @@ class Connection(asyncio.Protocol):
         """Sample the transport's buffer into the server's total: at the watermarks, on the
         way to a drop, and at a flush once the total is past half the budget (inlined
         there); never per message."""
-        transport = self.transport
-        held = transport.get_write_buffer_size() if transport is not None else 0
+        held = self._transport_buffer()
         self._server.queued += held - self._held
         self._held = held
 
-    def _own_compressed(
-        self, codec: PerMessageDeflate, opcode: int, payload: bytes
-    ) -> bytes | None:
-        """A frame compressed by this connection's own (context-keeping) compressor, or None
-        when it would be dropped: the compressor never remembers a message never sent."""
-        if self.ready_state is not _OPEN:
-            self._drop_closing()
-            return None
-        if self._past_limit(deflate_bound(len(payload))):
-            return None
-        return build_frame(opcode, codec.compress(payload), True)
-
     def _over_limit(self, size: int) -> bool:
         """Past ``backpressure_limit``: count the drop, or close with 1008 when asked."""
-        transport = self.transport
-        limits = self._limits
-        if transport is None:
-            return True
-        if transport.get_write_buffer_size() + self._out_size + size <= limits.backpressure_limit:
+        if self._transport_buffer() + self._out_size + size <= self._limits.backpressure_limit:
             return False
         self._drop_at_limit()
         return True
@@ -684,24 +566,33 @@ class Connection(asyncio.Protocol):
         return 0
 
     def flush(self) -> None:
-        """Write what was queued this tick, unless a batch of events is still being handled
-        (its end writes everything at once)."""
+        """Write what was queued this tick, unless a batch is corked (its end writes
+        everything at once)."""
         if not self._corked:
+            self._flush()
+
+    def corked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)``; every send it makes leaves in one write."""
+        if self._corked:
+            return fn(*args)
+        self._corked = True
+        try:
+            return fn(*args)
+        finally:
+            self._corked = False
             self._flush()
 
     def _flush(self) -> None:
         out = self._out
         if out:
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._transmit_all(out)
             out.clear()
             size = self._out_size
             self._out_size = 0
             server = self._server
             if self._write_paused or server.queued > server.sample_above:
-                # Sample what the kernel did not take into the server's total.
-                held = transport.get_write_buffer_size() if transport is not None else 0
+                # Sample what the transport did not pass on into the server's total.
+                held = self._transport_buffer()
                 server.queued += held - self._held - size
                 self._held = held
             else:
@@ -709,29 +600,20 @@ class Connection(asyncio.Protocol):
 
     @property
     def buffered_amount(self) -> int:
-        """Bytes accepted by ``send`` and not yet handed to the kernel."""
-        transport = self.transport
-        size = self._out_size
-        if transport is not None and not transport.is_closing():
-            size += transport.get_write_buffer_size()
-        return size
+        """Bytes accepted by ``send`` and not yet handed to the peer's kernel."""
+        return self._out_size + self._transport_buffer()
 
     # ----------------------------------------------------------------- closing
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; before the upgrade, refuse it (503 on 1001, else 500)."""
-        if self.ready_state is _CONNECTING:
+        state = self.ready_state
+        if state is _CONNECTING:
             self.refuse(503 if code == 1001 else 500, "Closing")
-            return
-        if self.ready_state is _OPEN:
+        elif state is _OPEN:
             self._start_close(code, reason)
-        elif self._linger is not None and self.transport is not None:
-            self.transport.close()  # a refused or failed connection: stop waiting for it
-
-    def abort(self) -> None:
-        """Drop the TCP connection at once, without a closing handshake."""
-        if self.transport is not None:
-            self.transport.abort()
+        else:
+            self._give_up()
 
     # ----------------------------------------------------------------- deadlines
 
@@ -810,4 +692,4 @@ class Connection(asyncio.Protocol):
     def _send_ping(self, now: float) -> None:
         if not self._ping_sent:
             self._ping_sent = now
-        self._write(_PING)
+        self.send_control(OP_PING, b"")

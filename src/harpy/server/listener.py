@@ -16,7 +16,14 @@ from .timers import TimerWheel
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["DROP_REASONS", "Server", "default_output_budget", "make_ssl_context", "release_memory"]
+__all__ = [
+    "DROP_REASONS",
+    "Host",
+    "Server",
+    "default_output_budget",
+    "make_ssl_context",
+    "release_memory",
+]
 
 logger = logging.getLogger("harpy")
 
@@ -73,15 +80,15 @@ def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContex
     return context
 
 
-class Server:
-    """Accepts connections for one protocol factory and keeps track of them until closed."""
+class Host:
+    """What every connection of one event loop shares, listening or not (the native server,
+    the ASGI adapter): the loop, the timer wheel, the registry of live connections, the drop
+    counters, the server-wide output budget and the end-of-tick flush."""
 
     # Slots: the per-delivery path reads and writes ``queued`` and ``output_bound``.
     __slots__ = (
         "_dirty",
-        "_factory",
         "_freed",
-        "_servers",
         "_trim_pending",
         "_trimmed_at",
         "_warned_at",
@@ -100,20 +107,17 @@ class Server:
 
     def __init__(
         self,
-        protocol_factory: Callable[[Server], Connection],
         *,
         loop: asyncio.AbstractEventLoop,
         handshake_timeout: float = 10.0,
         max_header_size: int = 8192,
         output_budget: int = 0,
     ) -> None:
-        self._factory = protocol_factory
         self.loop = loop
         self.handshake_timeout = handshake_timeout
         self.max_header_size = max_header_size
         self.connections: set[Connection] = set()
         self.wheel = TimerWheel(loop)
-        self._servers: list[asyncio.base_events.Server] = []
         self._dirty: list[Connection] = []
         self.closing = False
         #: Messages lost, by cause (:data:`DROP_REASONS`), over all connections.
@@ -170,6 +174,61 @@ class Server:
         self._trimmed_at = self.loop.time()
         release_memory()
 
+    def flush_later(self, conn: Connection) -> None:
+        """Write ``conn``'s queued frames at the end of this loop tick, with everyone else's."""
+        if not self._dirty:
+            self.loop.call_soon(self._flush_dirty)
+        self._dirty.append(conn)
+
+    def _flush_dirty(self) -> None:
+        dirty = self._dirty
+        self._dirty = []
+        for conn in dirty:
+            conn.flush()
+
+    async def close(
+        self, timeout: float = 5.0, code: int = 1001, reason: str = "Going Away"
+    ) -> None:
+        """Close every connection with ``code``, abort the rest after ``timeout``."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close(code, reason)
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        # Let connection_lost callbacks run before the loop goes away.
+        for _ in range(3):
+            if not self.connections:
+                break
+            await asyncio.sleep(0)
+        self.wheel.close()
+
+
+class Server(Host):
+    """A :class:`Host` that listens: accepts connections for one protocol factory."""
+
+    __slots__ = ("_factory", "_servers")
+
+    def __init__(
+        self,
+        protocol_factory: Callable[[Server], asyncio.Protocol],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        handshake_timeout: float = 10.0,
+        max_header_size: int = 8192,
+        output_budget: int = 0,
+    ) -> None:
+        super().__init__(
+            loop=loop,
+            handshake_timeout=handshake_timeout,
+            max_header_size=max_header_size,
+            output_budget=output_budget,
+        )
+        self._factory = protocol_factory
+        self._servers: list[asyncio.base_events.Server] = []
+
     async def listen(
         self,
         host: str | None,
@@ -189,18 +248,6 @@ class Server:
         )
         self._servers.append(server)
 
-    def flush_later(self, conn: Connection) -> None:
-        """Write ``conn``'s queued frames at the end of this loop tick, with everyone else's."""
-        if not self._dirty:
-            self.loop.call_soon(self._flush_dirty)
-        self._dirty.append(conn)
-
-    def _flush_dirty(self) -> None:
-        dirty = self._dirty
-        self._dirty = []
-        for conn in dirty:
-            conn.flush()
-
     @property
     def sockets(self) -> list[tuple[str, int]]:
         """The bound (host, port) pairs, e.g. to learn the port chosen for port 0."""
@@ -218,19 +265,7 @@ class Server:
         self.closing = True
         for server in self._servers:
             server.close()
-        for conn in list(self.connections):
-            conn.close(code, reason)
-        deadline = self.loop.time() + timeout
-        while self.connections and self.loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        for conn in list(self.connections):
-            conn.abort()
-        # Let connection_lost callbacks run before the loop goes away.
-        for _ in range(3):
-            if not self.connections:
-                break
-            await asyncio.sleep(0)
+        await super().close(timeout, code, reason)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
-        self.wheel.close()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ...exceptions import ConfigurationError, HarpyError
-from .. import Groups, Message
+from .. import Groups, Message, Receiver
 
 __all__ = [
     "Backplane",
@@ -418,9 +418,9 @@ class TrackedGroups(Groups):
         self._on_join = on_join
         self._on_leave = on_leave
 
-    def add(self, member: Any, name: str) -> bool:
+    def add(self, member: Any, name: str, receiver: Receiver) -> bool:
         new_group = name not in self
-        added = super().add(member, name)
+        added = super().add(member, name, receiver)
         if added:
             if new_group:
                 self._on_first(name)
