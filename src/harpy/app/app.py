@@ -16,14 +16,13 @@ from ..auth import resolve_authenticate
 from ..exceptions import ConfigurationError, HarpyError
 from ..protocol import OP_BINARY, Message
 from ..protocol.deflate import DeflateOptions
-from ..pubsub import Groups, Receiver, fan_out
+from ..pubsub import Groups, Receiver, TrackedGroups, fan_out
 from ..pubsub.backplane.base import (
     PRESENCE_CHANNEL,
     Backplane,
     Envelope,
     Kind,
     Relay,
-    TrackedGroups,
 )
 from ..pubsub.presence import GroupKind, Presence, PresenceEvent
 from ..server import (

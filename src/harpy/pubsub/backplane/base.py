@@ -18,10 +18,10 @@ import os
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from ...exceptions import ConfigurationError, HarpyError
-from .. import Groups, Message, Receiver
+from ...protocol import Message
 
 __all__ = [
     "Backplane",
@@ -30,7 +30,6 @@ __all__ = [
     "Envelope",
     "Kind",
     "Relay",
-    "TrackedGroups",
     "Unsent",
     "decode_envelope",
     "encode_envelope",
@@ -397,44 +396,6 @@ class Backplane(ABC):
                 raise
             except Exception as exc:  # noqa: BLE001 - at-most-once: counted and logged
                 self._drop(len(batch), f"send failed: {exc!r}")
-
-
-class TrackedGroups(Groups):
-    """:class:`Groups` that report when a group gets its first member and loses its last, and
-    (when given ``on_join`` / ``on_leave``) each member that joins or leaves a group."""
-
-    __slots__ = ("_on_first", "_on_join", "_on_last", "_on_leave")
-
-    def __init__(
-        self,
-        on_first: Callable[[str], None],
-        on_last: Callable[[str], None],
-        on_join: Callable[[Any, str], None] | None = None,
-        on_leave: Callable[[Any, str], None] | None = None,
-    ) -> None:
-        super().__init__()
-        self._on_first = on_first
-        self._on_last = on_last
-        self._on_join = on_join
-        self._on_leave = on_leave
-
-    def add(self, member: Any, name: str, receiver: Receiver) -> bool:
-        new_group = name not in self
-        added = super().add(member, name, receiver)
-        if added:
-            if new_group:
-                self._on_first(name)
-            if self._on_join is not None:
-                self._on_join(member, name)
-        return added
-
-    def _leave(self, member: Any, name: str) -> None:
-        had = name in self
-        super()._leave(member, name)
-        if had and name not in self:
-            self._on_last(name)
-        if self._on_leave is not None:
-            self._on_leave(member, name)
 
 
 #: The backplane channel of each kind of group: one-to-one, whatever the names hold.

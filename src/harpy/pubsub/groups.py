@@ -1,0 +1,178 @@
+"""Groups of connections that one message reaches, framed once.
+
+A :class:`Groups` maps a group name to its members, in joining order; a group with no member
+left is removed, so it takes no memory.  :func:`fan_out` writes one prebuilt frame to many
+connections through their per-tick write queues: a message costs one frame build whatever the
+number of receivers, and each receiver gets one ``transport.write`` per loop tick however many
+messages reached it in that tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from ..protocol import Message
+
+__all__ = ["Groups", "Receiver", "TrackedGroups", "fan_out"]
+
+
+class Receiver(Protocol):
+    """Where a member's messages go: its connection."""
+
+    def queue_message(self, message: Message) -> bool: ...
+
+
+class Groups:
+    """Named groups of connections (topics, or rooms), indexed both ways: group to members
+    (in joining order) and member to its groups.  Each member comes with its
+    :class:`Receiver`: members are what users see (their ``ws``), receivers what fan-out
+    writes to."""
+
+    __slots__ = ("_groups", "_of")
+
+    def __init__(self) -> None:
+        #: group name -> {member: receiver} (a dict keeps joining order, deletes in O(1))
+        self._groups: dict[str, dict[Any, Receiver]] = {}
+        #: member -> the names of its groups
+        self._of: dict[Any, set[str]] = {}
+
+    def add(self, member: Any, name: str, receiver: Receiver) -> bool:
+        """Put ``member`` (its messages go to ``receiver``) in group ``name``; False when it
+        already was."""
+        mine = self._of.get(member)
+        if mine is None:
+            mine = self._of[member] = set()
+        elif name in mine:
+            return False
+        mine.add(name)
+        group = self._groups.get(name)
+        if group is None:
+            self._groups[name] = {member: receiver}
+        else:
+            group[member] = receiver
+        return True
+
+    def remove(self, member: Any, name: str) -> bool:
+        """Take ``member`` out of group ``name``; False when it was not in it."""
+        mine = self._of.get(member)
+        if not mine or name not in mine:
+            return False
+        mine.discard(name)
+        if not mine:
+            del self._of[member]
+        self._leave(member, name)
+        return True
+
+    def remove_all(self, member: Any) -> frozenset[str]:
+        """Take ``member`` out of every group (a closed connection); return their names."""
+        mine = self._of.pop(member, None)
+        if not mine:
+            return frozenset()
+        for name in mine:
+            self._leave(member, name)
+        return frozenset(mine)
+
+    def _leave(self, member: Any, name: str) -> None:
+        group = self._groups.get(name)
+        if group is not None:
+            group.pop(member, None)
+            if not group:
+                del self._groups[name]
+
+    def of(self, member: Any) -> frozenset[str]:
+        """The groups ``member`` is in."""
+        mine = self._of.get(member)
+        return frozenset(mine) if mine else frozenset()
+
+    def has(self, member: Any, name: str) -> bool:
+        mine = self._of.get(member)
+        return mine is not None and name in mine
+
+    def members(self, name: str) -> list[Any]:
+        """A snapshot of the members: safe to use while members join, leave or close."""
+        group = self._groups.get(name)
+        return list(group) if group else []
+
+    def receivers(self, name: str) -> list[tuple[Any, Receiver]]:
+        """A snapshot of the (member, receiver) pairs of group ``name``, for :func:`fan_out`."""
+        group = self._groups.get(name)
+        return list(group.items()) if group else []
+
+    def union(self, names: Iterable[str]) -> dict[Any, Receiver]:
+        """The members of several groups, each once, in a stable order, with their receivers."""
+        out: dict[Any, Receiver] = {}
+        for name in names:
+            group = self._groups.get(name)
+            if group:
+                out.update(group)
+        return out
+
+    def count(self, name: str) -> int:
+        group = self._groups.get(name)
+        return len(group) if group else 0
+
+    def names(self) -> list[str]:
+        return list(self._groups)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._groups
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._groups))
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
+class TrackedGroups(Groups):
+    """:class:`Groups` that report when a group gets its first member and loses its last, and
+    (when given ``on_join`` / ``on_leave``) each member that joins or leaves a group."""
+
+    __slots__ = ("_on_first", "_on_join", "_on_last", "_on_leave")
+
+    def __init__(
+        self,
+        on_first: Callable[[str], None],
+        on_last: Callable[[str], None],
+        on_join: Callable[[Any, str], None] | None = None,
+        on_leave: Callable[[Any, str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._on_first = on_first
+        self._on_last = on_last
+        self._on_join = on_join
+        self._on_leave = on_leave
+
+    def add(self, member: Any, name: str, receiver: Receiver) -> bool:
+        new_group = name not in self
+        added = super().add(member, name, receiver)
+        if added:
+            if new_group:
+                self._on_first(name)
+            if self._on_join is not None:
+                self._on_join(member, name)
+        return added
+
+    def _leave(self, member: Any, name: str) -> None:
+        had = name in self
+        super()._leave(member, name)
+        if had and name not in self:
+            self._on_last(name)
+        if self._on_leave is not None:
+            self._on_leave(member, name)
+
+
+def fan_out(
+    receivers: Iterable[tuple[Any, Receiver]], message: Message, skip: object = None
+) -> int:
+    """Queue ``message`` for every (member, receiver) pair but the member ``skip``; return how
+    many accepted it.
+
+    Each receiver that refuses it counts the loss where it happens, by cause (its
+    backpressure limit, the server's output budget, or closing): see ``App.drops``."""
+    sent = 0
+    for member, receiver in receivers:
+        if member is not skip and receiver.queue_message(message):
+            sent += 1
+    return sent
