@@ -18,7 +18,9 @@ from harpy.pubsub.backplane import (
     encode_envelope,
     escape_topic,
 )
-from harpy.pubsub.backplane.base import PRESENCE_CHANNEL, BackplaneState, Envelope, Kind, Relay
+from harpy.pubsub.backplane.base import BackplaneState
+from harpy.pubsub.backplane.envelope import Envelope, Kind
+from harpy.pubsub.relay import PRESENCE_CHANNEL, Relay
 
 from ..timing import eventually, scaled
 

@@ -17,14 +17,10 @@ from ..exceptions import ConfigurationError, HarpyError
 from ..protocol import OP_BINARY, Message
 from ..protocol.deflate import DeflateOptions
 from ..pubsub import Groups, Receiver, TrackedGroups, fan_out
-from ..pubsub.backplane.base import (
-    PRESENCE_CHANNEL,
-    Backplane,
-    Envelope,
-    Kind,
-    Relay,
-)
+from ..pubsub.backplane import Backplane
+from ..pubsub.backplane.envelope import Envelope, Kind
 from ..pubsub.presence import GroupKind, Presence, PresenceEvent
+from ..pubsub.relay import PRESENCE_CHANNEL, Relay
 from ..server import (
     DROP_REASONS,
     FramedConnection,

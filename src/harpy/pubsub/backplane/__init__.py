@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from .base import Backplane, BackplaneError, decode_envelope, encode_envelope
+from .base import Backplane, BackplaneError, Unsent
+from .envelope import decode_envelope, encode_envelope
 from .memory import MemoryBackplane
 from .nats import NatsBackplane, escape_topic
 from .redis import RedisBackplane
@@ -17,6 +18,7 @@ __all__ = [
     "MemoryBackplane",
     "NatsBackplane",
     "RedisBackplane",
+    "Unsent",
     "decode_envelope",
     "encode_envelope",
     "escape_topic",

@@ -1,4 +1,4 @@
-"""The ``Backplane`` interface, the envelope format, and the relay between an app and a backplane.
+"""The ``Backplane`` interface: what every backend shares.
 
 A backplane carries published messages between harpy processes that share topics.  Each
 implementation fills in five small hooks (``_connect``, ``_disconnect``, ``_send``,
@@ -12,42 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
-import os
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
 
 from ...exceptions import ConfigurationError, HarpyError
-from ...protocol import Message
 
-__all__ = [
-    "Backplane",
-    "BackplaneError",
-    "BackplaneState",
-    "Envelope",
-    "Kind",
-    "Relay",
-    "Unsent",
-    "decode_envelope",
-    "encode_envelope",
-    "redact_url",
-]
+__all__ = ["Backplane", "BackplaneError", "BackplaneState", "OnMessage", "Unsent", "redact_url"]
 
 logger = logging.getLogger("harpy")
 
 #: ``on_message(topic, envelope)``: called on the event loop for each message received.
 OnMessage = Callable[[str, bytes], None]
-
-#: Bytes of the random per-app node id carried in every envelope.
-NODE_ID_SIZE = 8
-
-# Envelope byte 0: bits 0-3 the WebSocket opcode, bits 4-5 the ``compress`` flag of the message,
-# bits 6-7 the :class:`Kind` of group.
-_COMPRESS_BITS = {None: 0x00, True: 0x10, False: 0x20}
-_COMPRESS_FROM_BITS: dict[int, bool | None] = {0x00: None, 0x10: True, 0x20: False}
 
 
 class BackplaneError(HarpyError):
@@ -63,79 +40,6 @@ class BackplaneState(enum.Enum):
     NEW = "new"
     RUNNING = "running"
     STOPPED = "stopped"
-
-
-class Kind(enum.IntEnum):
-    """What group an envelope is for: envelope byte 0, bits 6-7."""
-
-    TOPIC = 0
-    ROOMS = 1
-    ROUTE = 2
-    ALL = 3
-
-
-class Envelope(NamedTuple):
-    """A decoded envelope: who sent it, the message, and the group it is for."""
-
-    node_id: bytes
-    opcode: int
-    payload: bytes
-    compress: bool | None
-    kind: Kind = Kind.TOPIC
-    #: ``Kind.ROOMS``: every room of the broadcast, in order (a receiver in several of them
-    #: gets one copy); empty otherwise.
-    rooms: tuple[str, ...] = ()
-    #: ``Kind.ROOMS``: only the members on this route (``None``: on any route).
-    route: str | None = None
-
-
-def encode_envelope(
-    node_id: bytes,
-    message: Message,
-    kind: Kind = Kind.TOPIC,
-    rooms: tuple[str, ...] = (),
-    route: str | None = None,
-) -> bytes:
-    """``[kind+flags+opcode: 1 byte][node id: 8 bytes][header][payload]``: compact and
-    binary-safe.  Only ``Kind.ROOMS`` has a header: a 4-byte big-endian length, then that many
-    bytes of JSON ``[rooms, route]``."""
-    head = bytes(((kind << 6) | message.opcode | _COMPRESS_BITS[message.compress],)) + node_id
-    if kind is not Kind.ROOMS:
-        return head + message.payload
-    header = json.dumps([list(rooms), route], ensure_ascii=False, separators=(",", ":"))
-    raw = header.encode("utf-8")
-    return head + len(raw).to_bytes(4, "big") + raw + message.payload
-
-
-def decode_envelope(envelope: bytes) -> Envelope:
-    """The :class:`Envelope` in ``envelope``; ValueError when it is malformed."""
-    if len(envelope) < 1 + NODE_ID_SIZE:
-        raise ValueError(f"backplane envelope too short ({len(envelope)} bytes)")
-    head = envelope[0]
-    opcode = head & 0x0F
-    if opcode not in (0x1, 0x2) or (head & 0x30) == 0x30:
-        raise ValueError(f"bad backplane envelope header 0x{head:02x}")
-    kind = Kind(head >> 6)
-    node_id = envelope[1 : 1 + NODE_ID_SIZE]
-    compress = _COMPRESS_FROM_BITS[head & 0x30]
-    start = 1 + NODE_ID_SIZE
-    if kind is not Kind.ROOMS:
-        return Envelope(node_id, opcode, envelope[start:], compress, kind)
-    size = int.from_bytes(envelope[start : start + 4], "big")
-    end = start + 4 + size
-    if len(envelope) < end:
-        raise ValueError("backplane envelope shorter than its header")
-    try:
-        rooms, route = json.loads(envelope[start + 4 : end])
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"bad backplane envelope header: {exc}") from None
-    if (
-        not isinstance(rooms, list)
-        or not all(isinstance(r, str) for r in rooms)
-        or not (route is None or isinstance(route, str))
-    ):
-        raise ValueError("bad backplane envelope header: not [rooms, route]")
-    return Envelope(node_id, opcode, envelope[end:], compress, kind, tuple(rooms), route)
 
 
 def redact_url(url: str) -> str:
@@ -396,189 +300,3 @@ class Backplane(ABC):
                 raise
             except Exception as exc:  # noqa: BLE001 - at-most-once: counted and logged
                 self._drop(len(batch), f"send failed: {exc!r}")
-
-
-#: The backplane channel of each kind of group: one-to-one, whatever the names hold.
-TOPIC_PREFIX = "t:"
-ROOM_PREFIX = "r:"
-ROUTE_PREFIX = "p:"
-ALL_CHANNEL = "*"
-PRESENCE_CHANNEL = "presence"
-_KIND_OF_PREFIX = {TOPIC_PREFIX: Kind.TOPIC, ROOM_PREFIX: Kind.ROOMS, ROUTE_PREFIX: Kind.ROUTE}
-_PREFIX_OF_KIND = {kind: prefix for prefix, kind in _KIND_OF_PREFIX.items()}
-
-#: ``deliver(kind, name, envelope)``: hand a message from another node to the local members of
-#: the topic, room or route ``name`` (``Kind.ALL``: of every route; ``name`` is empty).
-Deliver = Callable[[Kind, str, Envelope], None]
-
-
-def _nothing(kind: Kind, name: str, envelope: Envelope) -> None:
-    return None
-
-
-class Relay:
-    """Joins an app's groups to a backplane.
-
-    Local publications are sent as envelopes tagged with this node's id and the kind of group;
-    envelopes from other nodes go to ``deliver``; our own are ignored.  Each group is one
-    backplane channel (``t:`` + topic, ``r:`` + room, ``p:`` + route pattern, ``*`` for every
-    connection); the backplane is subscribed to exactly the channels of groups with a local
-    member, plus ``*`` and ``presence``.  Changes are reconciled by one task, in the background,
-    so ``ws.subscribe`` and ``ws.join`` stay synchronous (a message published by another node
-    before the subscription reaches the server is not received).
-    """
-
-    def __init__(
-        self, backplane: Backplane, deliver: Deliver = _nothing, retry_delay: float = 1.0
-    ) -> None:
-        if not isinstance(backplane, Backplane):
-            raise ConfigurationError(f"backplane must be a Backplane, not {backplane!r}")
-        self.backplane = backplane
-        self.node_id = os.urandom(NODE_ID_SIZE)
-        self.retry_delay = retry_delay
-        self.deliver = deliver
-        #: Raw handlers of channels that carry no group (presence): ``fn(envelope)``.
-        self._handlers: dict[str, Callable[[Envelope], None]] = {}
-        self._wanted: set[str] = {ALL_CHANNEL}
-        self._dirty: set[str] = set()
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None
-
-    async def start(self) -> None:
-        # A fresh id per start: processes forked from one parent (``--workers``) are each a node.
-        self.node_id = os.urandom(NODE_ID_SIZE)
-        await self.backplane.start(self._receive)
-        self._wake = asyncio.Event()
-        self._dirty.update(self._wanted)
-        self._task = asyncio.get_running_loop().create_task(self._sync_loop())
-        self._wake.set()
-
-    async def stop(self) -> None:
-        task, wake = self._task, self._wake
-        self._task = self._wake = None
-        if task is not None:
-            # The loop ends at its next wake-up; a client library that swallows a cancellation
-            # (redis-py's unsubscribe can) cannot keep it waiting forever.
-            assert wake is not None
-            wake.set()
-            task.cancel()
-            done, _ = await asyncio.wait({task}, timeout=self.retry_delay + 1.0)
-            if done:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            else:
-                logger.warning("harpy: the backplane subscription task did not stop")
-        self._dirty.clear()
-        await self.backplane.stop()
-
-    # ----------------------------------------------------------------- interest
-
-    def opened(self, kind: Kind, name: str) -> None:
-        """The topic, room or route (``Kind.ROUTE``: its pattern) ``name`` got its first local
-        member: receive what other nodes send to it."""
-        self._interest(_PREFIX_OF_KIND[kind] + name, True)
-
-    def closed(self, kind: Kind, name: str) -> None:
-        """The group ``name`` lost its last local member."""
-        self._interest(_PREFIX_OF_KIND[kind] + name, False)
-
-    def handle(self, channel: str, fn: Callable[[Envelope], None]) -> None:
-        """Receive the envelopes other nodes send on ``channel`` (not a group's) with ``fn``."""
-        self._handlers[channel] = fn
-        self._interest(channel, True)
-
-    def _interest(self, channel: str, on: bool) -> None:
-        if on:
-            self._wanted.add(channel)
-        else:
-            self._wanted.discard(channel)
-        self._dirty.add(channel)
-        wake = self._wake
-        if wake is not None and not wake.is_set():
-            wake.set()
-
-    # ----------------------------------------------------------------- sending
-
-    def publish(self, topic: str, message: Message) -> None:
-        """Send ``message`` to the subscribers of ``topic`` on the other nodes."""
-        if self._task is not None:
-            self.backplane.publish(TOPIC_PREFIX + topic, encode_envelope(self.node_id, message))
-
-    def broadcast_rooms(self, rooms: list[str], route: str | None, message: Message) -> None:
-        """Send ``message`` to the members of ``rooms`` (on ``route``) on the other nodes: one
-        envelope per room channel, each naming every room, so a receiver gets one copy."""
-        if self._task is None or not rooms:
-            return
-        envelope = encode_envelope(self.node_id, message, Kind.ROOMS, tuple(rooms), route)
-        publish = self.backplane.publish
-        for room in rooms:
-            publish(ROOM_PREFIX + room, envelope)
-
-    def broadcast_route(self, route: str | None, message: Message) -> None:
-        """Send ``message`` to every connection of ``route`` (None: of every route) on the
-        other nodes."""
-        if self._task is None:
-            return
-        if route is None:
-            self.backplane.publish(ALL_CHANNEL, encode_envelope(self.node_id, message, Kind.ALL))
-        else:
-            envelope = encode_envelope(self.node_id, message, Kind.ROUTE)
-            self.backplane.publish(ROUTE_PREFIX + route, envelope)
-
-    def send(self, channel: str, message: Message) -> None:
-        """Send ``message`` on a channel that is not a group's (see :meth:`handle`)."""
-        if self._task is not None:
-            self.backplane.publish(channel, encode_envelope(self.node_id, message))
-
-    # ----------------------------------------------------------------- receiving
-
-    def _receive(self, channel: str, raw: bytes) -> None:
-        try:
-            envelope = decode_envelope(raw)
-        except ValueError as exc:
-            logger.warning("harpy: ignored a backplane message on %r: %s", channel, exc)
-            return
-        if envelope.node_id == self.node_id:
-            return
-        if channel == ALL_CHANNEL:
-            self.deliver(Kind.ALL, "", envelope)
-            return
-        kind = _KIND_OF_PREFIX.get(channel[:2])
-        if kind is not None:
-            self.deliver(kind, channel[2:], envelope)
-            return
-        handler = self._handlers.get(channel)
-        if handler is not None:
-            handler(envelope)
-
-    async def _sync_loop(self) -> None:
-        wake = self._wake
-        assert wake is not None
-        backplane = self.backplane
-        while self._wake is wake:
-            await wake.wait()
-            wake.clear()
-            if self._wake is not wake:
-                return
-            failed: list[str] = []
-            while self._dirty and self._wake is wake:
-                channel = self._dirty.pop()
-                want = channel in self._wanted
-                try:
-                    if want and not backplane.is_subscribed(channel):
-                        await backplane.subscribe(channel)
-                    elif not want and backplane.is_subscribed(channel):
-                        await backplane.unsubscribe(channel)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    logger.exception("harpy: backplane (un)subscribe of %r failed", channel)
-                    failed.append(channel)
-            if failed:
-                await asyncio.sleep(self.retry_delay)
-                self._dirty.update(failed)
-                wake.set()

@@ -1,0 +1,96 @@
+"""The envelope: one message for a group, as it travels between nodes on a backplane.
+
+The format is documented in ``docs/scale-out.md`` (byte 0: the kind of group, the ``compress``
+flag and the opcode; then the node id; then, for rooms, a JSON header; then the payload).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import NamedTuple
+
+from ...protocol import Message
+
+__all__ = ["NODE_ID_SIZE", "Envelope", "Kind", "decode_envelope", "encode_envelope"]
+
+#: Bytes of the random per-app node id carried in every envelope.
+NODE_ID_SIZE = 8
+
+# Envelope byte 0: bits 0-3 the WebSocket opcode, bits 4-5 the ``compress`` flag of the message,
+# bits 6-7 the :class:`Kind` of group.
+_COMPRESS_BITS = {None: 0x00, True: 0x10, False: 0x20}
+_COMPRESS_FROM_BITS: dict[int, bool | None] = {0x00: None, 0x10: True, 0x20: False}
+
+
+class Kind(enum.IntEnum):
+    """What group an envelope is for: envelope byte 0, bits 6-7."""
+
+    TOPIC = 0
+    ROOMS = 1
+    ROUTE = 2
+    ALL = 3
+
+
+class Envelope(NamedTuple):
+    """A decoded envelope: who sent it, the message, and the group it is for."""
+
+    node_id: bytes
+    opcode: int
+    payload: bytes
+    compress: bool | None
+    kind: Kind = Kind.TOPIC
+    #: ``Kind.ROOMS``: every room of the broadcast, in order (a receiver in several of them
+    #: gets one copy); empty otherwise.
+    rooms: tuple[str, ...] = ()
+    #: ``Kind.ROOMS``: only the members on this route (``None``: on any route).
+    route: str | None = None
+
+
+def encode_envelope(
+    node_id: bytes,
+    message: Message,
+    kind: Kind = Kind.TOPIC,
+    rooms: tuple[str, ...] = (),
+    route: str | None = None,
+) -> bytes:
+    """``[kind+flags+opcode: 1 byte][node id: 8 bytes][header][payload]``: compact and
+    binary-safe.  Only ``Kind.ROOMS`` has a header: a 4-byte big-endian length, then that many
+    bytes of JSON ``[rooms, route]``."""
+    head = bytes(((kind << 6) | message.opcode | _COMPRESS_BITS[message.compress],)) + node_id
+    if kind is not Kind.ROOMS:
+        return head + message.payload
+    header = json.dumps([list(rooms), route], ensure_ascii=False, separators=(",", ":"))
+    raw = header.encode("utf-8")
+    return head + len(raw).to_bytes(4, "big") + raw + message.payload
+
+
+def decode_envelope(envelope: bytes) -> Envelope:
+    """The :class:`Envelope` in ``envelope``; ValueError when it is malformed."""
+    if len(envelope) < 1 + NODE_ID_SIZE:
+        raise ValueError(f"backplane envelope too short ({len(envelope)} bytes)")
+    head = envelope[0]
+    opcode = head & 0x0F
+    if opcode not in (0x1, 0x2) or (head & 0x30) == 0x30:
+        raise ValueError(f"bad backplane envelope header 0x{head:02x}")
+    kind = Kind(head >> 6)
+    node_id = envelope[1 : 1 + NODE_ID_SIZE]
+    compress = _COMPRESS_FROM_BITS[head & 0x30]
+    start = 1 + NODE_ID_SIZE
+    if kind is not Kind.ROOMS:
+        return Envelope(node_id, opcode, envelope[start:], compress, kind)
+    size = int.from_bytes(envelope[start : start + 4], "big")
+    end = start + 4 + size
+    if len(envelope) < end:
+        raise ValueError("backplane envelope shorter than its header")
+    try:
+        rooms, route = json.loads(envelope[start + 4 : end])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"bad backplane envelope header: {exc}") from None
+    if (
+        not isinstance(rooms, list)
+        or not all(isinstance(r, str) for r in rooms)
+        or not (route is None or isinstance(route, str))
+    ):
+        raise ValueError("bad backplane envelope header: not [rooms, route]")
+    return Envelope(node_id, opcode, envelope[end:], compress, kind, tuple(rooms), route)
