@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from harpy.protocol import OP_BINARY, OP_TEXT
-from harpy.pubsub import Message
+from harpy.pubsub import GroupKind, Message
 from harpy.pubsub.backplane import (
     Backplane,
     BackplaneError,
@@ -19,7 +19,7 @@ from harpy.pubsub.backplane import (
     escape_topic,
 )
 from harpy.pubsub.backplane.base import BackplaneState
-from harpy.pubsub.backplane.envelope import Envelope, Kind
+from harpy.pubsub.backplane.envelope import Envelope
 from harpy.pubsub.relay import PRESENCE_CHANNEL, Relay
 
 from ..timing import eventually, scaled
@@ -239,14 +239,17 @@ def test_envelope_round_trip() -> None:
     ]:
         envelope = encode_envelope(node, Message(opcode, payload, compress))
         assert len(envelope) == 9 + len(payload)
-        assert decode_envelope(envelope) == (node, opcode, payload, compress, Kind.TOPIC, (), None)
-    for kind in (Kind.ROUTE, Kind.ALL):
+        expected = (node, opcode, payload, compress, GroupKind.TOPIC, (), None)
+        assert decode_envelope(envelope) == expected
+    for kind in (GroupKind.ROUTE, GroupKind.ALL):
         envelope = encode_envelope(node, Message(OP_TEXT, b"x"), kind)
         assert decode_envelope(envelope) == (node, OP_TEXT, b"x", None, kind, (), None)
     rooms = ("a", "ünï", "a.b", "")
-    envelope = encode_envelope(node, Message(OP_BINARY, b"\x00p", True), Kind.ROOMS, rooms, "/r")
+    envelope = encode_envelope(
+        node, Message(OP_BINARY, b"\x00p", True), GroupKind.ROOM, rooms, "/r"
+    )
     decoded = decode_envelope(envelope)
-    assert decoded.kind is Kind.ROOMS and decoded.rooms == rooms and decoded.route == "/r"
+    assert decoded.kind is GroupKind.ROOM and decoded.rooms == rooms and decoded.route == "/r"
     assert decoded.payload == b"\x00p" and decoded.compress is True
     bad_headers = [
         b"\x41" + node,
@@ -256,6 +259,22 @@ def test_envelope_round_trip() -> None:
     for bad in [b"", b"\x01" + b"\x00" * 7, b"\x08" + node, b"\x31" + node, *bad_headers]:
         with pytest.raises(ValueError):
             decode_envelope(bad)
+
+
+def test_envelope_bytes_are_the_documented_wire_format() -> None:
+    """Byte 0 as docs/scale-out.md fixes it (kind in bits 6-7: topic 0, rooms 1, route 2, all
+    3), so nodes running different versions of harpy still understand each other."""
+    node = bytes(range(8))
+    text = Message(OP_TEXT, b"x")
+    for kind, bits in [
+        (GroupKind.TOPIC, 0x00),
+        (GroupKind.ROOM, 0x40),
+        (GroupKind.ROUTE, 0x80),
+        (GroupKind.ALL, 0xC0),
+    ]:
+        assert encode_envelope(node, text, kind)[0] == bits | OP_TEXT
+    rooms = encode_envelope(node, Message(OP_BINARY, b"p", True), GroupKind.ROOM, ("a",), None)
+    assert rooms == b"\x52" + node + b"\x00\x00\x00\x0c" + b'[["a"],null]' + b"p"
 
 
 def test_escape_topic_is_one_safe_token_and_one_to_one() -> None:
@@ -273,9 +292,9 @@ class Deliveries:
     """Collects what a :class:`Relay` hands to the app: ``(kind, name, payload, rooms)``."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[Kind, str, bytes, tuple[str, ...]]] = []
+        self.items: list[tuple[GroupKind, str, bytes, tuple[str, ...]]] = []
 
-    def __call__(self, kind: Kind, name: str, envelope: Envelope) -> None:
+    def __call__(self, kind: GroupKind, name: str, envelope: Envelope) -> None:
         self.items.append((kind, name, envelope.payload, envelope.rooms))
 
 
@@ -286,10 +305,15 @@ async def test_relay_carries_every_kind_of_group_and_only_what_is_subscribed(
     sender, receiver = Relay(make_backplane()), Relay(make_backplane(), got)
     notes: list[bytes] = []
     receiver.handle(PRESENCE_CHANNEL, lambda envelope: notes.append(envelope.payload))
-    for kind, name in [(Kind.TOPIC, "t"), (Kind.ROOMS, "x"), (Kind.ROOMS, "y"), (Kind.ROUTE, "/r")]:
+    for kind, name in [
+        (GroupKind.TOPIC, "t"),
+        (GroupKind.ROOM, "x"),
+        (GroupKind.ROOM, "y"),
+        (GroupKind.ROUTE, "/r"),
+    ]:
         receiver.opened(kind, name)
-    receiver.opened(Kind.ROOMS, "gone")
-    receiver.closed(Kind.ROOMS, "gone")
+    receiver.opened(GroupKind.ROOM, "gone")
+    receiver.closed(GroupKind.ROOM, "gone")
     await sender.start()
     await receiver.start()
     backplane = receiver.backplane
@@ -305,11 +329,11 @@ async def test_relay_carries_every_kind_of_group_and_only_what_is_subscribed(
         await eventually(lambda: len(got.items) >= 5 and notes, scaled(3.0))
         assert sorted(got.items) == sorted(
             [
-                (Kind.TOPIC, "t", b"topic", ()),
-                (Kind.ROOMS, "x", b"rooms", ("x", "y", "z")),
-                (Kind.ROOMS, "y", b"rooms", ("x", "y", "z")),
-                (Kind.ROUTE, "/r", b"route", ()),
-                (Kind.ALL, "", b"all", ()),
+                (GroupKind.TOPIC, "t", b"topic", ()),
+                (GroupKind.ROOM, "x", b"rooms", ("x", "y", "z")),
+                (GroupKind.ROOM, "y", b"rooms", ("x", "y", "z")),
+                (GroupKind.ROUTE, "/r", b"route", ()),
+                (GroupKind.ALL, "", b"all", ()),
             ]
         )
         assert notes == [b"note"]
@@ -319,7 +343,7 @@ async def test_relay_carries_every_kind_of_group_and_only_what_is_subscribed(
         receiver.broadcast_route(None, Message(OP_TEXT, b"own"))
         sender.broadcast_route(None, Message(OP_TEXT, b"marker"))
         await eventually(lambda: len(mine.items) == 1, scaled(3.0))
-        assert mine.items == [(Kind.ALL, "", b"marker", ())]
+        assert mine.items == [(GroupKind.ALL, "", b"marker", ())]
     finally:
         await sender.stop()
         await receiver.stop()

@@ -17,7 +17,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 import harpy
-from harpy.pubsub import PresenceEvent
+from harpy.pubsub import GroupKind, PresenceEvent
 from harpy.pubsub.backplane import Backplane
 
 from ..helpers import serve
@@ -176,6 +176,8 @@ async def test_presence_across_nodes(make_backplane: MakeBackplane) -> None:
             joins = [(e.action, e.kind, e.group, e.info, e.local) for e in events]
             assert ("join", "room", "lobby", {"name": "ada"}, False) in joins
             assert ("join", "room", "lobby", {}, True) in joins
+            # From this node or another (decoded from JSON), the kind is the one enum member.
+            assert all(e.kind is GroupKind.ROOM for e in events)
         await eventually(lambda: b.present_count(room="lobby") == 0)
         await eventually(lambda: a.present_count(room="lobby") == 0)
         leaves = [(e.local, e.info) for e in events if e.action == "leave"]

@@ -16,10 +16,10 @@ from ..auth import resolve_authenticate
 from ..exceptions import ConfigurationError, HarpyError
 from ..protocol import OP_BINARY, Message
 from ..protocol.deflate import DeflateOptions
-from ..pubsub import Groups, Receiver, TrackedGroups, fan_out
+from ..pubsub import GroupKind, Groups, Receiver, TrackedGroups, fan_out
 from ..pubsub.backplane import Backplane
-from ..pubsub.backplane.envelope import Envelope, Kind
-from ..pubsub.presence import GroupKind, Presence, PresenceEvent
+from ..pubsub.backplane.envelope import Envelope
+from ..pubsub.presence import Presence, PresenceEvent
 from ..pubsub.relay import PRESENCE_CHANNEL, Relay
 from ..server import (
     DROP_REASONS,
@@ -260,8 +260,8 @@ class App(Routes):
         self.backplane: Backplane | None = None
         self._relay: Relay | None = None
         #: The topics (Bun's pub/sub) and the rooms, with their members.
-        self.topic_groups: Groups = self._make_groups(Kind.TOPIC, "topic")
-        self.room_groups: Groups = self._make_groups(Kind.ROOMS, "room")
+        self.topic_groups: Groups = self._make_groups(GroupKind.TOPIC)
+        self.room_groups: Groups = self._make_groups(GroupKind.ROOM)
         if backplane is not None:
             self._attach_backplane(backplane)
         self._startup: list[Hook] = []
@@ -289,7 +289,6 @@ class App(Routes):
         metrics registered on it are served with the app's."""
         return self.http.registry
 
-
     # ----------------------------------------------------------------- admission
 
     def admit(self, address: str) -> tuple[int, str, list[tuple[str, str]]] | None:
@@ -316,7 +315,6 @@ class App(Routes):
             else:
                 self._per_ip.pop(address, None)
 
-
     # ----------------------------------------------------------------- one message to many
 
     def use_backplane(self, backplane: Backplane) -> None:
@@ -337,12 +335,12 @@ class App(Routes):
         relay = self._relay = Relay(backplane, self._deliver)
         self.backplane = backplane
         self.connections = Connections(
-            partial(relay.opened, Kind.ROUTE), partial(relay.closed, Kind.ROUTE)
+            partial(relay.opened, GroupKind.ROUTE), partial(relay.closed, GroupKind.ROUTE)
         )
         if self.presence is not None:
             relay.handle(PRESENCE_CHANNEL, self._presence_received)
-        self.topic_groups = self._make_groups(Kind.TOPIC, "topic")
-        self.room_groups = self._make_groups(Kind.ROOMS, "room")
+        self.topic_groups = self._make_groups(GroupKind.TOPIC)
+        self.room_groups = self._make_groups(GroupKind.ROOM)
 
     def publish(
         self, topic: str, data: Any, compress: bool | None = None, *, exclude: object = None
@@ -408,16 +406,16 @@ class App(Routes):
                 relay.broadcast_route(route, message)
         return fan_out(receivers, message, exclude)
 
-    def _deliver(self, kind: Kind, name: str, envelope: Envelope) -> None:
+    def _deliver(self, kind: GroupKind, name: str, envelope: Envelope) -> None:
         """A message from another node for the local members of a group (the sender, on its
         own node, is never here: nobody to exclude)."""
         message = Message(envelope.opcode, envelope.payload, envelope.compress)
         receivers: Iterable[tuple[WebSocket[Any], Receiver]]
-        if kind is Kind.TOPIC:
+        if kind is GroupKind.TOPIC:
             receivers = self.topic_groups.receivers(name)
-        elif kind is Kind.ROUTE:
+        elif kind is GroupKind.ROUTE:
             receivers = self.connections.receivers(name)
-        elif kind is Kind.ALL:
+        elif kind is GroupKind.ALL:
             receivers = self.connections.receivers()
         else:
             # One envelope comes per room of the broadcast: a member of several of them takes
@@ -456,7 +454,7 @@ class App(Routes):
             raise ConfigurationError("presence is off: create the app with App(presence=True)")
         return self.presence
 
-    def _make_groups(self, kind: Kind, presence_kind: GroupKind) -> Groups:
+    def _make_groups(self, kind: GroupKind) -> Groups:
         relay, presence = self._relay, self.presence
         if relay is None and presence is None:
             return Groups()
@@ -469,10 +467,10 @@ class App(Routes):
             return TrackedGroups(on_first, on_last)
 
         def on_join(ws: WebSocket[Any], name: str) -> None:
-            presence.join(presence_kind, name, ws.id, ws.presence)
+            presence.join(kind, name, ws.id, ws.presence)
 
         def on_leave(ws: WebSocket[Any], name: str) -> None:
-            presence.leave(presence_kind, name, ws.id)
+            presence.leave(kind, name, ws.id)
 
         return TrackedGroups(on_first, on_last, on_join, on_leave)
 
@@ -680,9 +678,9 @@ def _one_group(topic: str | None, room: str | None) -> tuple[GroupKind, str]:
     if (topic is None) == (room is None):
         raise TypeError("give exactly one of topic= and room=")
     if topic is not None:
-        return "topic", topic
+        return GroupKind.TOPIC, topic
     assert room is not None
-    return "room", room
+    return GroupKind.ROOM, room
 
 
 async def _maybe_await(value: Any) -> Any:

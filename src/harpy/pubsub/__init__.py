@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from ..protocol import Message
-from .groups import Groups, Receiver, TrackedGroups, fan_out
+from .groups import GroupKind, Groups, Receiver, TrackedGroups, fan_out
 from .presence import Presence, PresenceEvent
 
 __all__ = [
+    "GroupKind",
     "Groups",
     "Message",
     "Presence",

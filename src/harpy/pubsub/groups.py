@@ -1,6 +1,7 @@
 """Groups of connections that one message reaches, framed once.
 
-A :class:`Groups` maps a group name to its members, in joining order; a group with no member
+:class:`GroupKind` names the kind of group wherever it is written (envelopes, presence).  A
+:class:`Groups` maps a group name to its members, in joining order; a group with no member
 left is removed, so it takes no memory.  :func:`fan_out` writes one prebuilt frame to many
 connections through their per-tick write queues: a message costs one frame build whatever the
 number of receivers, and each receiver gets one ``transport.write`` per loop tick however many
@@ -9,12 +10,23 @@ messages reached it in that tick.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from ..protocol import Message
 
-__all__ = ["Groups", "Receiver", "TrackedGroups", "fan_out"]
+__all__ = ["GroupKind", "Groups", "Receiver", "TrackedGroups", "fan_out"]
+
+
+class GroupKind(enum.StrEnum):
+    """What a message or a presence event is for: a topic, a room, every connection of a
+    route, or every connection.  A ``str``: ``event.kind == "topic"`` holds."""
+
+    TOPIC = "topic"
+    ROOM = "room"
+    ROUTE = "route"
+    ALL = "all"
 
 
 class Receiver(Protocol):

@@ -20,17 +20,18 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
-__all__ = ["GroupKind", "Presence", "PresenceEvent"]
+from .groups import GroupKind
+
+__all__ = ["Presence", "PresenceEvent"]
 
 logger = logging.getLogger("harpy")
-
-GroupKind = Literal["topic", "room"]
 
 
 class PresenceEvent(NamedTuple):
     """A connection joined or left a topic or room, on this node (``local``) or another."""
 
     action: Literal["join", "leave"]
+    #: ``GroupKind.TOPIC`` or ``GroupKind.ROOM`` (equal to ``"topic"`` and ``"room"``).
     kind: GroupKind
     group: str
     id: str
@@ -253,10 +254,11 @@ class Presence:
 
 
 def _check_kind(kind: Any) -> GroupKind:
-    if kind == "topic":
-        return "topic"
-    if kind == "room":
-        return "room"
+    """The member of ``kind`` (a GroupKind or its value, as announcements carry it)."""
+    if kind == GroupKind.TOPIC:
+        return GroupKind.TOPIC
+    if kind == GroupKind.ROOM:
+        return GroupKind.ROOM
     raise ValueError(f"presence kind must be 'topic' or 'room', not {kind!r}")
 
 

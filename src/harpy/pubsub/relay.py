@@ -11,7 +11,8 @@ from collections.abc import Callable
 from ..exceptions import ConfigurationError
 from ..protocol import Message
 from .backplane.base import Backplane
-from .backplane.envelope import NODE_ID_SIZE, Envelope, Kind, decode_envelope, encode_envelope
+from .backplane.envelope import NODE_ID_SIZE, Envelope, decode_envelope, encode_envelope
+from .groups import GroupKind
 
 __all__ = ["PRESENCE_CHANNEL", "Deliver", "Relay"]
 
@@ -23,15 +24,19 @@ ROOM_PREFIX = "r:"
 ROUTE_PREFIX = "p:"
 ALL_CHANNEL = "*"
 PRESENCE_CHANNEL = "presence"
-_KIND_OF_PREFIX = {TOPIC_PREFIX: Kind.TOPIC, ROOM_PREFIX: Kind.ROOMS, ROUTE_PREFIX: Kind.ROUTE}
+_KIND_OF_PREFIX = {
+    TOPIC_PREFIX: GroupKind.TOPIC,
+    ROOM_PREFIX: GroupKind.ROOM,
+    ROUTE_PREFIX: GroupKind.ROUTE,
+}
 _PREFIX_OF_KIND = {kind: prefix for prefix, kind in _KIND_OF_PREFIX.items()}
 
 #: ``deliver(kind, name, envelope)``: hand a message from another node to the local members of
-#: the topic, room or route ``name`` (``Kind.ALL``: of every route; ``name`` is empty).
-Deliver = Callable[[Kind, str, Envelope], None]
+#: the topic, room or route ``name`` (``GroupKind.ALL``: of every route; ``name`` is empty).
+Deliver = Callable[[GroupKind, str, Envelope], None]
 
 
-def _nothing(kind: Kind, name: str, envelope: Envelope) -> None:
+def _nothing(kind: GroupKind, name: str, envelope: Envelope) -> None:
     return None
 
 
@@ -96,12 +101,12 @@ class Relay:
 
     # ----------------------------------------------------------------- interest
 
-    def opened(self, kind: Kind, name: str) -> None:
-        """The topic, room or route (``Kind.ROUTE``: its pattern) ``name`` got its first local
+    def opened(self, kind: GroupKind, name: str) -> None:
+        """The topic, room or route (``GroupKind.ROUTE``: its pattern) ``name`` got its first local
         member: receive what other nodes send to it."""
         self._interest(_PREFIX_OF_KIND[kind] + name, True)
 
-    def closed(self, kind: Kind, name: str) -> None:
+    def closed(self, kind: GroupKind, name: str) -> None:
         """The group ``name`` lost its last local member."""
         self._interest(_PREFIX_OF_KIND[kind] + name, False)
 
@@ -132,7 +137,7 @@ class Relay:
         envelope per room channel, each naming every room, so a receiver gets one copy."""
         if self._task is None or not rooms:
             return
-        envelope = encode_envelope(self.node_id, message, Kind.ROOMS, tuple(rooms), route)
+        envelope = encode_envelope(self.node_id, message, GroupKind.ROOM, tuple(rooms), route)
         publish = self.backplane.publish
         for room in rooms:
             publish(ROOM_PREFIX + room, envelope)
@@ -143,9 +148,11 @@ class Relay:
         if self._task is None:
             return
         if route is None:
-            self.backplane.publish(ALL_CHANNEL, encode_envelope(self.node_id, message, Kind.ALL))
+            self.backplane.publish(
+                ALL_CHANNEL, encode_envelope(self.node_id, message, GroupKind.ALL)
+            )
         else:
-            envelope = encode_envelope(self.node_id, message, Kind.ROUTE)
+            envelope = encode_envelope(self.node_id, message, GroupKind.ROUTE)
             self.backplane.publish(ROUTE_PREFIX + route, envelope)
 
     def send(self, channel: str, message: Message) -> None:
@@ -164,7 +171,7 @@ class Relay:
         if envelope.node_id == self.node_id:
             return
         if channel == ALL_CHANNEL:
-            self.deliver(Kind.ALL, "", envelope)
+            self.deliver(GroupKind.ALL, "", envelope)
             return
         kind = _KIND_OF_PREFIX.get(channel[:2])
         if kind is not None:

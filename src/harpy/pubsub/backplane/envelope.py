@@ -6,30 +6,23 @@ flag and the opcode; then the node id; then, for rooms, a JSON header; then the 
 
 from __future__ import annotations
 
-import enum
 import json
 from typing import NamedTuple
 
 from ...protocol import Message
+from ..groups import GroupKind
 
-__all__ = ["NODE_ID_SIZE", "Envelope", "Kind", "decode_envelope", "encode_envelope"]
+__all__ = ["NODE_ID_SIZE", "Envelope", "decode_envelope", "encode_envelope"]
 
 #: Bytes of the random per-app node id carried in every envelope.
 NODE_ID_SIZE = 8
 
 # Envelope byte 0: bits 0-3 the WebSocket opcode, bits 4-5 the ``compress`` flag of the message,
-# bits 6-7 the :class:`Kind` of group.
+# bits 6-7 the kind of group (the wire's numbers, fixed whatever GroupKind's values).
 _COMPRESS_BITS = {None: 0x00, True: 0x10, False: 0x20}
 _COMPRESS_FROM_BITS: dict[int, bool | None] = {0x00: None, 0x10: True, 0x20: False}
-
-
-class Kind(enum.IntEnum):
-    """What group an envelope is for: envelope byte 0, bits 6-7."""
-
-    TOPIC = 0
-    ROOMS = 1
-    ROUTE = 2
-    ALL = 3
+_KIND_FROM_BITS = (GroupKind.TOPIC, GroupKind.ROOM, GroupKind.ROUTE, GroupKind.ALL)
+_KIND_BITS = {kind: code << 6 for code, kind in enumerate(_KIND_FROM_BITS)}
 
 
 class Envelope(NamedTuple):
@@ -39,26 +32,26 @@ class Envelope(NamedTuple):
     opcode: int
     payload: bytes
     compress: bool | None
-    kind: Kind = Kind.TOPIC
-    #: ``Kind.ROOMS``: every room of the broadcast, in order (a receiver in several of them
+    kind: GroupKind = GroupKind.TOPIC
+    #: ``GroupKind.ROOM``: every room of the broadcast, in order (a receiver in several of them
     #: gets one copy); empty otherwise.
     rooms: tuple[str, ...] = ()
-    #: ``Kind.ROOMS``: only the members on this route (``None``: on any route).
+    #: ``GroupKind.ROOM``: only the members on this route (``None``: on any route).
     route: str | None = None
 
 
 def encode_envelope(
     node_id: bytes,
     message: Message,
-    kind: Kind = Kind.TOPIC,
+    kind: GroupKind = GroupKind.TOPIC,
     rooms: tuple[str, ...] = (),
     route: str | None = None,
 ) -> bytes:
     """``[kind+flags+opcode: 1 byte][node id: 8 bytes][header][payload]``: compact and
-    binary-safe.  Only ``Kind.ROOMS`` has a header: a 4-byte big-endian length, then that many
+    binary-safe.  Only ``GroupKind.ROOM`` has a header: a 4-byte big-endian length, then that many
     bytes of JSON ``[rooms, route]``."""
-    head = bytes(((kind << 6) | message.opcode | _COMPRESS_BITS[message.compress],)) + node_id
-    if kind is not Kind.ROOMS:
+    head = bytes((_KIND_BITS[kind] | message.opcode | _COMPRESS_BITS[message.compress],)) + node_id
+    if kind is not GroupKind.ROOM:
         return head + message.payload
     header = json.dumps([list(rooms), route], ensure_ascii=False, separators=(",", ":"))
     raw = header.encode("utf-8")
@@ -73,11 +66,11 @@ def decode_envelope(envelope: bytes) -> Envelope:
     opcode = head & 0x0F
     if opcode not in (0x1, 0x2) or (head & 0x30) == 0x30:
         raise ValueError(f"bad backplane envelope header 0x{head:02x}")
-    kind = Kind(head >> 6)
+    kind = _KIND_FROM_BITS[head >> 6]
     node_id = envelope[1 : 1 + NODE_ID_SIZE]
     compress = _COMPRESS_FROM_BITS[head & 0x30]
     start = 1 + NODE_ID_SIZE
-    if kind is not Kind.ROOMS:
+    if kind is not GroupKind.ROOM:
         return Envelope(node_id, opcode, envelope[start:], compress, kind)
     size = int.from_bytes(envelope[start : start + 4], "big")
     end = start + 4 + size
