@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .app import App, Connections, Route
+from ..pubsub import Connections
+from .app import App, Route
 from .handlers import Handlers
 from .router import Router
 from .websocket import Admission, Dispatch, WebSocket

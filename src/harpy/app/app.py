@@ -8,19 +8,15 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from functools import partial
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Unpack
 
 from ..auth import resolve_authenticate
 from ..exceptions import ConfigurationError, HarpyError
-from ..protocol import OP_BINARY, Message
+from ..protocol import Message
 from ..protocol.deflate import DeflateOptions
-from ..pubsub import GroupKind, Groups, Receiver, TrackedGroups, fan_out
+from ..pubsub import Connections, GroupKind, Groups, Hub, Presence, PresenceEvent
 from ..pubsub.backplane import Backplane
-from ..pubsub.backplane.envelope import Envelope
-from ..pubsub.presence import Presence, PresenceEvent
-from ..pubsub.relay import PRESENCE_CHANNEL, Relay
 from ..server import (
     DROP_REASONS,
     FramedConnection,
@@ -37,7 +33,7 @@ from .router import Routes, RouteSpec
 from .routing import RouteTable
 from .websocket import WebSocket, auto_broadcasting
 
-__all__ = ["App", "Connections", "Route"]
+__all__ = ["App", "Route"]
 
 logger = logging.getLogger("harpy")
 
@@ -93,70 +89,6 @@ class Route:
 
     def __repr__(self) -> str:
         return f"<Route {self.pattern} {self.handlers!r}>"
-
-
-class Connections:
-    """The open connections of an app: iterable, sized, and filterable by route pattern."""
-
-    __slots__ = ("_all", "_by_route", "_on_closed", "_on_opened")
-
-    def __init__(
-        self,
-        on_opened: Callable[[str], None] | None = None,
-        on_closed: Callable[[str], None] | None = None,
-    ) -> None:
-        self._all: dict[WebSocket[Any], Receiver] = {}
-        self._by_route: dict[str, dict[WebSocket[Any], Receiver]] = {}
-        #: Called with a route pattern when it gets its first connection, and loses its last.
-        self._on_opened = on_opened
-        self._on_closed = on_closed
-
-    def __iter__(self) -> Iterator[WebSocket[Any]]:
-        """A snapshot: safe to use while connections open and close."""
-        return iter(list(self._all))
-
-    def __len__(self) -> int:
-        return len(self._all)
-
-    def __contains__(self, ws: object) -> bool:
-        return ws in self._all
-
-    def route(self, pattern: str) -> list[WebSocket[Any]]:
-        """The open connections of the route declared with ``pattern``."""
-        return list(self._by_route.get(pattern, ()))
-
-    def receivers(self, pattern: str | None = None) -> list[tuple[WebSocket[Any], Receiver]]:
-        """(connection, receiver) pairs of every open connection, or of one route's, for
-        fan-out."""
-        members = self._all if pattern is None else self._by_route.get(pattern)
-        return list(members.items()) if members else []
-
-    def count(self, pattern: str | None = None) -> int:
-        return len(self._all) if pattern is None else len(self._by_route.get(pattern, ()))
-
-    def add(self, ws: WebSocket[Any], pattern: str, receiver: Receiver) -> None:
-        """Register an open connection of the route ``pattern``, whose messages go to
-        ``receiver`` (the connection does, once ``open`` may run)."""
-        self._all[ws] = receiver
-        members = self._by_route.get(pattern)
-        if members is None:
-            members = self._by_route[pattern] = {}
-            if self._on_opened is not None:
-                self._on_opened(pattern)
-        members[ws] = receiver
-
-    def discard(self, ws: WebSocket[Any]) -> bool:
-        """Forget a closed connection; False when it was not registered."""
-        if self._all.pop(ws, None) is None:
-            return False
-        members = self._by_route.get(ws.route)
-        if members is not None:
-            members.pop(ws, None)
-            if not members:
-                del self._by_route[ws.route]
-                if self._on_closed is not None:
-                    self._on_closed(ws.route)
-        return True
 
 
 class App(Routes):
@@ -250,20 +182,12 @@ class App(Routes):
         #: ``match(path)``: the route for a raw (still percent-encoded) request path, and its
         #: parameters, or None (the table's own method: no extra call per upgrade).
         self.match: Callable[[str], tuple[Route, dict[str, str]] | None] = self._table.match
-        #: The open connections, by route.
-        self.connections = Connections()
-        #: Carries publications to and from other processes (None: this process only).
         if not presence_interval > 0:
             raise ConfigurationError("presence_interval must be > 0 seconds")
-        #: Who is in each topic and room, across nodes (None: ``presence`` is off).
-        self.presence: Presence | None = Presence(presence_interval) if presence else None
-        self.backplane: Backplane | None = None
-        self._relay: Relay | None = None
-        #: The topics (Bun's pub/sub) and the rooms, with their members.
-        self.topic_groups: Groups = self._make_groups(GroupKind.TOPIC)
-        self.room_groups: Groups = self._make_groups(GroupKind.ROOM)
+        #: Every group (topics, rooms, routes), and the backplane that shares them, if any.
+        self.hub: Hub[WebSocket[Any]] = Hub(Presence(presence_interval) if presence else None)
         if backplane is not None:
-            self._attach_backplane(backplane)
+            self.hub.attach(backplane)
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._server: Server | None = None
@@ -325,22 +249,32 @@ class App(Routes):
         """
         if self._server is not None:
             raise HarpyError("use_backplane: the app is already listening")
-        if self.backplane is not None:
-            raise HarpyError(f"use_backplane: the app already has {self.backplane!r}")
-        if self.topic_groups.names() or self.room_groups.names():
-            raise HarpyError("use_backplane: topics or rooms already have members")
-        self._attach_backplane(backplane)
+        self.hub.attach(backplane)
 
-    def _attach_backplane(self, backplane: Backplane) -> None:
-        relay = self._relay = Relay(backplane, self._deliver)
-        self.backplane = backplane
-        self.connections = Connections(
-            partial(relay.opened, GroupKind.ROUTE), partial(relay.closed, GroupKind.ROUTE)
-        )
-        if self.presence is not None:
-            relay.handle(PRESENCE_CHANNEL, self._presence_received)
-        self.topic_groups = self._make_groups(GroupKind.TOPIC)
-        self.room_groups = self._make_groups(GroupKind.ROOM)
+    @property
+    def backplane(self) -> Backplane | None:
+        """Carries every group message to and from other processes (None: this process only)."""
+        return self.hub.backplane
+
+    @property
+    def presence(self) -> Presence | None:
+        """Who is in each topic and room, across nodes (None: ``presence`` is off)."""
+        return self.hub.presence
+
+    @property
+    def connections(self) -> Connections[WebSocket[Any]]:
+        """The open connections, by route."""
+        return self.hub.connections
+
+    @property
+    def topic_groups(self) -> Groups:
+        """The topics (Bun's pub/sub), with their subscribers."""
+        return self.hub.topics
+
+    @property
+    def room_groups(self) -> Groups:
+        """The rooms, with their members."""
+        return self.hub.rooms
 
     def publish(
         self, topic: str, data: Any, compress: bool | None = None, *, exclude: object = None
@@ -349,9 +283,7 @@ class App(Routes):
         ``topic`` but ``exclude``; returns how many connections it reached in this process
         (with a backplane, the message also goes to the other processes, uncounted)."""
         message = Message.from_data(data, compress, self.encode_json)
-        if self._relay is not None:
-            self._relay.publish(topic, message)
-        return fan_out(self.topic_groups.receivers(topic), message, exclude)
+        return self.hub.publish(topic, message, exclude)
 
     def subscriber_count(self, topic: str) -> int:
         return self.topic_groups.count(topic)
@@ -384,52 +316,15 @@ class App(Routes):
         ``ws.broadcast`` and the automatic broadcast of a route take this same path.
         """
         message = Message.from_data(data, compress, self.encode_json)
-        relay = self._relay
-        receivers: Iterable[tuple[WebSocket[Any], Receiver]]
-        if rooms is not None:
-            if isinstance(rooms, str):
-                raise TypeError("rooms must be a list of room names, not a string")
-            names = list(dict.fromkeys(rooms))
-            for name in names:
-                if not isinstance(name, str):
-                    raise TypeError(f"room names are strings, not {type(name).__name__}")
-            union = self.room_groups.union(names)
-            if route is None:
-                receivers = union.items()
-            else:
-                receivers = [(ws, to) for ws, to in union.items() if ws.route == route]
-            if relay is not None:
-                relay.broadcast_rooms(names, route, message)
-        else:
-            receivers = self.connections.receivers(route)
-            if relay is not None:
-                relay.broadcast_route(route, message)
-        return fan_out(receivers, message, exclude)
-
-    def _deliver(self, kind: GroupKind, name: str, envelope: Envelope) -> None:
-        """A message from another node for the local members of a group (the sender, on its
-        own node, is never here: nobody to exclude)."""
-        message = Message(envelope.opcode, envelope.payload, envelope.compress)
-        receivers: Iterable[tuple[WebSocket[Any], Receiver]]
-        if kind is GroupKind.TOPIC:
-            receivers = self.topic_groups.receivers(name)
-        elif kind is GroupKind.ROUTE:
-            receivers = self.connections.receivers(name)
-        elif kind is GroupKind.ALL:
-            receivers = self.connections.receivers()
-        else:
-            # One envelope comes per room of the broadcast: a member of several of them takes
-            # it from the first of its rooms only, so it gets one copy.
-            rooms, route, groups = envelope.rooms, envelope.route, self.room_groups
-            if name not in rooms:
-                return
-            receivers = [
-                (ws, to)
-                for ws, to in groups.receivers(name)
-                if (route is None or ws.route == route)
-                and next(r for r in rooms if groups.has(ws, r)) == name
-            ]
-        fan_out(receivers, message)
+        if rooms is None:
+            return self.hub.broadcast_route(route, message, exclude)
+        if isinstance(rooms, str):
+            raise TypeError("rooms must be a list of room names, not a string")
+        names = list(dict.fromkeys(rooms))
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"room names are strings, not {type(name).__name__}")
+        return self.hub.broadcast_rooms(names, route, message, exclude)
 
     # ----------------------------------------------------------------- presence
 
@@ -453,34 +348,6 @@ class App(Routes):
         if self.presence is None:
             raise ConfigurationError("presence is off: create the app with App(presence=True)")
         return self.presence
-
-    def _make_groups(self, kind: GroupKind) -> Groups:
-        relay, presence = self._relay, self.presence
-        if relay is None and presence is None:
-            return Groups()
-        if relay is not None:
-            on_first: Callable[[str], None] = partial(relay.opened, kind)
-            on_last: Callable[[str], None] = partial(relay.closed, kind)
-        else:
-            on_first = on_last = _ignore
-        if presence is None:
-            return TrackedGroups(on_first, on_last)
-
-        def on_join(ws: WebSocket[Any], name: str) -> None:
-            presence.join(kind, name, ws.id, ws.presence)
-
-        def on_leave(ws: WebSocket[Any], name: str) -> None:
-            presence.leave(kind, name, ws.id)
-
-        return TrackedGroups(on_first, on_last, on_join, on_leave)
-
-    def _presence_received(self, envelope: Envelope) -> None:
-        assert self.presence is not None
-        self.presence.receive(envelope.node_id.hex(), envelope.payload)
-
-    def _presence_send(self, payload: bytes) -> None:
-        assert self._relay is not None
-        self._relay.send(PRESENCE_CHANNEL, Message(OP_BINARY, payload))
 
     @property
     def dropped(self) -> int:
@@ -549,10 +416,7 @@ class App(Routes):
             raise ConfigurationError("tls_key given without tls_cert")
         loop = asyncio.get_running_loop()
         await self.run_startup_hooks()
-        if self._relay is not None:
-            await self._relay.start()
-            if self.presence is not None:
-                await self.presence.start(self._presence_send)
+        await self.hub.start()
         # With metrics on, connections also count bytes (a cost per read and per send).
         kind = FramedConnection if self.http.registry is None else MeteredConnection
 
@@ -571,8 +435,7 @@ class App(Routes):
         try:
             await server.listen(host, port, ssl_context=tls, backlog=backlog, reuse_port=reuse_port)
         except BaseException:
-            if self._relay is not None:
-                await self._stop_relay()
+            await self.hub.stop()
             raise
         self._server = server
         bound_host, bound_port = server.sockets[0]
@@ -590,19 +453,12 @@ class App(Routes):
         self._server = None
         await server.close(self.shutdown_timeout if timeout is None else timeout)
         self._drops_before = dict(server.drops)
-        if self._relay is not None:
-            try:
-                await self._stop_relay()
-            except Exception:
-                logger.exception("harpy: stopping the backplane failed")
+        try:
+            await self.hub.stop()
+        except Exception:
+            logger.exception("harpy: stopping the backplane failed")
         await self.run_shutdown_hooks()
         logger.info("harpy: stopped")
-
-    async def _stop_relay(self) -> None:
-        assert self._relay is not None
-        if self.presence is not None:
-            await self.presence.stop()
-        await self._relay.stop()
 
     async def serve(self, host: str = "127.0.0.1", port: int = 3000, **kwargs: Any) -> None:
         """Listen, then serve until SIGINT/SIGTERM or :meth:`stop`, then shut down gracefully."""
@@ -668,10 +524,6 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
-
-
-def _ignore(name: str) -> None:
-    return None
 
 
 def _one_group(topic: str | None, room: str | None) -> tuple[GroupKind, str]:

@@ -143,7 +143,10 @@ class HttpSide:
                 rest = path[len(prefix) :]
                 task = asyncio.get_running_loop().create_task(
                     files.respond(
-                        request.method, rest, path, request.query_string,
+                        request.method,
+                        rest,
+                        path,
+                        request.query_string,
                         request.get("if-none-match"),
                     )
                 )

@@ -53,14 +53,19 @@ class _AppCollector:
             open_.add_metric([route.pattern], app.connections.count(route.pattern))
         yield open_
         refused = CounterMetricFamily(
-            "harpy_handshakes_refused", "Upgrades and requests refused, by HTTP status",
+            "harpy_handshakes_refused",
+            "Upgrades and requests refused, by HTTP status",
             labels=["status"],
         )
         for status, count in sorted(stats.refused.items()):
             refused.add_metric([str(status)], count)
         yield refused
-        totals = {"messages_in": stats.messages_in, "messages_out": stats.messages_out,
-                  "bytes_in": stats.bytes_in, "bytes_out": stats.bytes_out}
+        totals = {
+            "messages_in": stats.messages_in,
+            "messages_out": stats.messages_out,
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+        }
         for ws in app.connections:
             totals["messages_in"] += ws.messages_in
             totals["messages_out"] += ws.messages_out
@@ -70,15 +75,18 @@ class _AppCollector:
             "harpy_messages_received", "WebSocket messages received", value=totals["messages_in"]
         )
         yield CounterMetricFamily(
-            "harpy_messages_sent", "WebSocket messages sent or queued (not dropped)",
+            "harpy_messages_sent",
+            "WebSocket messages sent or queued (not dropped)",
             value=totals["messages_out"],
         )
         yield CounterMetricFamily(
-            "harpy_received_bytes", "Bytes read from WebSocket connections (frames, upgrade)",
+            "harpy_received_bytes",
+            "Bytes read from WebSocket connections (frames, upgrade)",
             value=totals["bytes_in"],
         )
         yield CounterMetricFamily(
-            "harpy_sent_payload_bytes", "Payload bytes of messages sent or queued",
+            "harpy_sent_payload_bytes",
+            "Payload bytes of messages sent or queued",
             value=totals["bytes_out"],
         )
         errors = CounterMetricFamily(
@@ -95,7 +103,8 @@ class _AppCollector:
         yield closes
         drops = app.drops
         yield CounterMetricFamily(
-            "harpy_backpressure_dropped", "Messages dropped at a backpressure limit",
+            "harpy_backpressure_dropped",
+            "Messages dropped at a backpressure limit",
             value=drops["backpressure"],
         )
         dropped = CounterMetricFamily(
@@ -109,10 +118,12 @@ class _AppCollector:
         backplane = app.backplane
         if backplane is not None:
             yield GaugeMetricFamily(
-                "harpy_backplane_queue_length", "Envelopes waiting to go to the backplane",
+                "harpy_backplane_queue_length",
+                "Envelopes waiting to go to the backplane",
                 value=backplane.queued,
             )
             yield CounterMetricFamily(
-                "harpy_backplane_dropped", "Envelopes the backplane dropped",
+                "harpy_backplane_dropped",
+                "Envelopes the backplane dropped",
                 value=backplane.dropped,
             )

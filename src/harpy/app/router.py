@@ -12,6 +12,7 @@ __all__ = ["RouteSpec", "Router", "join_prefix"]
 
 C = TypeVar("C")
 
+
 class RouteSpec:
     """What ``ws()`` was given: resolved into a ``Route`` when it reaches an ``App``."""
 

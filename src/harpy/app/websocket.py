@@ -507,8 +507,7 @@ class WebSocket(Generic[T]):
         """The one place the admission changes; it also sets what messages go through."""
         if admission not in _ADMISSION_STEPS[self._admission]:
             raise InvalidState(
-                f"connection {self.id}: cannot go from {self._admission.name} "
-                f"to {admission.name}"
+                f"connection {self.id}: cannot go from {self._admission.name} to {admission.name}"
             )
         self._admission = admission
         route = self._route

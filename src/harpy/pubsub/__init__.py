@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 from ..protocol import Message
-from .groups import GroupKind, Groups, Receiver, TrackedGroups, fan_out
+from .groups import Connections, GroupKind, Groups, Member, Receiver, TrackedGroups, fan_out
+from .hub import Hub
 from .presence import Presence, PresenceEvent
 
 __all__ = [
+    "Connections",
     "GroupKind",
     "Groups",
+    "Hub",
+    "Member",
     "Message",
     "Presence",
     "PresenceEvent",

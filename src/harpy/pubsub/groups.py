@@ -5,18 +5,27 @@
 left is removed, so it takes no memory.  :func:`fan_out` writes one prebuilt frame to many
 connections through their per-tick write queues: a message costs one frame build whatever the
 number of receivers, and each receiver gets one ``transport.write`` per loop tick however many
-messages reached it in that tick.
+messages reached it in that tick.  :class:`Connections` holds every member by route, for the
+broadcasts to a route or to everyone.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..protocol import Message
 
-__all__ = ["GroupKind", "Groups", "Receiver", "TrackedGroups", "fan_out"]
+__all__ = [
+    "Connections",
+    "GroupKind",
+    "Groups",
+    "Member",
+    "Receiver",
+    "TrackedGroups",
+    "fan_out",
+]
 
 
 class GroupKind(enum.StrEnum):
@@ -33,6 +42,24 @@ class Receiver(Protocol):
     """Where a member's messages go: its connection."""
 
     def queue_message(self, message: Message) -> bool: ...
+
+
+class Member(Protocol):
+    """What the groups need of a member (the user's ``ws``): the route it matched, for route
+    broadcasts, and its id and info, for presence."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def route(self) -> str:
+        """The pattern of the route the connection matched."""
+
+    @property
+    def presence(self) -> dict[str, Any]: ...
+
+
+M = TypeVar("M", bound=Member)
 
 
 class Groups:
@@ -173,6 +200,70 @@ class TrackedGroups(Groups):
             self._on_last(name)
         if self._on_leave is not None:
             self._on_leave(member, name)
+
+
+class Connections(Generic[M]):
+    """The open connections of an app: iterable, sized, and filterable by route pattern."""
+
+    __slots__ = ("_all", "_by_route", "_on_closed", "_on_opened")
+
+    def __init__(
+        self,
+        on_opened: Callable[[str], None] | None = None,
+        on_closed: Callable[[str], None] | None = None,
+    ) -> None:
+        self._all: dict[M, Receiver] = {}
+        self._by_route: dict[str, dict[M, Receiver]] = {}
+        #: Called with a route pattern when it gets its first connection, and loses its last.
+        self._on_opened = on_opened
+        self._on_closed = on_closed
+
+    def __iter__(self) -> Iterator[M]:
+        """A snapshot: safe to use while connections open and close."""
+        return iter(list(self._all))
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __contains__(self, ws: object) -> bool:
+        return ws in self._all
+
+    def route(self, pattern: str) -> list[M]:
+        """The open connections of the route declared with ``pattern``."""
+        return list(self._by_route.get(pattern, ()))
+
+    def receivers(self, pattern: str | None = None) -> list[tuple[M, Receiver]]:
+        """(connection, receiver) pairs of every open connection, or of one route's, for
+        fan-out."""
+        members = self._all if pattern is None else self._by_route.get(pattern)
+        return list(members.items()) if members else []
+
+    def count(self, pattern: str | None = None) -> int:
+        return len(self._all) if pattern is None else len(self._by_route.get(pattern, ()))
+
+    def add(self, ws: M, pattern: str, receiver: Receiver) -> None:
+        """Register an open connection of the route ``pattern``, whose messages go to
+        ``receiver`` (the connection does, once ``open`` may run)."""
+        self._all[ws] = receiver
+        members = self._by_route.get(pattern)
+        if members is None:
+            members = self._by_route[pattern] = {}
+            if self._on_opened is not None:
+                self._on_opened(pattern)
+        members[ws] = receiver
+
+    def discard(self, ws: M) -> bool:
+        """Forget a closed connection; False when it was not registered."""
+        if self._all.pop(ws, None) is None:
+            return False
+        members = self._by_route.get(ws.route)
+        if members is not None:
+            members.pop(ws, None)
+            if not members:
+                del self._by_route[ws.route]
+                if self._on_closed is not None:
+                    self._on_closed(ws.route)
+        return True
 
 
 def fan_out(
