@@ -15,7 +15,7 @@ from ..auth import resolve_authenticate
 from ..exceptions import ConfigurationError, HarpyError
 from ..protocol import Message
 from ..protocol.deflate import DeflateOptions
-from ..pubsub import Connections, GroupKind, Groups, Hub, Presence, PresenceEvent
+from ..pubsub import Connections, GroupKind, Hub, Presence, PresenceEvent
 from ..pubsub.backplane import Backplane
 from ..server import (
     DROP_REASONS,
@@ -266,16 +266,6 @@ class App(Routes):
         """The open connections, by route."""
         return self.hub.connections
 
-    @property
-    def topic_groups(self) -> Groups:
-        """The topics (Bun's pub/sub), with their subscribers."""
-        return self.hub.topics
-
-    @property
-    def room_groups(self) -> Groups:
-        """The rooms, with their members."""
-        return self.hub.rooms
-
     def publish(
         self, topic: str, data: Any, compress: bool | None = None, *, exclude: object = None
     ) -> int:
@@ -286,20 +276,22 @@ class App(Routes):
         return self.hub.publish(topic, message, exclude)
 
     def subscriber_count(self, topic: str) -> int:
-        return self.topic_groups.count(topic)
+        """How many connections of this process are subscribed to ``topic``."""
+        return self.hub.topics.count(topic)
 
     @property
     def topics(self) -> list[str]:
         """The topics with at least one subscriber."""
-        return self.topic_groups.names()
+        return self.hub.topics.names()
 
     @property
     def rooms(self) -> list[str]:
         """The rooms with at least one member."""
-        return self.room_groups.names()
+        return self.hub.rooms.names()
 
     def room_members(self, room: str) -> list[WebSocket[Any]]:
-        return self.room_groups.members(room)
+        """The connections of this process in ``room``, in joining order."""
+        return self.hub.rooms.members(room)
 
     def broadcast(
         self,

@@ -44,6 +44,7 @@ from ..protocol import (
 from ..protocol.deflate import negotiate
 from ..protocol.handshake import ORIGIN_REFUSED, origin_allowed
 from ..protocol.message import encode_data
+from ..pubsub import GroupKind
 from ..server import (
     EV_CLOSED,
     EV_DRAIN,
@@ -60,7 +61,6 @@ from ..server import (
 )
 
 if TYPE_CHECKING:
-    from ..pubsub import Groups
     from .app import App, Route
 
 __all__ = ["Admission", "Dispatch", "WebSocket", "auto_broadcasting"]
@@ -176,7 +176,7 @@ class WebSocket(Generic[T]):
         self._tokens_at = 0.0
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
         self._cookies: dict[str, str] | None = None
-        self._groups_at_close: tuple[frozenset[str], frozenset[str]] | None = None
+        self._groups_at_close: dict[GroupKind, frozenset[str]] | None = None
         self._opened_at = 0.0
         self._messages_in = 0
         self._presence: dict[str, Any] | None = None
@@ -385,20 +385,20 @@ class WebSocket(Generic[T]):
         """Receive what is published to ``topic``; False when already subscribed."""
         self._require_open("subscribe")
         self._in_groups = True
-        return self._app.topic_groups.add(self, _check_name(topic, "topic"), self._conn)
+        return self._app.hub.topics.add(self, _check_name(topic, "topic"), self._conn)
 
     def unsubscribe(self, topic: str) -> bool:
         """Stop receiving ``topic``; False when not subscribed."""
-        return self._app.topic_groups.remove(self, topic)
+        return self._app.hub.topics.remove(self, topic)
 
     def is_subscribed(self, topic: str) -> bool:
         """Whether this connection receives ``topic`` (in a ``close`` handler: did)."""
-        return self._is_in(0, topic)
+        return self._is_in(_TOPIC, topic)
 
     @property
     def subscriptions(self) -> list[str]:
         """The topics this connection receives, sorted (in a ``close`` handler: received)."""
-        return sorted(self._groups(0))
+        return sorted(self._groups(_TOPIC))
 
     def publish(self, topic: str, data: Any, compress: bool | None = None) -> int:
         """Send ``data`` to every subscriber of ``topic`` but this connection (unless the route
@@ -449,20 +449,20 @@ class WebSocket(Generic[T]):
         """Join ``room``; False when already in it."""
         self._require_open("join a room")
         self._in_groups = True
-        return self._app.room_groups.add(self, _check_name(room, "room"), self._conn)
+        return self._app.hub.rooms.add(self, _check_name(room, "room"), self._conn)
 
     def leave(self, room: str) -> bool:
         """Leave ``room``; False when not in it."""
-        return self._app.room_groups.remove(self, room)
+        return self._app.hub.rooms.remove(self, room)
 
     def in_room(self, room: str) -> bool:
         """Whether this connection is in ``room`` (in a ``close`` handler: was)."""
-        return self._is_in(1, room)
+        return self._is_in(_ROOM, room)
 
     @property
     def rooms(self) -> frozenset[str]:
         """The rooms this connection is in (in a ``close`` handler: was in)."""
-        return self._groups(1)
+        return self._groups(_ROOM)
 
     def broadcast(
         self,
@@ -481,20 +481,16 @@ class WebSocket(Generic[T]):
             exclude=None if include_self else self,
         )
 
-    def _group_index(self, kind: int) -> Groups:
-        """The app's topics (``kind`` 0) or rooms (1)."""
-        return self._app.topic_groups if kind == 0 else self._app.room_groups
-
-    def _groups(self, kind: int) -> frozenset[str]:
-        """Its topics (0) or rooms (1); after close, those it was in."""
+    def _groups(self, kind: GroupKind) -> frozenset[str]:
+        """Its topics or rooms; after close, those it was in."""
         if self._groups_at_close is not None:
             return self._groups_at_close[kind]
-        return self._group_index(kind).of(self)
+        return self._app.hub.groups(kind).of(self)
 
-    def _is_in(self, kind: int, name: str) -> bool:
+    def _is_in(self, kind: GroupKind, name: str) -> bool:
         if self._groups_at_close is not None:
             return name in self._groups_at_close[kind]
-        return self._group_index(kind).has(self, name)
+        return self._app.hub.groups(kind).has(self, name)
 
     def _require_open(self, action: str) -> None:
         if self.ready_state is not _OPEN:
@@ -753,10 +749,10 @@ class WebSocket(Generic[T]):
         route = self._route
         assert route is not None
         self._admit_as(Admission.MEMBER)
-        self._app.connections.add(self, route.pattern, self._conn)
+        self._app.hub.connections.add(self, route.pattern, self._conn)
         if route.options.default_room is not None:
             self._in_groups = True
-            self._app.room_groups.add(self, route.options.default_room, self._conn)
+            self._app.hub.rooms.add(self, route.options.default_room, self._conn)
 
     def _handle_message(self, message: str | bytes) -> None:
         self._messages_in += 1
@@ -825,13 +821,13 @@ class WebSocket(Generic[T]):
         fn = self._handlers.close
         self._admit_as(Admission.LEFT)
         app = self._app
-        app.connections.discard(self)
+        app.hub.connections.discard(self)
         # Out of every group now; the close handler still reads what they were.
         if self._in_groups:
-            self._groups_at_close = (
-                app.topic_groups.remove_all(self),
-                app.room_groups.remove_all(self),
-            )
+            self._groups_at_close = {
+                _TOPIC: app.hub.topics.remove_all(self),
+                _ROOM: app.hub.rooms.remove_all(self),
+            }
         else:
             self._groups_at_close = _NO_GROUPS
         if fn is not None:
@@ -997,7 +993,9 @@ async def _await_then_broadcast(ws: WebSocket[Any], awaitable: Any, message: str
     ws.app.broadcast(message, exclude=ws)
 
 
-_NO_GROUPS: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+_TOPIC = GroupKind.TOPIC
+_ROOM = GroupKind.ROOM
+_NO_GROUPS: dict[GroupKind, frozenset[str]] = {_TOPIC: frozenset(), _ROOM: frozenset()}
 #: The route handler each remaining event runs.
 _HANDLER_OF_EVENT = {
     EV_PING: "ping",

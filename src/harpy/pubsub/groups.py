@@ -12,7 +12,8 @@ broadcasts to a route or to everyone.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..protocol import Message
@@ -133,10 +134,10 @@ class Groups:
         group = self._groups.get(name)
         return list(group) if group else []
 
-    def receivers(self, name: str) -> list[tuple[Any, Receiver]]:
-        """A snapshot of the (member, receiver) pairs of group ``name``, for :func:`fan_out`."""
-        group = self._groups.get(name)
-        return list(group.items()) if group else []
+    def receivers(self, name: str) -> Mapping[Any, Receiver]:
+        """The members of group ``name`` with their receivers, for :func:`fan_out` (live:
+        fan-out takes its own snapshot)."""
+        return self._groups.get(name) or _EMPTY
 
     def union(self, names: Iterable[str]) -> dict[Any, Receiver]:
         """The members of several groups, each once, in a stable order, with their receivers."""
@@ -232,11 +233,11 @@ class Connections(Generic[M]):
         """The open connections of the route declared with ``pattern``."""
         return list(self._by_route.get(pattern, ()))
 
-    def receivers(self, pattern: str | None = None) -> list[tuple[M, Receiver]]:
-        """(connection, receiver) pairs of every open connection, or of one route's, for
-        fan-out."""
+    def receivers(self, pattern: str | None = None) -> Mapping[M, Receiver]:
+        """Every open connection, or one route's, with its receiver, for :func:`fan_out`
+        (live: fan-out takes its own snapshot)."""
         members = self._all if pattern is None else self._by_route.get(pattern)
-        return list(members.items()) if members else []
+        return members or _EMPTY
 
     def count(self, pattern: str | None = None) -> int:
         return len(self._all) if pattern is None else len(self._by_route.get(pattern, ()))
@@ -266,16 +267,20 @@ class Connections(Generic[M]):
         return True
 
 
-def fan_out(
-    receivers: Iterable[tuple[Any, Receiver]], message: Message, skip: object = None
-) -> int:
-    """Queue ``message`` for every (member, receiver) pair but the member ``skip``; return how
-    many accepted it.
+def fan_out(receivers: Mapping[Any, Receiver], message: Message, skip: object = None) -> int:
+    """Queue ``message`` for the receiver of every member but ``skip``; return how many
+    accepted it.
 
-    Each receiver that refuses it counts the loss where it happens, by cause (its
-    backpressure limit, the server's output budget, or closing): see ``App.drops``."""
+    The receivers are copied first (a C-level copy, no tuple per member), so members may
+    join, leave or close meanwhile.  Each receiver that refuses the message counts the loss
+    where it happens, by cause (its backpressure limit, the server's output budget, or
+    closing): see ``App.drops``."""
+    skipped = receivers.get(skip) if skip is not None else None
     sent = 0
-    for member, receiver in receivers:
-        if member is not skip and receiver.queue_message(message):
+    for receiver in list(receivers.values()):
+        if receiver is not skipped and receiver.queue_message(message):
             sent += 1
     return sent
+
+
+_EMPTY: Mapping[Any, Receiver] = MappingProxyType({})

@@ -8,7 +8,7 @@ their connections as :class:`Receiver`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Generic
 
@@ -60,6 +60,14 @@ class Hub(Generic[M]):
             relay.handle(PRESENCE_CHANNEL, self._presence_received)
         self._make_groups()
 
+    def groups(self, kind: GroupKind) -> Groups:
+        """The topics (``GroupKind.TOPIC``) or the rooms (``GroupKind.ROOM``)."""
+        if kind is GroupKind.TOPIC:
+            return self.topics
+        if kind is GroupKind.ROOM:
+            return self.rooms
+        raise ValueError(f"{kind} is no kind of group with members")
+
     # ----------------------------------------------------------------- one message to many
 
     def publish(self, topic: str, message: Message, exclude: object = None) -> int:
@@ -74,9 +82,9 @@ class Hub(Generic[M]):
     ) -> int:
         """Queue ``message`` once for each member of ``rooms`` (distinct names; only those on
         ``route``, unless None) but ``exclude``, and relay it; return how many took it here."""
-        receivers: Iterable[tuple[M, Receiver]] = self.rooms.union(rooms).items()
+        receivers: Mapping[M, Receiver] = self.rooms.union(rooms)
         if route is not None:
-            receivers = [(member, to) for member, to in receivers if member.route == route]
+            receivers = {member: to for member, to in receivers.items() if member.route == route}
         if self._relay is not None:
             self._relay.broadcast_rooms(rooms, route, message)
         return fan_out(receivers, message, exclude)
@@ -93,7 +101,7 @@ class Hub(Generic[M]):
         """A message from another node for the local members of a group (the sender, on its
         own node, is never here: nobody to exclude)."""
         message = Message(envelope.opcode, envelope.payload, envelope.compress)
-        receivers: Iterable[tuple[M, Receiver]]
+        receivers: Mapping[M, Receiver]
         if kind is GroupKind.TOPIC:
             receivers = self.topics.receivers(name)
         elif kind is GroupKind.ROUTE:
@@ -106,12 +114,12 @@ class Hub(Generic[M]):
             rooms, route, groups = envelope.rooms, envelope.route, self.rooms
             if name not in rooms:
                 return
-            receivers = [
-                (member, to)
-                for member, to in groups.receivers(name)
+            receivers = {
+                member: to
+                for member, to in groups.receivers(name).items()
                 if (route is None or member.route == route)
                 and next(r for r in rooms if groups.has(member, r)) == name
-            ]
+            }
         fan_out(receivers, message)
 
     # ----------------------------------------------------------------- lifecycle

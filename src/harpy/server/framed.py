@@ -387,7 +387,25 @@ class FramedConnection(Connection, asyncio.Protocol):
             if own is None:
                 return False
             frame = own
-        return self._enqueue(frame, len(frame))
+        # _enqueue, inlined: this is every delivery of a fan-out.
+        size = len(frame)
+        if self.ready_state is not _OPEN:
+            self._drop_closing()
+            return False
+        server = self._server
+        if (
+            (self._write_paused or self._out_size + size > self._limits.backpressure_limit)
+            and self._over_limit(size)
+        ) or (server.queued + size > server.output_bound and self._over_budget(size)):
+            return False
+        out = self._out
+        if not out and not self._corked:
+            server.flush_later(self)
+        out.append(frame)
+        self._out_size += size
+        self.messages_out += 1
+        server.queued += size
+        return True
 
     def _own_compressed(
         self, codec: PerMessageDeflate, opcode: int, payload: bytes
