@@ -206,6 +206,11 @@ class WebSocket(Generic[T]):
         return self._route.pattern if self._route is not None else ""
 
     @property
+    def admission(self) -> Admission:
+        """Where it stands with its route: PENDING, AUTHENTICATING, MEMBER, DENIED or LEFT."""
+        return self._admission
+
+    @property
     def dispatch(self) -> Dispatch:
         """How the handlers run: IDLE, RUNNING (an async handler), PAUSED (reading paused
         until the queued events drain)."""
