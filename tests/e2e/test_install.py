@@ -1,5 +1,6 @@
-"""The package as users get it: build the sdist and, from it, the wheel; install the wheel into a
-fresh virtual environment; serve an example from there and talk to it.
+"""The package as users get it: ``make dist``'s steps (scripts/build_dist.py: the sdist and, from
+it, the wheel, repaired by auditwheel to a manylinux tag, checked by twine); install that wheel
+into a fresh virtual environment; serve an example from there and talk to it.
 
 The build runs on a copy of the source tree (a build in place would replace the compiled core
 this test run is using), without build isolation: setuptools, wheel and Cython come from the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -65,7 +67,8 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -
     tree = source_copy(tmp_path)
     dist = tmp_path / "dist"
     # -O0: the compiled core is built and loaded as users get it, without the optimiser's time.
-    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, tree, cflags="-O0")
+    run(sys.executable, ROOT / "scripts" / "build_dist.py", "--no-isolation", "--source", tree,
+        "--outdir", dist, cflags="-O0")
 
     (sdist,) = dist.glob("harpy_ws-*.tar.gz")
     with tarfile.open(sdist) as tar:
@@ -76,7 +79,13 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -
     generated = [n for n in names if re.search(r"_ccore\.(c|py)$|\.(so|pyd)$", n)]
     assert generated == [], f"build output in the sdist: {generated}"
 
-    (wheel,) = dist.glob("harpy_ws-*.whl")
+    (wheel,) = dist.glob("harpy_ws-*.whl")  # the repaired one only
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    # auditwheel's tags, e.g. manylinux1_x86_64.manylinux_2_5_x86_64: a manylinux_2_N among them.
+    platforms = re.fullmatch(rf"harpy_ws-0\.1\.0-{tag}-{tag}-(.+)\.whl", wheel.name)
+    assert platforms is not None, wheel.name
+    assert any(re.fullmatch(rf"manylinux_2_\d+_{platform.machine()}", p)
+               for p in platforms.group(1).split(".")), wheel.name
     with zipfile.ZipFile(wheel) as whl:
         members = whl.namelist()
     assert any(re.fullmatch(r"harpy/protocol/_ccore\..*\.so", m) for m in members), members
@@ -93,6 +102,9 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -
         cwd=tmp_path,
     )
     assert where.startswith(str(venv)) and where.split()[-1] == "True", where
+    # What cibuildwheel runs on each release wheel (its test-command), here on this one.
+    checked = run(python, ROOT / "scripts" / "check_wheel.py", cwd=tmp_path)
+    assert "compiled core, echo ok" in checked
     version = run(python, "-m", "harpy", "--version")
     assert version.strip() == "harpy 0.1.0"
 
