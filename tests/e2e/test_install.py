@@ -11,6 +11,7 @@ dependency (uvloop) from the package index or pip's cache.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 import platform
 import re
@@ -21,6 +22,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import yaml
 from websockets.asyncio.client import connect
 
 from tests.e2e.test_cli import harpy_process, stopped
@@ -121,3 +123,43 @@ async def echo_through(python: Path, app_dir: Path) -> None:
             await ws.send("from the wheel")
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "from the wheel"
         assert await stopped(proc) == 0
+
+
+# ------------------------------------------------------------------- the release configuration
+
+#: What a release publishes: every CPython harpy supports, on both C libraries and both
+#: architectures (the classifiers and requires-python say 3.11-3.13).
+RELEASE_PYTHONS = ("cp311", "cp312", "cp313")
+RELEASE_PLATFORMS = (
+    "manylinux_x86_64", "manylinux_aarch64", "musllinux_x86_64", "musllinux_aarch64",
+)
+
+
+def test_cibuildwheel_builds_every_supported_python_on_manylinux_and_musllinux() -> None:
+    cibuildwheel = Path(sys.executable).parent / "cibuildwheel"
+    listed = run(cibuildwheel, "--print-build-identifiers", "--platform", "linux", ROOT, cwd=ROOT)
+    expected = {f"{py}-{plat}" for py in RELEASE_PYTHONS for plat in RELEASE_PLATFORMS}
+    assert set(listed.split()) == expected
+    classifiers = (ROOT / "pyproject.toml").read_text()
+    for py in RELEASE_PYTHONS:
+        assert f'"Programming Language :: Python :: 3.{py[3:]}"' in classifiers
+
+
+def test_the_release_workflow_builds_checks_and_publishes_on_a_tag() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert triggers["push"]["tags"] == ["v*"]
+    jobs = workflow["jobs"]
+    (build,) = [s for s in jobs["wheels"]["steps"] if s.get("uses", "").startswith(
+        "pypa/cibuildwheel@")]
+    # The action runs the cibuildwheel that checks the configuration above (same major).
+    installed = importlib.metadata.version("cibuildwheel").split(".")[0]
+    assert build["uses"].split("@v")[1].split(".")[0] == installed
+    assert set(jobs["wheels"]["strategy"]["matrix"]["os"]) == {"ubuntu-24.04", "ubuntu-24.04-arm"}
+    assert any("python -m build --sdist" in s.get("run", "") for s in jobs["sdist"]["steps"])
+    assert any("twine check --strict" in s.get("run", "") for s in jobs["check"]["steps"])
+    publish = jobs["publish"]
+    assert publish["needs"] == ["check"] and "refs/tags/v" in publish["if"]
+    assert publish["permissions"] == {"id-token": "write"}  # trusted publishing, no token
+    assert [s["uses"] for s in publish["steps"]][-1] == "pypa/gh-action-pypi-publish@release/v1"
+    assert "password" not in str(publish)
