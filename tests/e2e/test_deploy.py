@@ -489,3 +489,33 @@ def test_the_kubernetes_manifest_matches_the_app_and_the_image() -> None:
     assert f"docker build -t {container['image']} ." in docs
     assert f"docker build -t {container['image']} ." in (ROOT / "Dockerfile").read_text()
     assert "useradd --system --uid 10001" in (ROOT / "Dockerfile").read_text()
+
+
+async def test_with_workers_every_worker_drains() -> None:
+    drain = scaled(2.0)
+    async with harpy_started(
+        "examples.echo:app", "--port", "0", "--workers", "2", "--drain", str(drain)
+    ) as proc:
+        url = (await read_until(proc, r"2 workers on (ws://\S+)")).group(1)
+        for _ in range(2):
+            await read_until(proc, r"listening on")
+        # Connections on both workers (the kernel spreads them; a few make both likely, and
+        # each must behave the same whichever worker holds it).
+        clients = [await connect(f"{url}/echo", open_timeout=TIMEOUT) for _ in range(6)]
+        try:
+            proc.send_signal(signal.SIGTERM)
+            for _ in range(2):
+                await read_until(proc, r"draining for")
+            for _ in range(4):  # each probe lands on either worker: all say 503
+                assert await health(url) == 503
+            for client in clients:
+                await client.send("draining")
+                assert await asyncio.wait_for(client.recv(), TIMEOUT) == "draining"
+            for client in clients:
+                with pytest.raises(ConnectionClosed) as info:
+                    await asyncio.wait_for(client.recv(), drain + TIMEOUT)
+                assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        finally:
+            for client in clients:
+                await client.close()
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
