@@ -115,8 +115,8 @@ def configure_logging(level: str = "info", fmt: str = "plain", *, access_log: bo
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # The access log is at info: it shows whenever the level lets info through.
-    # The access records are all at info: warning silences them (and their formatting).
+    # The access records are all at info: they show whenever the level lets info through, and
+    # warning silences them (and their formatting) without touching the rest of the log.
     logging.getLogger("harpy.access").setLevel(level.upper() if access_log else logging.WARNING)
 
 
