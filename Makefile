@@ -1,4 +1,6 @@
 # make run: the chat example on 127.0.0.1:3000.   make test: lint, types, docs, tests (both cores).
+# make dist: dist/ gets the sdist and a wheel repaired by auditwheel to a manylinux tag, both
+# checked by twine (scripts/build_dist.py; release wheels: cibuildwheel, docs/deployment.md).
 # make fuzz: the property tests of the protocol parsers with many random inputs.
 # make test also installs redis-server, nats-server and chromium (Debian packages) for the
 # backplane tests and the browser test of the chat page.
@@ -8,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.harpy-installed
 RUN_STAMP := $(VENV)/.harpy-run
 
-.PHONY: run test lint typecheck docs pytest pytest-pure fuzz bench autobahn clean
+.PHONY: run test lint typecheck docs pytest pytest-pure fuzz bench autobahn clean dist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +55,9 @@ pytest-pure: $(STAMP)
 # both cores.  make test runs the same tests on a few fixed inputs.
 fuzz: $(STAMP)
 	HARPY_FUZZ=1 $(PY) -m pytest -W error -q tests/unit/test_fuzz_protocol.py
+
+dist: $(STAMP)
+	$(PY) scripts/build_dist.py --outdir dist
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -1,8 +1,9 @@
 """``python -m harpy module:app``: load an App and serve it.
 
-Options follow uvicorn's where they overlap: ``--host``, ``--port``, ``--reload``,
-``--log-level``, ``--version``.  ``--log-format json`` writes one JSON object per line, with the
-fields of the access-log records (logger ``harpy.access``).
+Options follow uvicorn's where they overlap: ``--host``, ``--port``, ``--uds``, ``--reload``,
+``--reload-dir``, ``--log-level``, ``--no-access-log``, ``--version``; each can also be set as
+``HARPY_<OPTION>`` in the environment (the command line wins).  ``--log-format json`` writes one
+JSON object per line, with the fields of the access-log records (logger ``harpy.access``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import shlex
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
@@ -104,8 +105,9 @@ class PlainFormatter(logging.Formatter):
         return f"{text} {' '.join(extra)}" if extra else text
 
 
-def configure_logging(level: str = "info", fmt: str = "plain") -> None:
-    """Send every record at ``level`` and above to stderr, access-log records included."""
+def configure_logging(level: str = "info", fmt: str = "plain", *, access_log: bool = True) -> None:
+    """Send every record at ``level`` and above to stderr, access-log records included unless
+    ``access_log`` is False."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter("%(message)s"))
     root = logging.getLogger()
@@ -113,8 +115,9 @@ def configure_logging(level: str = "info", fmt: str = "plain") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # The access log is at info: it shows whenever the level lets info through.
-    logging.getLogger("harpy.access").setLevel(level.upper())
+    # The access records are all at info: they show whenever the level lets info through, and
+    # warning silences them (and their formatting) without touching the rest of the log.
+    logging.getLogger("harpy.access").setLevel(level.upper() if access_log else logging.WARNING)
 
 
 # ------------------------------------------------------------------------------ the arguments
@@ -146,20 +149,116 @@ def host_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"not an IP address or host name: {text!r}")
 
 
+#: Every option can also come from the environment: ``--reload-dir`` from HARPY_RELOAD_DIR,
+#: the app from HARPY_APP.  A flag on the command line wins over its variable.
+ENV_PREFIX = "HARPY_"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
 class Parser(argparse.ArgumentParser):
-    """A bad argument is one line on stderr (not the usage block) and exit status 2."""
+    """A bad argument is one line on stderr (not the usage block) and exit status 2; every
+    option also reads ``HARPY_<OPTION>`` from the environment (:meth:`parse_with_env`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+        self.options: list[argparse.Action] = []
+        #: Options that may be given several times (in the environment: separated by ``:``).
+        self.repeated: set[str] = set()
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.dest not in ("help", "version"):
+            self.options.append(action)
+            if kwargs.get("action") == "append":
+                self.repeated.add(action.dest)
+        return action
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def parse_with_env(
+        self, argv: Sequence[str], environ: Mapping[str, str] | None = None
+    ) -> argparse.Namespace:
+        """Parse ``argv``; what it leaves out comes from ``HARPY_*`` variables, then defaults."""
+        environ = os.environ if environ is None else environ
+        defaults: dict[str, Any] = {}
+        repeated: dict[str, list[Any]] = {}
+        for action in self.options:
+            name = env_name(action)
+            text = environ.get(name)
+            if text is None:
+                continue
+            if action.dest in self.repeated:
+                parts = [p for p in text.split(os.pathsep) if p]
+                repeated[action.dest] = [self._env_value(action, name, p) for p in parts]
+            else:
+                defaults[action.dest] = self._env_value(action, name, text)
+        self.set_defaults(**defaults)
+        args = self.parse_args(argv)
+        for dest, values in repeated.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, values)
+        return args
+
+    def _env_value(self, action: argparse.Action, name: str, text: str) -> Any:
+        """``text`` from the variable ``name`` as the option's value, or one line and exit 2."""
+        if action.nargs == 0:  # a flag
+            if text.strip().lower() in _TRUE:
+                return True
+            if text.strip().lower() in _FALSE:
+                return False
+            self.error(f"{name}={text!r}: expected 1/true/yes/on or 0/false/no/off")
+        try:
+            value = action.type(text) if callable(action.type) else text
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            self.error(f"{name}: {exc}")
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            self.error(f"{name}: invalid choice: {text!r} (choose from {choices})")
+        return value
+
+
+def env_name(action: argparse.Action) -> str:
+    """``HARPY_`` and the option's name: ``--reload-dir`` -> ``HARPY_RELOAD_DIR``."""
+    long = [o for o in action.option_strings if o.startswith("--")]
+    name = long[0][2:] if long else action.dest
+    return ENV_PREFIX + name.replace("-", "_").upper()
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return value
+
+
+def directory(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"not a directory: {text!r}")
+    return os.path.abspath(text)
+
 
 def parser() -> Parser:
-    ap = Parser(prog="python -m harpy", description="Serve a harpy App.")
-    ap.add_argument("app", help="module:attribute of the App, e.g. chat:app")
+    ap = Parser(
+        prog="python -m harpy",
+        description="Serve a harpy App.  Every option can also be set in the environment: "
+        "HARPY_ and its name (HARPY_PORT=8000, HARPY_NO_ACCESS_LOG=1, HARPY_APP=chat:app); "
+        "the command line wins.",
+    )
+    ap.add_argument(
+        "app", nargs="?", help="module:attribute of the App, e.g. chat:app (or HARPY_APP)"
+    )
     ap.add_argument("--version", action="version", version=f"harpy {harpy_version()}")
     ap.add_argument("--host", type=host_name, default="127.0.0.1", help="default 127.0.0.1")
     ap.add_argument(
         "--port", type=port_number, default=3000, help="1-65535, 0 for any free one; default 3000"
+    )
+    ap.add_argument(
+        "--uds", metavar="PATH", help="listen on this Unix socket instead of --host/--port"
     )
     ap.add_argument("--tls-cert", help="PEM certificate (chain) file: serve wss://")
     ap.add_argument("--tls-key", help="PEM private key file (if not in --tls-cert)")
@@ -168,9 +267,26 @@ def parser() -> Parser:
         action="store_true",
         help="restart when a .py file under the current directory changes (needs watchfiles)",
     )
+    ap.add_argument(
+        "--reload-dir",
+        action="append",
+        type=directory,
+        metavar="DIR",
+        help="watch DIR instead of the current directory (repeatable; implies --reload)",
+    )
     ap.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     ap.add_argument(
         "--log-format", default="plain", choices=("plain", "json"), help="json: one object a line"
+    )
+    ap.add_argument(
+        "--no-access-log", action="store_true", help="no access records (logger harpy.access)"
+    )
+    ap.add_argument(
+        "--drain",
+        type=seconds,
+        metavar="SECONDS",
+        help="on SIGTERM, answer /healthz with 503 and keep serving this long before closing "
+        "(default: the app's drain_timeout, 0)",
     )
     # --- workers: N processes sharing the port (harpy.workers) ---
     ap.add_argument(
@@ -197,6 +313,9 @@ def _workers_argument(value: str) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Serve the App named by ``args.app`` in this process until SIGINT or SIGTERM."""
     app = load_app(args.app)
+    if args.drain is not None:
+        app.drain_timeout = args.drain
+    listen: dict[str, Any] = {"uds": args.uds} if args.uds else {}
     try:
         app.run(
             args.host,
@@ -204,9 +323,10 @@ def serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             workers=args.workers,
+            **listen,
         )
     except OSError as exc:
-        where = f"{args.host}:{args.port}"
+        where = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
         raise SystemExit(f"harpy: cannot listen on {where}: {describe(exc)}") from None
     except HarpyError as exc:
         raise SystemExit(f"harpy: {exc}") from None
@@ -223,21 +343,25 @@ def describe(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def reload(argv: Sequence[str]) -> int:
-    """Run the server in a child process; start a new one when a .py file under the current
-    directory changes.  SIGINT or SIGTERM stop the child gracefully, then the reloader."""
+def reload(argv: Sequence[str], dirs: Sequence[str] | None = None) -> int:
+    """Run the server in a child process; start a new one when a .py file under ``dirs``
+    (default: the current directory) changes.  SIGINT or SIGTERM stop the child gracefully,
+    then the reloader."""
     try:
         from watchfiles import PythonFilter, run_process
     except ImportError:
         hint = "pip install 'harpy-ws[reload]'"
         raise SystemExit(f"harpy: --reload needs watchfiles: {hint}") from None
-    child = [sys.executable, "-m", "harpy", *(a for a in argv if a != "--reload")]
+    child = [sys.executable, "-m", "harpy", *without_reload(argv)]
+    for name in ("RELOAD", "RELOAD_DIR"):  # the child serves; it does not reload in turn
+        os.environ.pop(ENV_PREFIX + name, None)
+    watched = list(dirs or [os.getcwd()])
     log = logging.getLogger("harpy")
-    log.info("harpy: reloading on changes under %s", os.getcwd())
+    log.info("harpy: reloading on changes under %s", ", ".join(watched))
     # SIGINT, or SIGTERM (which watchfiles turns into KeyboardInterrupt), after the child stopped.
     with contextlib.suppress(KeyboardInterrupt):
         run_process(
-            os.getcwd(),
+            *watched,
             target=shlex.join(child),
             target_type="command",
             watch_filter=PythonFilter(),
@@ -248,15 +372,33 @@ def reload(argv: Sequence[str]) -> int:
     return 0
 
 
+def without_reload(argv: Sequence[str]) -> list[str]:
+    """``argv`` less ``--reload`` and ``--reload-dir DIR`` (or ``--reload-dir=DIR``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--reload-dir":
+            skip = True
+        elif arg != "--reload" and not arg.startswith("--reload-dir="):
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_with_env(argv)
+    if not args.app:
+        ap.error("which app? give MODULE:ATTRIBUTE, or set HARPY_APP")
     if args.tls_key and not args.tls_cert:
         ap.error("--tls-key needs --tls-cert")
-    configure_logging(args.log_level, args.log_format)
-    if args.reload:
-        return reload(argv)
+    if args.uds and args.workers > 1:
+        ap.error("--uds serves from one process: it cannot be combined with --workers")
+    configure_logging(args.log_level, args.log_format, access_log=not args.no_access_log)
+    if args.reload or args.reload_dir:
+        return reload(argv, args.reload_dir)
     return serve(args)
 
 

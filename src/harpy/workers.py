@@ -420,6 +420,8 @@ def run_workers(
 
     if not hasattr(socket, "SO_REUSEPORT") or "fork" not in multiprocessing.get_all_start_methods():
         raise ConfigurationError("workers > 1 needs SO_REUSEPORT and fork (Linux, BSD, macOS)")
+    if kwargs.get("uds"):
+        raise ConfigurationError("workers > 1 share a TCP port: a Unix socket cannot be shared")
     if kwargs.pop("reuse_port", True) is not True:
         raise ConfigurationError("workers > 1 share the port: reuse_port cannot be False")
     nats = None if app.backplane is not None else EmbeddedNats(find_nats_server())
@@ -443,7 +445,9 @@ def run_workers(
                 app.use_backplane(NatsBackplane(nats_url))
             _serve_worker(app, host, port, kwargs, alive_r)
 
-        supervisor = Supervisor(target, workers, stop_timeout=app.shutdown_timeout + 5.0)
+        supervisor = Supervisor(
+            target, workers, stop_timeout=app.drain_timeout + app.shutdown_timeout + 5.0
+        )
         return supervisor.run()
     finally:
         os.close(alive_w)

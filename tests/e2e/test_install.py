@@ -1,5 +1,6 @@
-"""The package as users get it: build the sdist and, from it, the wheel; install the wheel into a
-fresh virtual environment; serve an example from there and talk to it.
+"""The package as users get it: ``make dist``'s steps (scripts/build_dist.py: the sdist and, from
+it, the wheel, repaired by auditwheel to a manylinux tag, checked by twine); install that wheel
+into a fresh virtual environment; serve an example from there and talk to it.
 
 The build runs on a copy of the source tree (a build in place would replace the compiled core
 this test run is using), without build isolation: setuptools, wheel and Cython come from the
@@ -10,7 +11,9 @@ dependency (uvloop) from the package index or pip's cache.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -19,6 +22,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import yaml
 from websockets.asyncio.client import connect
 
 from tests.e2e.test_cli import harpy_process, stopped
@@ -65,7 +69,8 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -
     tree = source_copy(tmp_path)
     dist = tmp_path / "dist"
     # -O0: the compiled core is built and loaded as users get it, without the optimiser's time.
-    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, tree, cflags="-O0")
+    run(sys.executable, ROOT / "scripts" / "build_dist.py", "--no-isolation", "--source", tree,
+        "--outdir", dist, cflags="-O0")
 
     (sdist,) = dist.glob("harpy_ws-*.tar.gz")
     with tarfile.open(sdist) as tar:
@@ -76,7 +81,13 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -
     generated = [n for n in names if re.search(r"_ccore\.(c|py)$|\.(so|pyd)$", n)]
     assert generated == [], f"build output in the sdist: {generated}"
 
-    (wheel,) = dist.glob("harpy_ws-*.whl")
+    (wheel,) = dist.glob("harpy_ws-*.whl")  # the repaired one only
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    # auditwheel's tags, e.g. manylinux1_x86_64.manylinux_2_5_x86_64: a manylinux_2_N among them.
+    platforms = re.fullmatch(rf"harpy_ws-0\.1\.0-{tag}-{tag}-(.+)\.whl", wheel.name)
+    assert platforms is not None, wheel.name
+    assert any(re.fullmatch(rf"manylinux_2_\d+_{platform.machine()}", p)
+               for p in platforms.group(1).split(".")), wheel.name
     with zipfile.ZipFile(wheel) as whl:
         members = whl.namelist()
     assert any(re.fullmatch(r"harpy/protocol/_ccore\..*\.so", m) for m in members), members
@@ -93,6 +104,9 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -
         cwd=tmp_path,
     )
     assert where.startswith(str(venv)) and where.split()[-1] == "True", where
+    # What cibuildwheel runs on each release wheel (its test-command), here on this one.
+    checked = run(python, ROOT / "scripts" / "check_wheel.py", cwd=tmp_path)
+    assert "compiled core, echo ok" in checked
     version = run(python, "-m", "harpy", "--version")
     assert version.strip() == "harpy 0.1.0"
 
@@ -109,3 +123,43 @@ async def echo_through(python: Path, app_dir: Path) -> None:
             await ws.send("from the wheel")
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "from the wheel"
         assert await stopped(proc) == 0
+
+
+# ------------------------------------------------------------------- the release configuration
+
+#: What a release publishes: every CPython harpy supports, on both C libraries and both
+#: architectures (the classifiers and requires-python say 3.11-3.13).
+RELEASE_PYTHONS = ("cp311", "cp312", "cp313")
+RELEASE_PLATFORMS = (
+    "manylinux_x86_64", "manylinux_aarch64", "musllinux_x86_64", "musllinux_aarch64",
+)
+
+
+def test_cibuildwheel_builds_every_supported_python_on_manylinux_and_musllinux() -> None:
+    cibuildwheel = Path(sys.executable).parent / "cibuildwheel"
+    listed = run(cibuildwheel, "--print-build-identifiers", "--platform", "linux", ROOT, cwd=ROOT)
+    expected = {f"{py}-{plat}" for py in RELEASE_PYTHONS for plat in RELEASE_PLATFORMS}
+    assert set(listed.split()) == expected
+    classifiers = (ROOT / "pyproject.toml").read_text()
+    for py in RELEASE_PYTHONS:
+        assert f'"Programming Language :: Python :: 3.{py[3:]}"' in classifiers
+
+
+def test_the_release_workflow_builds_checks_and_publishes_on_a_tag() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert triggers["push"]["tags"] == ["v*"]
+    jobs = workflow["jobs"]
+    (build,) = [s for s in jobs["wheels"]["steps"] if s.get("uses", "").startswith(
+        "pypa/cibuildwheel@")]
+    # The action runs the cibuildwheel that checks the configuration above (same major).
+    installed = importlib.metadata.version("cibuildwheel").split(".")[0]
+    assert build["uses"].split("@v")[1].split(".")[0] == installed
+    assert set(jobs["wheels"]["strategy"]["matrix"]["os"]) == {"ubuntu-24.04", "ubuntu-24.04-arm"}
+    assert any("python -m build --sdist" in s.get("run", "") for s in jobs["sdist"]["steps"])
+    assert any("twine check --strict" in s.get("run", "") for s in jobs["check"]["steps"])
+    publish = jobs["publish"]
+    assert publish["needs"] == ["check"] and "refs/tags/v" in publish["if"]
+    assert publish["permissions"] == {"id-token": "write"}  # trusted publishing, no token
+    assert [s["uses"] for s in publish["steps"]][-1] == "pypa/gh-action-pypi-publish@release/v1"
+    assert "password" not in str(publish)

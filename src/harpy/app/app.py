@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -97,7 +98,10 @@ class App(Routes):
     Keyword arguments set the defaults of every route (the fields of
     :class:`~harpy.app.options.RouteOptions`); ``handshake_timeout`` (seconds) and
     ``max_header_size`` (bytes) bound the upgrade request (408 and 431), and
-    ``shutdown_timeout`` bounds a graceful shutdown.
+    ``shutdown_timeout`` bounds a graceful shutdown.  ``drain_timeout`` (seconds, default 0)
+    is a drain period before it: once a stop is asked for, the health check answers 503 while
+    the server keeps serving (and accepting) for that long, so that a load balancer takes it
+    out of rotation before its connections are closed with 1001 (docs/deployment.md).
 
     ``output_budget`` bounds the bytes of output all connections together may hold (queued,
     or in their transports' buffers): None (the default) for the smaller of 1 GiB and a
@@ -127,6 +131,7 @@ class App(Routes):
         handshake_timeout: float = 10.0,
         max_header_size: int = 8192,
         shutdown_timeout: float = 5.0,
+        drain_timeout: float = 0.0,
         max_connections: int = 0,
         max_connections_per_ip: int = 0,
         backplane: Backplane | None = None,
@@ -145,6 +150,8 @@ class App(Routes):
             raise ConfigurationError(
                 "handshake_timeout must be > 0, max_header_size >= 256, shutdown_timeout >= 0"
             )
+        #: Seconds between a stop request and the start of the shutdown (health: 503).
+        self.drain_timeout = check_drain_timeout(drain_timeout)
         for name, value in (
             ("max_connections", max_connections),
             ("max_connections_per_ip", max_connections_per_ip),
@@ -192,6 +199,7 @@ class App(Routes):
         self._shutdown: list[Hook] = []
         self._server: Server | None = None
         self._stopping: asyncio.Event | None = None
+        self._draining = False
         self.port: int | None = None
         self.url: str | None = None
         self._drops_before = dict.fromkeys(DROP_REASONS, 0)
@@ -397,9 +405,11 @@ class App(Routes):
         tls_key: str | None = None,
         backlog: int = 2048,
         reuse_port: bool = False,
+        uds: str | None = None,
     ) -> None:
         """Run the startup hooks, start the backplane, then start serving on the running loop
-        and return; ``app.port`` is the bound port."""
+        and return; ``app.port`` is the bound port.  ``uds``: listen on that Unix socket path
+        instead of ``host:port`` (behind a proxy on the same machine; ``app.port`` stays None)."""
         if self._server is not None:
             raise HarpyError("this app is already listening")
         if tls is None and tls_cert is not None:
@@ -425,11 +435,19 @@ class App(Routes):
             output_budget=self.output_budget,
         )
         try:
-            await server.listen(host, port, ssl_context=tls, backlog=backlog, reuse_port=reuse_port)
+            if uds is not None:
+                await server.listen_unix(uds, ssl_context=tls, backlog=backlog)
+            else:
+                await server.listen(
+                    host, port, ssl_context=tls, backlog=backlog, reuse_port=reuse_port
+                )
         except BaseException:
             await self.hub.stop()
             raise
         self._server = server
+        if uds is not None:
+            logger.info("harpy: listening on unix:%s (%s)", uds, "wss" if tls else "ws")
+            return
         bound_host, bound_port = server.sockets[0]
         self.port = bound_port
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -466,10 +484,31 @@ class App(Routes):
                 pass
         try:
             await stopping.wait()
+            await self._drain(stopping)
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            self._draining = False
             await self.shutdown()
+
+    @property
+    def draining(self) -> bool:
+        """True during the drain period: the health check answers 503, connections still
+        work and new ones are still accepted."""
+        return self._draining
+
+    async def _drain(self, stopping: asyncio.Event) -> None:
+        """Wait ``drain_timeout`` seconds with the health check failing; a second stop request
+        (signal or :meth:`stop`) ends the wait."""
+        if self.drain_timeout <= 0:
+            return
+        stopping.clear()
+        self._draining = True
+        logger.info(
+            "harpy: draining for %g s (health check: 503), then closing", self.drain_timeout
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), self.drain_timeout)
 
     def stop(self) -> None:
         """Ask :meth:`serve` (and so :meth:`run`) to shut down."""
@@ -506,6 +545,13 @@ def set_worker_runner(runner: WorkerRunner) -> None:
     """Install what ``App.run(workers=N)`` calls (``harpy.workers.run_workers``)."""
     global _worker_runner
     _worker_runner = runner
+
+
+def check_drain_timeout(value: object) -> float:
+    """``value`` as a drain period: a number of seconds >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigurationError(f"drain_timeout must be a number of seconds >= 0, not {value!r}")
+    return float(value)
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

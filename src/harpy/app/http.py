@@ -155,8 +155,9 @@ class HttpSide:
         return False
 
     def _health(self, conn: Connection, request: Request) -> None:
-        """200 while serving; 503 once shutdown has begun (take this node out of rotation)."""
-        if conn.server_closing:
+        """200 while serving; 503 once a stop was asked for, draining or shutting down (take
+        this node out of rotation)."""
+        if conn.server_closing or self._app.draining:
             _reply(conn, request, 503, [*_TEXT, ("Retry-After", "5")], b"shutting down\n")
         else:
             _reply(conn, request, 200, _TEXT, b"ok\n")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
 import ssl
+import stat
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -209,7 +211,7 @@ class Host:
 class Server(Host):
     """A :class:`Host` that listens: accepts connections for one protocol factory."""
 
-    __slots__ = ("_factory", "_servers")
+    __slots__ = ("_factory", "_servers", "_unix_paths")
 
     def __init__(
         self,
@@ -228,6 +230,7 @@ class Server(Host):
         )
         self._factory = protocol_factory
         self._servers: list[asyncio.base_events.Server] = []
+        self._unix_paths: list[str] = []
 
     async def listen(
         self,
@@ -248,6 +251,17 @@ class Server(Host):
         )
         self._servers.append(server)
 
+    async def listen_unix(
+        self, path: str, *, ssl_context: ssl.SSLContext | None = None, backlog: int = 2048
+    ) -> None:
+        """Listen on the Unix socket ``path`` (a stale socket file there is replaced; the new
+        one is removed on :meth:`close`).  Its mode follows the process's umask."""
+        server = await self.loop.create_unix_server(
+            lambda: self._factory(self), path, ssl=ssl_context, backlog=backlog
+        )
+        self._servers.append(server)
+        self._unix_paths.append(path)
+
     @property
     def sockets(self) -> list[tuple[str, int]]:
         """The bound (host, port) pairs, e.g. to learn the port chosen for port 0."""
@@ -255,7 +269,8 @@ class Server(Host):
         for server in self._servers:
             for sock in server.sockets:
                 name = sock.getsockname()
-                out.append((name[0], name[1]))
+                if isinstance(name, tuple):  # not a Unix socket's path
+                    out.append((name[0], name[1]))
         return out
 
     async def close(
@@ -269,3 +284,8 @@ class Server(Host):
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        for path in self._unix_paths:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.stat(path).st_mode):
+                    os.unlink(path)
+        self._unix_paths.clear()
