@@ -112,12 +112,12 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
     version = 4 if family == b"TCP4" else 6
     source = _v1_address(parts[2], version)
     destination = _v1_address(parts[3], version)
-    return ProxyHeader(
-        1, length, source, _v1_port(parts[4]), destination, _v1_port(parts[5])
-    )
+    return ProxyHeader(1, length, source, _v1_port(parts[4]), destination, _v1_port(parts[5]))
 
 
 def _v1_address(text: bytes, version: int) -> str:
+    if b"%" in text:
+        raise ProxyHeaderError("PROXY v1: an address with a zone index")
     try:
         address = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
