@@ -26,7 +26,7 @@ import pytest
 import harpy
 from harpy.protocol.proxy import V2_SIGNATURE
 from tests.e2e.test_cli import harpy_process, make_cert
-from tests.helpers import RawClient, serve
+from tests.helpers import RawClient, serve, serve_asgi
 from tests.timing import TIMEOUT, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -387,6 +387,32 @@ async def test_a_bad_or_missing_proxy_header_closes_without_an_answer() -> None:
         client = await open_client(port, source="127.0.0.1")
         assert await client.at_eof(timeout=scaled(5.0))
         await client.close()
+
+
+async def test_under_asgi_the_servers_client_and_scheme_are_taken_as_given() -> None:
+    """The App's proxy options are the native server's: under uvicorn, ``scope["client"]``
+    and ``scope["scheme"]`` are what harpy reports (uvicorn trusts 127.0.0.1 only, so the
+    headers of a client at 127.0.0.5 are not believed there either)."""
+    app = who_app(proxy_headers=True, forwarded_allow_ips="*")
+    async with serve_asgi(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        status, info = await who(port, extra=SPOOFING, origin=None)
+    assert status == 101
+    assert info == {"remote_address": CLIENT, "url": f"ws://{HOST}/who", "tls": False}
+
+
+async def test_configure_proxies_keeps_what_it_is_not_given_and_only_before_listening() -> None:
+    app = who_app(forwarded_allow_ips="10.0.0.0/8")
+    assert not app.proxy_trust.enabled
+    app.configure_proxies(proxy_protocol=True)
+    trust = app.proxy_trust
+    assert trust.protocol and not trust.headers and trust.allowed == ("10.0.0.0/8",)
+    app.configure_proxies(proxy_headers=True, forwarded_allow_ips="192.0.2.1")
+    trust = app.proxy_trust
+    assert trust.protocol and trust.headers and trust.allowed == ("192.0.2.1",)
+    async with serve(app):
+        with pytest.raises(harpy.HarpyError, match="already listening"):
+            app.configure_proxies(proxy_headers=False)
 
 
 async def test_the_command_line_flags(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ def test_v2_in_pieces_waits_for_the_whole_header() -> None:
 
 def test_v2_tlvs_ssl_authority_and_a_checked_crc32c() -> None:
     ssl = tlv(0x20, bytes((0x01,)) + b"\0\0\0\0" + tlv(0x21, b"TLSv1.3"))
-    authority = tlv(0x02, "chat.example.com".encode())
+    authority = tlv(0x02, b"chat.example.com")
     block = ipv4_block("192.0.2.5", "10.0.0.1", 1, 443)
     header = parse_proxy_header(v2(addresses=block, tlvs=ssl + authority))
     assert header is not None
@@ -289,7 +289,10 @@ def test_x_forwarded_proto_and_host() -> None:
 
 def test_rfc7239_forwarded() -> None:
     trust = ProxyTrust("127.0.0.1")
-    value = 'for=6.6.6.6;proto=http, for="[2001:db8:cafe::17]:4711";proto=https;host=chat.example.com, for=127.0.0.1'
+    value = (
+        'for=6.6.6.6;proto=http, for="[2001:db8:cafe::17]:4711";proto=https;'
+        "host=chat.example.com, for=127.0.0.1"
+    )
     got = trust.forwarded(request(("Forwarded", value)))
     assert got == ("2001:db8:cafe::17", True, "chat.example.com")
     # Hidden or unknown identifiers end what is known (RFC 7239 6.2, 6.3).
