@@ -415,6 +415,23 @@ async def test_configure_proxies_keeps_what_it_is_not_given_and_only_before_list
             app.configure_proxies(proxy_headers=False)
 
 
+async def test_a_proxy_on_the_unix_socket_is_trusted_as_loopback(tmp_path: Path) -> None:
+    app = who_app(proxy_headers=True)
+    path = str(tmp_path / "harpy.sock")
+    await app.listen(uds=path)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), TIMEOUT)
+        client = RawClient(reader, writer)
+        extra = "X-Forwarded-For: 6.6.6.6, 192.0.2.44\r\nX-Forwarded-Proto: https\r\n"
+        status, _, _ = await client.request(upgrade_head(extra=extra, origin=None))
+        assert status == 101
+        info = json.loads((await client.read_frame())[1])
+        assert info == {"remote_address": "192.0.2.44", "url": f"wss://{HOST}/who", "tls": True}
+        await client.close()
+    finally:
+        await app.shutdown(timeout=scaled(2.0))
+
+
 async def test_the_command_line_flags(tmp_path: Path) -> None:
     (tmp_path / "who.py").write_text(WHO_MODULE)
     v1 = b"PROXY TCP4 203.0.113.9 10.0.0.1 51000 443\r\n"
