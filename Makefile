@@ -2,8 +2,8 @@
 # make dist: dist/ gets the sdist and a wheel repaired by auditwheel to a manylinux tag, both
 # checked by twine (scripts/build_dist.py; release wheels: cibuildwheel, docs/deployment.md).
 # make fuzz: the property tests of the protocol parsers with many random inputs.
-# make test also installs redis-server, nats-server and chromium (Debian packages) for the
-# backplane tests and the browser test of the chat page.
+# make test also installs redis-server, nats-server, chromium, nginx and haproxy (Debian packages)
+# for the backplane tests, the browser test of the chat page and the tests behind real proxies.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -67,14 +67,17 @@ autobahn: $(STAMP)
 	bash scripts/autobahn.sh
 
 # redis-server and nats-server for the backplane tests (tests/backplane), chromium for the chat
-# page (tests/e2e/test_chat_page.py), installed when missing.
+# page (tests/e2e/test_chat_page.py), nginx and haproxy for the proxy tests
+# (tests/e2e/test_proxies.py), installed when missing.
 .PHONY: test-deps
 test-deps:
 	@PATH="$$PATH:/usr/sbin:/usr/local/sbin"; \
 	if ! command -v redis-server >/dev/null || ! command -v nats-server >/dev/null \
-			|| ! command -v chromium >/dev/null; then \
+			|| ! command -v chromium >/dev/null || ! command -v nginx >/dev/null \
+			|| ! command -v haproxy >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server nats-server chromium; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server nats-server chromium \
+			nginx-light haproxy; \
 	fi
 
 clean:

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 from .app import App
 from .exceptions import ConfigurationError, HarpyError
+from .server.forwarded import ProxyTrust
 from .workers import parse_workers
 
 __all__ = ["JsonFormatter", "configure_logging", "load_app", "main"]
@@ -288,6 +289,25 @@ def parser() -> Parser:
         help="on SIGTERM, answer /healthz with 503 and keep serving this long before closing "
         "(default: the app's drain_timeout, 0)",
     )
+    # --- proxies: whose X-Forwarded-* / Forwarded / PROXY header is believed (docs/proxies.md) ---
+    ap.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        help="believe X-Forwarded-For/-Proto/-Host and Forwarded from --forwarded-allow-ips",
+    )
+    ap.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="read a PROXY protocol header (v1 or v2) first from --forwarded-allow-ips",
+    )
+    ap.add_argument(
+        "--forwarded-allow-ips",
+        type=_trusted_argument,
+        default=None,
+        metavar="IPS",
+        help="comma-separated addresses and networks of trusted proxies, or '*' "
+        "(default 127.0.0.1,::1)",
+    )
     # --- workers: N processes sharing the port (harpy.workers) ---
     ap.add_argument(
         "--workers",
@@ -298,6 +318,14 @@ def parser() -> Parser:
     )
     # --- end workers ---
     return ap
+
+
+def _trusted_argument(value: str) -> str:
+    try:
+        ProxyTrust(value)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _workers_argument(value: str) -> int:
@@ -316,6 +344,12 @@ def serve(args: argparse.Namespace) -> int:
     if args.drain is not None:
         app.drain_timeout = args.drain
     listen: dict[str, Any] = {"uds": args.uds} if args.uds else {}
+    if args.proxy_headers or args.proxy_protocol or args.forwarded_allow_ips is not None:
+        app.configure_proxies(
+            proxy_headers=args.proxy_headers or None,
+            proxy_protocol=args.proxy_protocol or None,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+        )
     try:
         app.run(
             args.host,

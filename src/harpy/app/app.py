@@ -26,6 +26,7 @@ from ..server import (
     default_output_budget,
     make_ssl_context,
 )
+from ..server.forwarded import ProxyTrust
 from .handlers import Handlers, resolve_handlers
 from .http import HttpSide, Stats
 from .jsoncodec import Dumps, Loads, json_parsing, make_encoder, resolve_loads
@@ -123,6 +124,14 @@ class App(Routes):
     while serving, 503 once shutdown began; None or False: off), ``static`` maps URL prefixes
     to folders served as files, and ``metrics`` (True: ``/metrics``, or a path) serves
     Prometheus metrics from the app's own registry (``pip install 'harpy-ws[metrics]'``).
+
+    Behind a proxy (docs/proxies.md): ``proxy_headers=True`` believes the ``X-Forwarded-For``,
+    ``-Proto``, ``-Host`` and ``Forwarded`` headers of trusted peers, ``proxy_protocol=True``
+    reads a PROXY protocol header (v1 or v2) first on every connection from a trusted peer;
+    ``forwarded_allow_ips`` lists the trusted peers (addresses, networks such as
+    ``"10.0.0.0/8"``, or ``"*"``; None: loopback).  The client's address, scheme and host they
+    give are ``ws.remote_address``, ``ws.url``, the access log's, the per-IP limit's and the
+    same-origin check's.  Both off by default: untrusted headers are never read.
     """
 
     def __init__(
@@ -143,9 +152,16 @@ class App(Routes):
         presence: bool = False,
         presence_interval: float = 1.0,
         output_budget: int | None = None,
+        proxy_headers: bool = False,
+        forwarded_allow_ips: str | Iterable[str] | None = None,
+        proxy_protocol: bool = False,
         **route_defaults: Unpack[RouteOptionsKw],
     ) -> None:
         super().__init__()
+        #: Whose proxy information is believed, and which (its ``headers`` and ``protocol``).
+        self.proxy_trust = ProxyTrust(
+            forwarded_allow_ips, headers=proxy_headers, protocol=proxy_protocol
+        )
         if handshake_timeout <= 0 or max_header_size < 256 or shutdown_timeout < 0:
             raise ConfigurationError(
                 "handshake_timeout must be > 0, max_header_size >= 256, shutdown_timeout >= 0"
@@ -203,6 +219,26 @@ class App(Routes):
         self.port: int | None = None
         self.url: str | None = None
         self._drops_before = dict.fromkeys(DROP_REASONS, 0)
+
+    def configure_proxies(
+        self,
+        *,
+        proxy_headers: bool | None = None,
+        forwarded_allow_ips: str | Iterable[str] | None = None,
+        proxy_protocol: bool | None = None,
+    ) -> None:
+        """Set what is believed of proxies, as the ``App()`` options of the same names do (an
+        argument left out keeps its value): for an app made elsewhere, such as the one the
+        command line's ``--proxy-headers``, ``--forwarded-allow-ips`` and ``--proxy-protocol``
+        serve.  Only before the app listens."""
+        if self._server is not None:
+            raise HarpyError("configure_proxies: the app is already listening")
+        old = self.proxy_trust
+        self.proxy_trust = ProxyTrust(
+            old.allowed if forwarded_allow_ips is None else forwarded_allow_ips,
+            headers=old.headers if proxy_headers is None else proxy_headers,
+            protocol=old.protocol if proxy_protocol is None else proxy_protocol,
+        )
 
     # ----------------------------------------------------------------- routes
 
@@ -433,6 +469,7 @@ class App(Routes):
             handshake_timeout=self.handshake_timeout,
             max_header_size=self.max_header_size,
             output_budget=self.output_budget,
+            proxy=self.proxy_trust if self.proxy_trust.enabled else None,
         )
         try:
             if uds is not None:

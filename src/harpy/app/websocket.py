@@ -238,12 +238,14 @@ class WebSocket(Generic[T]):
 
     @property
     def remote_address(self) -> str:
-        """The peer's IP address (or socket path)."""
+        """The client's IP address (or socket path); behind a trusted proxy, the client's
+        that it forwarded (``proxy_headers``, ``proxy_protocol``)."""
         return self._conn.remote_address
 
     @property
     def tls(self) -> bool:
-        """Whether the connection is encrypted (``wss``)."""
+        """Whether the client's connection is encrypted (``wss``): to this server, or to a
+        trusted proxy that said so."""
         return self._conn.tls
 
     @property
@@ -315,10 +317,12 @@ class WebSocket(Generic[T]):
 
     @property
     def url(self) -> str:
-        """``ws://host/path?query`` (``wss`` over TLS), as the client asked for it."""
-        request = self._conn.request
-        host = (request.get("host") if request else None) or "localhost"
-        scheme = "wss" if self._conn.tls else "ws"
+        """``ws://host/path?query`` (``wss`` over TLS), as the client asked for it (behind a
+        trusted proxy: the scheme and host it forwarded)."""
+        conn = self._conn
+        request = conn.request
+        host = conn.host or "localhost"
+        scheme = "wss" if conn.tls else "ws"
         target = request.target if request else "/"
         return f"{scheme}://{host}{target}"
 
@@ -593,11 +597,10 @@ class WebSocket(Generic[T]):
                 return
             self._holds_place = True
         # Cross-site WebSocket hijacking: a browser's upgrade (it carries Origin) comes from
-        # the page's own site unless the route lists other origins, or "*" for any.
+        # the page's own site (the host a trusted proxy forwarded, else Host) unless the route
+        # lists other origins, or "*" for any.
         origin = request.get("origin")
-        if origin is not None and not origin_allowed(
-            origin, request.get("host"), route.allowed_origins
-        ):
+        if origin is not None and not origin_allowed(origin, conn.host, route.allowed_origins):
             conn.refuse(403, ORIGIN_REFUSED)
             return
         if route.subprotocols:

@@ -429,6 +429,13 @@ class Connection:
         """Whether the connection is encrypted (``wss``)."""
         raise NotImplementedError
 
+    @property
+    def host(self) -> str | None:
+        """The host (and port) the client asked for: the upgrade request's ``Host`` header
+        (a transport may know better: what a trusted proxy forwarded)."""
+        request = self.request
+        return request.get("host") if request is not None else None
+
     def _transmit(self, item: Any) -> None:
         """Hand one output item to the transport now."""
         raise NotImplementedError

@@ -12,6 +12,7 @@ the end of the batch.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import HandshakeError, ProtocolError
@@ -33,6 +34,7 @@ from ..protocol import (
     parse_request,
 )
 from ..protocol.deflate import deflate_bound
+from ..protocol.proxy import ProxyHeaderError, parse_proxy_header
 from .connection import (
     EV_PING,
     EV_PROTOCOL_ERROR,
@@ -45,12 +47,15 @@ from .connection import (
     Limits,
     ReadyState,
 )
+from .forwarded import client_address
 
 if TYPE_CHECKING:
     from ..protocol.deflate import PerMessageDeflate
     from .listener import Host
 
 __all__ = ["FramedConnection", "MeteredConnection"]
+
+logger = logging.getLogger("harpy")
 
 _CONNECTING = ReadyState.CONNECTING
 _OPEN = ReadyState.OPEN
@@ -64,13 +69,17 @@ class FramedConnection(Connection, asyncio.Protocol):
     answers_http = True
 
     __slots__ = (
+        "_awaiting_proxy",
         "_failed",
         "_head",
+        "_host",
         "_key",
         "_linger",
         "_linger_left",
+        "_peer",
         "_peer_closed",
         "_reader",
+        "_secure",
         "codec",
         "transport",
     )
@@ -87,11 +96,22 @@ class FramedConnection(Connection, asyncio.Protocol):
         self._linger_left = 0
         self._failed = False  # the peer broke the protocol: what follows may be anything
         self._peer_closed = _NO_CLOSE  # the peer's close, kept when the reader is dropped
+        # The client, set once before the upgrade: the transport's peer and encryption, then
+        # what a trusted proxy said (PROXY protocol, forwarded headers).
+        self._peer = ""
+        self._secure = False
+        self._host: str | None = None
+        self._awaiting_proxy = False  # a PROXY protocol header comes first
 
     # ----------------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self._peer = peer = client_address(transport.get_extra_info("peername"))
+        self._secure = transport.get_extra_info("sslcontext") is not None
+        proxy = self._server.proxy
+        if proxy is not None and proxy.protocol and proxy.trusts(peer):
+            self._awaiting_proxy = True
         self._started()
 
     def data_received(self, data: bytes) -> None:
@@ -140,6 +160,10 @@ class FramedConnection(Connection, asyncio.Protocol):
     # ----------------------------------------------------------------- the upgrade
 
     def _receive_head(self, data: bytes) -> None:
+        if self._awaiting_proxy:
+            data = self._receive_proxy_header(data)
+            if not data:
+                return
         head = self._head + data if self._head else data
         end = head.find(b"\r\n\r\n")
         limit = self._server.max_header_size
@@ -159,7 +183,41 @@ class FramedConnection(Connection, asyncio.Protocol):
             self.refuse(exc.status, exc.reason, exc.headers)
             return
         self.request = request
+        self._host = request.get("host")
+        proxy = self._server.proxy
+        if proxy is not None and proxy.headers and proxy.trusts(self._peer):
+            address, secure, host = proxy.forwarded(request)
+            if address is not None:
+                self._peer = address
+            if secure is not None:
+                self._secure = secure
+            if host is not None:
+                self._host = host
         self._on_event(EV_REQUEST, request)
+
+    def _receive_proxy_header(self, data: bytes) -> bytes:
+        """Read the PROXY protocol header a trusted proxy sends first (HAProxy's
+        ``send-proxy``/``send-proxy-v2``); return what follows it.  An invalid one closes the
+        connection: it is no HTTP client to answer."""
+        buffered = self._head + data if self._head else data
+        try:
+            header = parse_proxy_header(buffered, self._server.max_header_size)
+        except ProxyHeaderError as exc:
+            logger.warning("harpy: closing a connection from proxy %s: %s", self._peer, exc)
+            self._head = b""
+            if self.transport is not None:
+                self.transport.close()
+            return b""
+        if header is None:
+            self._head = buffered
+            return b""
+        self._awaiting_proxy = False
+        self._head = b""
+        if header.source is not None:
+            self._peer = header.source
+        if header.tls:
+            self._secure = True
+        return buffered[header.length :]
 
     def check_upgrade(self) -> None:
         """Check that the request asks for a WebSocket upgrade (RFC 6455 4.2.1); raise
@@ -190,7 +248,12 @@ class FramedConnection(Connection, asyncio.Protocol):
     def refuse(
         self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
     ) -> None:
-        """Answer an HTTP error and close: no upgrade happens."""
+        """Answer an HTTP error and close: no upgrade happens.  Before a proxy's PROXY header
+        came (the handshake timeout, a shutdown), close without an answer."""
+        if self._awaiting_proxy:
+            if self.transport is not None:
+                self.transport.close()
+            return
         if self._answer(build_refusal(status, reason, headers)):
             self._on_event(EV_REFUSED, status)
 
@@ -250,16 +313,21 @@ class FramedConnection(Connection, asyncio.Protocol):
 
     @property
     def remote_address(self) -> str:
-        """The peer's IP address (or socket path), as the transport reports it."""
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        if isinstance(peer, tuple):
-            return str(peer[0])
-        return str(peer) if peer else ""
+        """The client's IP address (or socket path): the transport's peer, or what a trusted
+        proxy said of the client."""
+        return self._peer
 
     @property
     def tls(self) -> bool:
-        transport = self.transport
-        return transport is not None and transport.get_extra_info("sslcontext") is not None
+        """Whether the client's connection is encrypted: TLS to this server, or to a trusted
+        proxy that said so."""
+        return self._secure
+
+    @property
+    def host(self) -> str | None:
+        """The host (and port) the client asked for: the ``Host`` header, or what a trusted
+        proxy forwarded."""
+        return self._host
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

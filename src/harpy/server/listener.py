@@ -17,6 +17,7 @@ from .timers import TimerWheel
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .forwarded import ProxyTrust
 
 __all__ = [
     "DROP_REASONS",
@@ -102,6 +103,7 @@ class Host:
         "max_header_size",
         "output_bound",
         "output_budget",
+        "proxy",
         "queued",
         "sample_above",
         "wheel",
@@ -114,9 +116,12 @@ class Host:
         handshake_timeout: float = 10.0,
         max_header_size: int = 8192,
         output_budget: int = 0,
+        proxy: ProxyTrust | None = None,
     ) -> None:
         self.loop = loop
         self.handshake_timeout = handshake_timeout
+        #: Whose proxy information is believed, and which (None: no peer is a proxy).
+        self.proxy = proxy
         self.max_header_size = max_header_size
         self.connections: set[Connection] = set()
         self.wheel = TimerWheel(loop)
@@ -221,12 +226,14 @@ class Server(Host):
         handshake_timeout: float = 10.0,
         max_header_size: int = 8192,
         output_budget: int = 0,
+        proxy: ProxyTrust | None = None,
     ) -> None:
         super().__init__(
             loop=loop,
             handshake_timeout=handshake_timeout,
             max_header_size=max_header_size,
             output_budget=output_budget,
+            proxy=proxy,
         )
         self._factory = protocol_factory
         self._servers: list[asyncio.base_events.Server] = []
