@@ -31,6 +31,41 @@ def test_a_class_with_no_handler_name_lists_them_and_suggests() -> None:
     assert "'onClose' (did you mean 'close'?)" in text
 
 
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [("mesage", "message"), ("on_open", "open"), ("onMessage", "message"),
+     ("Message", "message"), ("handle_close", "close"), ("closse", "close")],
+)  # fmt: skip
+def test_a_method_named_almost_like_a_handler_is_refused_beside_real_ones(
+    name: str, meant: str
+) -> None:
+    def near(self: Any, *args: Any) -> None: ...
+
+    def open(self: Any, ws: Any) -> None: ...
+
+    # Beside a real handler too: else its messages would vanish in silence.
+    cls = type("Chat", (), {"open": open, name: near})
+    with pytest.raises(ConfigurationError) as info:
+        harpy.App().ws("/chat", cls)
+    assert f"{name!r} (did you mean {meant!r}?)" in str(info.value)
+    assert "starts with _" in str(info.value)
+
+
+def test_private_helpers_and_plain_attributes_are_not_handlers() -> None:
+    class Chat:
+        closed = 0  # not callable: state, not a misspelt handler
+
+        def _closed(self) -> None: ...
+
+        def send_all(self) -> None: ...
+
+        def message(self, ws: Any, data: Any) -> None: ...
+
+    app = harpy.App()
+    app.ws("/chat", Chat)
+    assert [route.handlers.message is not None for route in app.routes] == [True]
+
+
 def test_an_object_with_no_handler_name_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="has none of the handler names"):
         harpy.App().ws("/x", object())
