@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 from typing import Any
@@ -212,3 +213,44 @@ async def test_a_send_after_close_returns_0_and_is_no_error() -> None:
         await asyncio.wait_for(closed.wait(), TIMEOUT)
     assert statuses == [0]
     assert errors == []
+
+
+async def test_an_awaited_send_is_logged_with_the_hint(
+    serve_app: ServeApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = harpy.App()
+
+    @app.ws("/echo")
+    class Echo:
+        async def message(self, ws: harpy.WebSocket[Any], data: str | bytes) -> None:
+            await ws.send(data)  # type: ignore[misc]  # the websockets habit
+
+    async with serve_app(app) as url, connect(f"{url}/echo") as client:
+        await client.send("hi")
+        assert await asyncio.wait_for(client.recv(), TIMEOUT) == "hi"  # sent before the await
+        await asyncio.wait_for(client.wait_closed(), TIMEOUT)
+        assert client.close_code == 1011
+    [record] = [r for r in caplog.records if r.getMessage().startswith("harpy: handler of route")]
+    assert record.exc_info is not None
+    logged = logging.Formatter().formatException(record.exc_info)
+    assert "ws.send() (and send_text" in logged and "is not a coroutine" in logged
+    assert "drain(ws) handler" in logged
+
+
+async def test_an_error_handler_gets_the_awaited_send_hint_too() -> None:
+    notes: list[list[str]] = []
+    app = harpy.App()
+
+    async def message(ws: harpy.WebSocket[Any], data: str | bytes) -> None:
+        await ws.send_json({"echo": data})  # type: ignore[misc]
+
+    def error(ws: harpy.WebSocket[Any], exc: BaseException) -> None:
+        notes.append(getattr(exc, "__notes__", []))
+        ws.close(4000, "bad handler")
+
+    app.ws("/echo", {"message": message, "error": error})
+    async with serve(app) as url, connect(f"{url}/echo") as client:
+        await client.send("hi")
+        await asyncio.wait_for(client.wait_closed(), TIMEOUT)
+        assert client.close_code == 4000
+    assert len(notes) == 1 and "is not a coroutine" in notes[0][0]

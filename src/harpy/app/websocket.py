@@ -914,6 +914,7 @@ class WebSocket(Generic[T]):
         """A handler raised: ``error(ws, exc)`` decides, else log and close with 1011."""
         errors = self._app.stats.handler_errors
         errors[self.route] = errors.get(self.route, 0) + 1
+        _explain_awaited_send(exc)
         fn = self._handler("error") if not isinstance(exc, _ErrorHandlerFailed) else None
         if fn is None and isinstance(exc, InvalidMessage):
             logger.debug("harpy: route %s: %s", self.route, exc)
@@ -1017,6 +1018,26 @@ def _check_name(name: str, kind: str) -> str:
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"a {kind} name must be a non-empty string, not {name!r}")
     return name
+
+
+#: What ``await ws.send(...)`` (a habit from libraries whose send is a coroutine) raises: the
+#: int that ``send`` returned is not awaitable.  Python 3.11-3.12 and 3.13 word it differently.
+_AWAITED_INT = ("object int can't be used in 'await' expression", "'int' object can't be awaited")
+_AWAITED_SEND_HINT = (
+    "harpy: ws.send() (and send_text, send_binary, send_json, publish, broadcast) is not a "
+    "coroutine: it sends or queues at once and returns an int, so drop the await. To wait for "
+    "the output to drain, give the route a drain(ws) handler: it is called once the buffered "
+    "output falls below write_low_water after send() returned -1."
+)
+
+
+def _explain_awaited_send(exc: BaseException) -> None:
+    """Add the hint to the error of an awaited ``send``: on the error path only, so the send
+    path costs nothing (the note shows in the logged traceback and to an ``error`` handler)."""
+    if isinstance(exc, TypeError) and str(exc) in _AWAITED_INT:
+        notes = getattr(exc, "__notes__", ())
+        if _AWAITED_SEND_HINT not in notes:
+            exc.add_note(_AWAITED_SEND_HINT)
 
 
 class _ErrorHandlerFailed(Exception):
