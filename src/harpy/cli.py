@@ -25,7 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from .app import App
-from .exceptions import ConfigurationError, HarpyError
+from .exceptions import ConfigurationError, HarpyError, require_extra
 from .server.forwarded import ProxyTrust
 from .workers import parse_workers
 
@@ -60,6 +60,8 @@ def load_app(target: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SystemExit(f"harpy: cannot import {module_name!r}: {exc}") from exc
+    except HarpyError as exc:  # the module built something wrongly: one line, no traceback
+        raise SystemExit(f"harpy: {module_name}: {exc}") from None
     obj = module
     for part in (attr or "app").split("."):
         try:
@@ -382,10 +384,11 @@ def reload(argv: Sequence[str], dirs: Sequence[str] | None = None) -> int:
     (default: the current directory) changes.  SIGINT or SIGTERM stop the child gracefully,
     then the reloader."""
     try:
-        from watchfiles import PythonFilter, run_process
-    except ImportError:
-        hint = "pip install 'harpy-ws[reload]'"
-        raise SystemExit(f"harpy: --reload needs watchfiles: {hint}") from None
+        require_extra("watchfiles", "watchfiles", "reload", "--reload")
+    except ConfigurationError as exc:
+        raise SystemExit(f"harpy: {exc}") from None
+    from watchfiles import PythonFilter, run_process
+
     child = [sys.executable, "-m", "harpy", *without_reload(argv)]
     for name in ("RELOAD", "RELOAD_DIR"):  # the child serves; it does not reload in turn
         os.environ.pop(ENV_PREFIX + name, None)

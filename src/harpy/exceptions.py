@@ -6,6 +6,8 @@ a peer only sees a close code and a short, fixed reason.
 
 from __future__ import annotations
 
+import importlib.util
+
 __all__ = [
     "ConfigurationError",
     "HandshakeError",
@@ -16,6 +18,7 @@ __all__ = [
     "ProtocolError",
     "Reject",
     "RouteError",
+    "require_extra",
 ]
 
 
@@ -77,3 +80,17 @@ class Reject(HandshakeError):
         if not 400 <= status <= 599:
             raise ConfigurationError(f"Reject status must be 4xx or 5xx, not {status}")
         super().__init__(status, reason, headers)
+
+
+def require_extra(module: str, package: str, extra: str, needed_by: str) -> None:
+    """Raise a one-line :class:`ConfigurationError` naming the extra to install when the
+    optional ``module`` (of the PyPI ``package``) cannot be imported; cheap: nothing is imported
+    here."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigurationError(
+            f"{needed_by} needs {package}, which is not installed: pip install 'harpy-ws[{extra}]'"
+        )

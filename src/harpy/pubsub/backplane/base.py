@@ -252,9 +252,10 @@ class Backplane(ABC):
             )
 
     def _connection_lost(self, why: str) -> None:
-        """The implementation lost its server: hold queued envelopes until it is back."""
+        """The implementation lost its server: hold queued envelopes until it is back.  The
+        disconnection ``stop()`` itself makes is no loss, and says nothing."""
         online = self._online
-        if online is not None and online.is_set():
+        if online is not None and online.is_set() and not self._closing:
             online.clear()
             logger.warning(
                 "harpy: %r lost its server (%s); holding up to %d messages, %d dropped so far",

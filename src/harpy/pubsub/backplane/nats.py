@@ -17,6 +17,7 @@ import contextlib
 import logging
 from typing import Any
 
+from ...exceptions import require_extra
 from .base import Backplane, BackplaneError, Unsent, redact_url
 
 __all__ = ["NatsBackplane", "escape_topic"]
@@ -62,6 +63,7 @@ class NatsBackplane(Backplane):
         start_timeout: float = 5.0,
         **nats_options: Any,
     ) -> None:
+        require_extra("nats", "nats-py", "nats", "NatsBackplane")
         super().__init__(max_queue=max_queue)
         if subject_prefix and (
             any(c.isspace() or c in "*>" for c in subject_prefix)

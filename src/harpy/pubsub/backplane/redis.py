@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import Any
 
+from ...exceptions import require_extra
 from .base import Backplane, BackplaneError, redact_url
 
 __all__ = ["RedisBackplane"]
@@ -36,6 +37,7 @@ class RedisBackplane(Backplane):
         subscribe_timeout: float = 5.0,
         **redis_options: Any,
     ) -> None:
+        require_extra("redis", "redis-py", "redis", "RedisBackplane")
         super().__init__(max_queue=max_queue)
         self.url = url
         self.channel_prefix = channel_prefix
