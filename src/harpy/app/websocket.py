@@ -85,17 +85,18 @@ class Admission(enum.IntEnum):
     (An ``IntEnum``: its members hash as ints, in C, on the per-connection path.)
     """
 
-    #: The upgrade is being decided (routing, limits, origin, ``authenticate``).
     PENDING = 0
-    #: Upgraded, but the first message must authenticate before ``open`` runs.
+    """The upgrade is being decided (routing, limits, origin, ``authenticate``)."""
     AUTHENTICATING = 1
-    #: ``open`` ran: registered with the app, reached by broadcasts, handlers run.
+    """Upgraded, but the first message must authenticate before ``open`` runs."""
     MEMBER = 2
-    #: Refused by authentication after the 101: closing, and no handler runs.
+    """``open`` ran: registered with the app, reached by broadcasts, handlers run."""
     DENIED = 3
-    #: A member that closed: unregistered, out of every topic and room; the handlers already
-    #: queued, then ``close``, still run.
+    """Refused by authentication after the 101: closing, and no handler runs."""
     LEFT = 4
+    """A member that closed: unregistered, out of every topic and room; the handlers already queued,
+    then ``close``, still run.
+    """
 
 
 #: The steps allowed from each state, indexed by the state's value.
@@ -111,12 +112,12 @@ _ADMISSION_STEPS: tuple[frozenset[Admission], ...] = (
 class Dispatch(enum.IntEnum):
     """How the connection's handlers run; IDLE is 0, so ``if dispatch:`` means "busy"."""
 
-    #: No async handler is running: the next event's handler runs at once.
     IDLE = 0
-    #: An async handler is running: later events wait their turn, in order.
+    """No async handler is running: the next event's handler runs at once."""
     RUNNING = 1
-    #: As RUNNING, with ``max_pending_messages`` waiting: reading is paused until they drain.
+    """An async handler is running: later events wait their turn, in order."""
     PAUSED = 2
+    """As RUNNING, with ``max_pending_messages`` waiting: reading is paused until they drain."""
 
 
 _MEMBER = Admission.MEMBER
