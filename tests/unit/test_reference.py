@@ -13,11 +13,11 @@ from __future__ import annotations
 import enum
 import importlib
 import re
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
 import griffe
-from collections.abc import Mapping
 import pytest
 
 import harpy
