@@ -87,7 +87,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": record_time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -99,13 +99,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+def record_time(record: logging.LogRecord) -> str:
+    """When the record was made: ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
 class PlainFormatter(logging.Formatter):
-    """The message, then the record's extra fields as ``key=value`` (access-log records)."""
+    """The message; for a record with extra fields (the access log), its time first and the
+    fields its message does not already say after it, as ``key=value``: each field once."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        extra = [f"{k}={v}" for k, v in extra_fields(record).items()]
-        return f"{text} {' '.join(extra)}" if extra else text
+        fields = extra_fields(record)
+        if not fields:
+            return text
+        # The message's arguments are fields it shows already (an access record's message is
+        # ``"%s %s %s" % (event, path, status)``, its fields in the same order first).
+        said = [str(arg) for arg in record.args] if isinstance(record.args, tuple) else []
+        rest = []
+        for key, value in fields.items():
+            if str(value) in said:
+                said.remove(str(value))
+            else:
+                rest.append(f"{key}={value}")
+        return " ".join([record_time(record), text, *rest])
 
 
 def configure_logging(level: str = "info", fmt: str = "plain", *, access_log: bool = True) -> None:

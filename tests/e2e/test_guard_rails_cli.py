@@ -14,14 +14,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 
 from harpy.workers import Supervisor, restart_delay
-from tests.e2e.test_cli import make_cert
+from tests.e2e.test_cli import harpy_process, make_cert, stopped
 from tests.e2e.test_workers import Supervised, gone, supervised
-from tests.timing import scaled
+from tests.timing import TIMEOUT, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -204,3 +206,27 @@ async def test_the_back_off_is_capped_and_starts_again_after_a_stable_run(tmp_pa
         assert await asyncio.wait_for(proc.wait(), scaled(10.0)) in (0, 1)
     finally:
         await server.close()
+
+
+async def test_the_plain_access_log_has_a_time_and_each_field_once() -> None:
+    async with harpy_process("examples.echo:app") as (proc, url):
+        async with connect(f"{url}/echo") as client:
+            await client.send("hi")
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == "hi"
+        assert await stopped(proc) == 0
+        assert proc.stderr is not None
+        err = (await asyncio.wait_for(proc.stderr.read(), TIMEOUT)).decode()
+    [upgrade] = [line for line in err.splitlines() if " upgrade /echo " in line]
+    [close] = [line for line in err.splitlines() if " close /echo " in line]
+    for line, fields in (
+        (upgrade, ["remote_address=127.0.0.1"]),
+        (close, ["remote_address=127.0.0.1", "duration=", "messages_in=1", "messages_out=1"]),
+    ):
+        time, _, rest = line.partition(" ")
+        assert datetime.fromisoformat(time).tzinfo is not None, line
+        for field in fields:
+            assert rest.count(field) == 1, line
+        for said in ("event=", "path=", "status=", "code="):
+            assert said not in rest, line  # the message says it already
+    assert upgrade.endswith(" upgrade /echo 101 remote_address=127.0.0.1")
+    assert " close /echo 1000 remote_address=127.0.0.1 duration=" in close

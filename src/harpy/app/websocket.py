@@ -715,7 +715,8 @@ class WebSocket(Generic[T]):
         path = self.path
         address = self.remote_address
         access_logger.info(
-            "close %s %s",
+            "%s %s %s",
+            "close",
             path,
             code,
             extra={
