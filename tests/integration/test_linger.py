@@ -9,6 +9,7 @@ reset (or, over TLS, fails): these tests keep writing a little at a time and tim
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
@@ -20,6 +21,7 @@ from tests.e2e.test_cli import make_cert
 from tests.helpers import serve
 from tests.timing import TIMEOUT, scaled
 
+ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 REFUSED = (
     b"GET /nowhere HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -27,8 +29,12 @@ REFUSED = (
 )
 
 
-def test_the_documented_bounds() -> None:
-    assert (LINGER_TIME, LINGER_BYTES) == (2.0, 1 * MiB)
+def test_the_bounds_are_the_documented_ones() -> None:
+    doc = (ROOT / "docs" / "heartbeat-compression-backpressure.md").read_text()
+    match = re.search(r"for at most (\d+) seconds and (\d+) MiB", " ".join(doc.split()))
+    assert match is not None
+    assert float(match.group(1)) == LINGER_TIME
+    assert int(match.group(2)) * MiB == LINGER_BYTES
 
 
 def read_answer(sock: socket.socket) -> bytes:
