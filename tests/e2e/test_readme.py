@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 import harpy
 from harpy.app.options import RouteOptions
 from harpy.server import default_output_budget
 from tests.e2e.test_workers import supervised
-from tests.helpers import serve
+from tests.helpers import recv, serve
 from tests.timing import TIMEOUT, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,10 +46,6 @@ def load(source: str, folder: Path, name: str) -> harpy.App:
     return app
 
 
-async def receive(client: ClientConnection) -> Any:
-    return await asyncio.wait_for(client.recv(), TIMEOUT)
-
-
 def test_every_python_block_is_one_of_the_examples_tested_here() -> None:
     # A new block needs a test below; each test finds its block by a line of it.
     markers = ["# app.py", "# mymodule.py", '"/ws/chat"', "def authenticate", '"/rooms"',
@@ -61,7 +57,7 @@ async def test_the_first_app_echoes_and_its_test_passes(tmp_path: Path) -> None:
     app = load(block("# app.py"), tmp_path, "app")
     async with serve(app) as url, connect(f"{url}/echo") as client:
         await client.send("hi")
-        assert await receive(client) == "hi"
+        assert await recv(client) == "hi"
     # The README's test, beside app.py, run as pytest would run the coroutine.
     (tmp_path / "test_app.py").write_text(block("# test_app.py"))
     runner = "import asyncio, runpy; asyncio.run(runpy.run_path('test_app.py')['test_echo']())"
@@ -89,9 +85,9 @@ async def test_the_fuller_example_serves_on_the_port_the_command_line_gives(
         [url] = await server.wait_for(r"listening on (ws://\S+)", timeout=scaled(15.0))
         assert url == f"ws://127.0.0.1:{port}"
         async with connect(f"{url}/room/lobby?name=ann") as client:
-            assert await receive(client) == "welcome ann to lobby"
+            assert await recv(client) == "welcome ann to lobby"
             await client.send("hello")
-            assert await receive(client) == "hello"
+            assert await recv(client) == "hello"
 
 
 async def test_the_rooms_example(tmp_path: Path) -> None:
@@ -103,17 +99,17 @@ async def test_the_rooms_example(tmp_path: Path) -> None:
     ):
         await ann.send(json.dumps({"type": "join-room", "room": "r"}))
         await bob.send(json.dumps({"type": "join-room", "room": "r"}))
-        assert json.loads(await receive(ann)) == {"type": "user-joined", "room": "r"}
+        assert json.loads(await recv(ann)) == {"type": "user-joined", "room": "r"}
         await bob.send(json.dumps({"type": "message", "room": "r", "text": "hi"}))
         for client in (ann, bob):  # include_self=True: the sender too
-            assert json.loads(await receive(client)) == {"type": "chat-message", "text": "hi"}
+            assert json.loads(await recv(client)) == {"type": "chat-message", "text": "hi"}
 
 
 async def test_the_authentication_example(tmp_path: Path) -> None:
     app = load(block("def authenticate"), tmp_path, "private")
     async with serve(app) as url:
         async with connect(f"{url}/ws/private?token=secret-token") as client:
-            assert await receive(client) == "hello ann"
+            assert await recv(client) == "hello ann"
         async with connect(f"{url}/ws/private") as client:
             await asyncio.wait_for(client.wait_closed(), TIMEOUT)
             assert (client.close_code, client.close_reason) == (4001, "No token provided")
@@ -126,7 +122,7 @@ async def test_the_json_example(tmp_path: Path) -> None:
     app = load(block('"/rooms"'), tmp_path, "rooms_json")
     async with serve(app) as url, connect(f"{url}/rooms") as ann, connect(f"{url}/rooms") as bob:
         await ann.send(json.dumps({"a": 1}))
-        assert json.loads(await receive(bob)) == {"echo": {"a": 1}}
+        assert json.loads(await recv(bob)) == {"echo": {"a": 1}}
 
 
 # ------------------------------------------------------------------ the table of defaults
