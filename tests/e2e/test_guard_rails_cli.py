@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,8 +157,17 @@ async def test_ctrl_c_on_workers_is_quiet_and_stops_everything() -> None:
 
 
 def test_the_back_off_starts_at_half_a_second_doubles_and_stops_at_ten() -> None:
-    """The numbers the README and docs/scale-out.md give, read from the supervisor itself."""
+    """The numbers docs/scale-out.md gives, read from the supervisor itself."""
+    doc = " ".join((ROOT / "docs" / "scale-out.md").read_text().split())
+    match = re.search(
+        r"started again after ([\d.]+) s; each further death in a row of a worker that lived "
+        r"under ([\d.]+) s doubles the wait, up to ([\d.]+) s",
+        doc,
+    )
+    assert match is not None
     supervisor = Supervisor(lambda index: None, 1)
+    written = tuple(float(g) for g in match.groups())
+    assert written == (supervisor.backoff, supervisor.stable_after, supervisor.max_backoff)
     assert (supervisor.backoff, supervisor.max_backoff) == (0.5, 10.0)
     delays = [restart_delay(n, supervisor.backoff, supervisor.max_backoff) for n in range(1, 8)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]

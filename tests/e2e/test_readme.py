@@ -125,6 +125,18 @@ async def test_the_json_example(tmp_path: Path) -> None:
         assert json.loads(await recv(bob)) == {"echo": {"a": 1}}
 
 
+def test_the_connection_table_names_only_what_ws_has() -> None:
+    section = README.split("## The connection: `harpy.WebSocket[T]`", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| `")]
+    named = {
+        match.group(1)
+        for line in table
+        for match in re.finditer(r"`([a-z_]+)", line.split(" | ")[0])
+    }
+    assert len(named) > 20, "the table was not found"
+    assert named <= set(dir(harpy.WebSocket)), named - set(dir(harpy.WebSocket))
+
+
 # ------------------------------------------------------------------ the table of defaults
 
 
