@@ -172,6 +172,7 @@ class App(Routes):
             )
         #: Seconds between a stop request and the start of the shutdown (health: 503).
         self.drain_timeout = check_drain_timeout(drain_timeout)
+        """Seconds of the drain period before a graceful shutdown (0: none)."""
         for name, value in (
             ("max_connections", max_connections),
             ("max_connections_per_ip", max_connections_per_ip),
