@@ -38,7 +38,7 @@ SEAMS: dict[str, set[str]] = {
         "specs",  # what include() copies from a Router
         "hub", "http", "stats", "match", "defaults", "encode_json", "json_loads",
         "handshake_timeout", "max_header_size", "max_connections", "max_connections_per_ip",
-        "output_budget",  # the options as the connection layer reads them
+        "output_budget", "proxy_trust",  # the options as the connection layer reads them
     },
     "harpy.app.router.Router": {"specs"},
     "harpy.app.app.Route": {
