@@ -16,11 +16,26 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
 
 import harpy
 from harpy.asgi import ASGIApp
+from harpy.pubsub.backplane import Backplane
 from harpy.testing import build_client_frame
 from tests.timing import TIMEOUT, eventually, scaled
+
+#: What the backplane fixtures give: a fresh, unstarted backplane per call.
+MakeBackplane = Callable[[], Backplane]
+
+
+def client(url: str, **kwargs: Any) -> connect:
+    """A websockets client with bounded waits and no proxy from the environment."""
+    return connect(url, proxy=None, open_timeout=TIMEOUT, close_timeout=scaled(2.0), **kwargs)
+
+
+async def recv(ws: ClientConnection) -> Any:
+    """The next message, within the tests' time bound."""
+    return await asyncio.wait_for(ws.recv(), TIMEOUT)
 
 
 @contextlib.asynccontextmanager
@@ -81,10 +96,35 @@ class RawClient:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, url: str) -> RawClient:
+    async def connect(cls, url: str, *, receive_buffer: int | None = None) -> RawClient:
+        """Connect to ``url``'s host and port; with ``receive_buffer`` (bytes), a slow reader:
+        a small kernel receive buffer (and stream buffer), so the server's writes back up
+        after a few KiB that the client does not read."""
         host, port = url.removeprefix("ws://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        if receive_buffer is None:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            return cls(reader, writer)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock, limit=max(receive_buffer, 4096))
         return cls(reader, writer)
+
+    @classmethod
+    async def slow_reader(cls, url: str, path: str, receive_buffer: int = 4096) -> RawClient:
+        """A client upgraded on ``path`` that reads nothing until asked (see :meth:`connect`)."""
+        client = await cls.connect(url, receive_buffer=receive_buffer)
+        try:
+            assert await client.upgrade(path) == 101
+        except BaseException:
+            await client.close()
+            raise
+        return client
 
     async def request(self, head: bytes) -> tuple[int, dict[str, str], bytes]:
         """Send a raw request head; return (status, headers, rest of the response head)."""

@@ -1,6 +1,8 @@
 // The browser side of examples/rooms_chat.py: JSON messages over one WebSocket.
-// Served by the app, it connects to ws://<the page's host>/ws/chat; opened as a file, to
-// ws://127.0.0.1:3000/ws/chat (what `make run` serves). ?ws=URL names another server.
+// Served by the app (`make run`, then http://127.0.0.1:3000/), it connects to
+// ws://<the page's host>/ws/chat. ?ws=URL names another server, which must allow this page's
+// origin (the route's allowed_origins). Opened as a file it does not work: a file:// page sends
+// `Origin: null`, which the app refuses with 403 like any other origin it does not list.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -28,7 +30,9 @@ const socket = new WebSocket(serverUrl());
 
 socket.addEventListener("open", () => { $("status").textContent = "connected"; });
 socket.addEventListener("close", (event) => {
-  $("status").textContent = `disconnected (${event.code}${event.reason ? ": " + event.reason : ""})`;
+  $("status").textContent = location.protocol === "file:"
+    ? "refused: open the page from the app (http://127.0.0.1:3000/), not as a file"
+    : `disconnected (${event.code}${event.reason ? ": " + event.reason : ""})`;
   $("send-form").hidden = true;
 });
 

@@ -10,7 +10,8 @@ class Echo:
     def message(self, ws: harpy.WebSocket[dict], message: str | bytes) -> None:
         ws.send(message)
 
-app.run(port=3000)
+if __name__ == "__main__":  # or: python -m harpy module:app
+    app.run(port=3000)
 ```
 """
 

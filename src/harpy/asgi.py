@@ -71,8 +71,11 @@ class ASGIApp:
         self, app: App, fallback: ASGI3App | None = None, *, lifespan: bool = True
     ) -> None:
         self.app = app
+        """The harpy App whose routes this serves."""
         self.fallback = fallback
+        """The ASGI app for every other request (HTTP, unknown paths), or None."""
         self.lifespan = lifespan
+        """Whether ASGI lifespan events run the App's startup and shutdown hooks."""
         self._server: Host | None = None
         self._limits: dict[int, tuple[Limits, Limits]] = {}
 

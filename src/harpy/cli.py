@@ -25,7 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from .app import App
-from .exceptions import ConfigurationError, HarpyError
+from .exceptions import ConfigurationError, HarpyError, require_extra
 from .server.forwarded import ProxyTrust
 from .workers import parse_workers
 
@@ -60,6 +60,8 @@ def load_app(target: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SystemExit(f"harpy: cannot import {module_name!r}: {exc}") from exc
+    except HarpyError as exc:  # the module built something wrongly: one line, no traceback
+        raise SystemExit(f"harpy: {module_name}: {exc}") from None
     obj = module
     for part in (attr or "app").split("."):
         try:
@@ -85,7 +87,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": record_time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -97,13 +99,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+def record_time(record: logging.LogRecord) -> str:
+    """When the record was made: ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
 class PlainFormatter(logging.Formatter):
-    """The message, then the record's extra fields as ``key=value`` (access-log records)."""
+    """The message; for a record with extra fields (the access log), its time first and the
+    fields its message does not already say after it, as ``key=value``: each field once."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        extra = [f"{k}={v}" for k, v in extra_fields(record).items()]
-        return f"{text} {' '.join(extra)}" if extra else text
+        fields = extra_fields(record)
+        if not fields:
+            return text
+        # The message's arguments are fields it shows already (an access record's message is
+        # ``"%s %s %s" % (event, path, status)``, its fields in the same order first).
+        said = [str(arg) for arg in record.args] if isinstance(record.args, tuple) else []
+        rest = []
+        for key, value in fields.items():
+            if str(value) in said:
+                said.remove(str(value))
+            else:
+                rest.append(f"{key}={value}")
+        return " ".join([record_time(record), text, *rest])
 
 
 def configure_logging(level: str = "info", fmt: str = "plain", *, access_log: bool = True) -> None:
@@ -382,10 +401,11 @@ def reload(argv: Sequence[str], dirs: Sequence[str] | None = None) -> int:
     (default: the current directory) changes.  SIGINT or SIGTERM stop the child gracefully,
     then the reloader."""
     try:
-        from watchfiles import PythonFilter, run_process
-    except ImportError:
-        hint = "pip install 'harpy-ws[reload]'"
-        raise SystemExit(f"harpy: --reload needs watchfiles: {hint}") from None
+        require_extra("watchfiles", "watchfiles", "reload", "--reload")
+    except ConfigurationError as exc:
+        raise SystemExit(f"harpy: {exc}") from None
+    from watchfiles import PythonFilter, run_process
+
     child = [sys.executable, "-m", "harpy", *without_reload(argv)]
     for name in ("RELOAD", "RELOAD_DIR"):  # the child serves; it does not reload in turn
         os.environ.pop(ENV_PREFIX + name, None)

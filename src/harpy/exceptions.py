@@ -6,6 +6,8 @@ a peer only sees a close code and a short, fixed reason.
 
 from __future__ import annotations
 
+import importlib.util
+
 __all__ = [
     "ConfigurationError",
     "HandshakeError",
@@ -16,6 +18,7 @@ __all__ = [
     "ProtocolError",
     "Reject",
     "RouteError",
+    "require_extra",
 ]
 
 
@@ -47,6 +50,7 @@ class ProtocolError(HarpyError):
     def __init__(self, message: str, code: int = 1002) -> None:
         super().__init__(message)
         self.code = code
+        """The close code the connection fails with (1002, 1007, 1009...)."""
 
 
 class PayloadTooBig(ProtocolError):
@@ -64,8 +68,11 @@ class HandshakeError(HarpyError):
     ) -> None:
         super().__init__(f"{status} {reason}".strip())
         self.status = status
+        """The HTTP status of the refusal."""
         self.reason = reason
+        """The reason phrase (and body)."""
         self.headers = headers or []
+        """Extra headers of the refusal (name, value)."""
 
 
 class Reject(HandshakeError):
@@ -77,3 +84,17 @@ class Reject(HandshakeError):
         if not 400 <= status <= 599:
             raise ConfigurationError(f"Reject status must be 4xx or 5xx, not {status}")
         super().__init__(status, reason, headers)
+
+
+def require_extra(module: str, package: str, extra: str, needed_by: str) -> None:
+    """Raise a one-line :class:`ConfigurationError` naming the extra to install when the
+    optional ``module`` (of the PyPI ``package``) cannot be imported; cheap: nothing is imported
+    here."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigurationError(
+            f"{needed_by} needs {package}, which is not installed: pip install 'harpy-ws[{extra}]'"
+        )

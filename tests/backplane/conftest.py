@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from harpy.pubsub.backplane import Backplane, MemoryBackplane, NatsBackplane, RedisBackplane
+from harpy.pubsub.backplane import MemoryBackplane, NatsBackplane, RedisBackplane
+from tests.helpers import MakeBackplane
 from tests.timing import scaled
 
 #: Seconds a server gets to accept TCP connections.
@@ -139,7 +140,6 @@ def nats_url() -> Iterator[str]:
         yield f"nats://{broker.address}"
 
 
-MakeBackplane = Callable[[], Backplane]
 
 
 @pytest.fixture(params=BACKENDS)

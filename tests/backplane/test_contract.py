@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
 from harpy.protocol import OP_BINARY, OP_TEXT
 from harpy.pubsub import GroupKind, Message
 from harpy.pubsub.backplane import (
-    Backplane,
     BackplaneError,
     MemoryBackplane,
     NatsBackplane,
@@ -21,10 +19,9 @@ from harpy.pubsub.backplane import (
 from harpy.pubsub.backplane.base import BackplaneState
 from harpy.pubsub.backplane.envelope import Envelope
 from harpy.pubsub.relay import PRESENCE_CHANNEL, Relay
+from tests.helpers import MakeBackplane
 
 from ..timing import eventually, scaled
-
-MakeBackplane = Callable[[], Backplane]
 
 
 class Inbox:

@@ -19,11 +19,10 @@ from websockets.asyncio.client import ClientConnection, connect
 import harpy
 from harpy.pubsub import GroupKind, PresenceEvent
 from harpy.pubsub.backplane import Backplane
+from tests.helpers import MakeBackplane, recv
 
 from ..helpers import serve
-from ..timing import TIMEOUT, eventually, scaled
-
-MakeBackplane = Callable[[], Backplane]
+from ..timing import eventually, scaled
 
 #: The heartbeat of presence in these tests (seconds): a dead node leaves within 4 of them.
 INTERVAL = 0.2
@@ -84,10 +83,6 @@ def subscribed(app: harpy.App, channel: str) -> Callable[[], bool]:
     backplane = app.backplane
     assert backplane is not None
     return lambda: backplane.is_subscribed(channel)
-
-
-async def recv(client: ClientConnection) -> Any:
-    return await asyncio.wait_for(client.recv(), TIMEOUT)
 
 
 async def test_rooms_cross_nodes_once_and_exclude_the_sender_once(

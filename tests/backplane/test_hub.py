@@ -4,7 +4,6 @@ app, no socket)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,11 +11,10 @@ import pytest
 from harpy import HarpyError
 from harpy.protocol import OP_TEXT
 from harpy.pubsub import GroupKind, Groups, Hub, Message, Presence, PresenceEvent
-from harpy.pubsub.backplane import Backplane, MemoryBackplane
+from harpy.pubsub.backplane import MemoryBackplane
+from tests.helpers import MakeBackplane
 
 from ..timing import eventually, scaled
-
-MakeBackplane = Callable[[], Backplane]
 
 
 class Member:

@@ -12,11 +12,10 @@ from websockets.asyncio.client import ClientConnection, connect
 
 import harpy
 from harpy.pubsub.backplane import Backplane, MemoryBackplane
+from tests.helpers import MakeBackplane
 
 from ..helpers import serve
 from ..timing import eventually
-
-MakeBackplane = Callable[[], Backplane]
 
 
 class Chat:

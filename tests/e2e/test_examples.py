@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import sys
@@ -12,11 +11,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
 import harpy
-from tests.helpers import serve
-from tests.timing import TIMEOUT, eventually
+from tests.helpers import client, recv, serve
+from tests.timing import eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SYNC = {"type": "sync"}
@@ -47,14 +46,6 @@ def chat_app() -> harpy.App:
 def game_app() -> harpy.App:
     app: harpy.App = load_example("game").app
     return app
-
-
-def client(url: str) -> Any:
-    return connect(url, open_timeout=TIMEOUT, close_timeout=TIMEOUT)
-
-
-async def recv(ws: ClientConnection) -> str | bytes:
-    return await asyncio.wait_for(ws.recv(), TIMEOUT)
 
 
 async def recv_json(ws: ClientConnection) -> Any:

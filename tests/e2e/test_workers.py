@@ -282,7 +282,7 @@ CRASHING = textwrap.dedent(
     import logging, sys
     from harpy.workers import Supervisor
     logging.basicConfig(level="INFO", format="%(message)s")
-    sys.exit(Supervisor(lambda index: sys.exit(3), 1, backoff=0.05, stable_after=60).run())
+    sys.exit(Supervisor(lambda index: sys.exit(2), 1, backoff=0.05, stable_after=60).run())
     """
 )
 
@@ -293,7 +293,7 @@ async def test_a_crashing_worker_is_restarted_with_a_growing_back_off() -> None:
     )
     server = Supervised(proc)
     try:
-        delays = await server.wait_for(r"exited with 3 .*restarting in ([\d.]+) s", count=4)
+        delays = await server.wait_for(r"exited with 2 .*restarting in ([\d.]+) s", count=4)
         assert [float(d) for d in delays] == [0.05, 0.1, 0.2, 0.4]
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), scaled(10.0)) == 0

@@ -9,18 +9,13 @@ import time
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import harpy
 from harpy.protocol.handshake import ORIGIN_REFUSED
-from tests.helpers import RawClient, ServeApp, serve
+from tests.helpers import RawClient, ServeApp, client, recv, serve
 from tests.timing import TIMEOUT, eventually, scaled
-
-
-def client(url: str, **kwargs: Any) -> connect:
-    """A websockets client with bounded waits and no proxy from the environment."""
-    return connect(url, proxy=None, open_timeout=TIMEOUT, close_timeout=scaled(2.0), **kwargs)
 
 
 async def refused(url: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
@@ -37,10 +32,6 @@ async def closed(ws: ClientConnection) -> tuple[int | None, str | None]:
     """Wait (bounded) for the server to close; return its close code and reason."""
     await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
     return ws.close_code, ws.close_reason
-
-
-async def recv(ws: ClientConnection) -> str | bytes:
-    return await asyncio.wait_for(ws.recv(), TIMEOUT)
 
 
 class Report:

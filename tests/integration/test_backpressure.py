@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,19 +22,8 @@ CHUNK = 64 * KiB
 @contextlib.asynccontextmanager
 async def slow_reader(url: str, path: str) -> AsyncIterator[RawClient]:
     """An upgraded RawClient with a small receive buffer, so the server's writes back up soon."""
-    host, port = url.removeprefix("ws://").split(":")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
-    sock.setblocking(False)
+    client = await RawClient.slow_reader(url, path, receive_buffer=16 * KiB)
     try:
-        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    except BaseException:
-        sock.close()
-        raise
-    reader, writer = await asyncio.open_connection(sock=sock)
-    client = RawClient(reader, writer)
-    try:
-        assert await client.upgrade(path) == 101
         yield client
     finally:
         await client.close()

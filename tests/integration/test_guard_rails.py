@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 from typing import Any
@@ -29,6 +30,41 @@ def test_a_class_with_no_handler_name_lists_them_and_suggests() -> None:
     assert "open, message, close, drain, error, ping, pong" in text
     assert "'on_message' (did you mean 'message'?)" in text
     assert "'onClose' (did you mean 'close'?)" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [("mesage", "message"), ("on_open", "open"), ("onMessage", "message"),
+     ("Message", "message"), ("handle_close", "close"), ("closse", "close")],
+)  # fmt: skip
+def test_a_method_named_almost_like_a_handler_is_refused_beside_real_ones(
+    name: str, meant: str
+) -> None:
+    def near(self: Any, *args: Any) -> None: ...
+
+    def open(self: Any, ws: Any) -> None: ...
+
+    # Beside a real handler too: else its messages would vanish in silence.
+    cls = type("Chat", (), {"open": open, name: near})
+    with pytest.raises(ConfigurationError) as info:
+        harpy.App().ws("/chat", cls)
+    assert f"{name!r} (did you mean {meant!r}?)" in str(info.value)
+    assert "starts with _" in str(info.value)
+
+
+def test_private_helpers_and_plain_attributes_are_not_handlers() -> None:
+    class Chat:
+        closed = 0  # not callable: state, not a misspelt handler
+
+        def _closed(self) -> None: ...
+
+        def send_all(self) -> None: ...
+
+        def message(self, ws: Any, data: Any) -> None: ...
+
+    app = harpy.App()
+    app.ws("/chat", Chat)
+    assert [route.handlers.message is not None for route in app.routes] == [True]
 
 
 def test_an_object_with_no_handler_name_is_refused() -> None:
@@ -177,3 +213,44 @@ async def test_a_send_after_close_returns_0_and_is_no_error() -> None:
         await asyncio.wait_for(closed.wait(), TIMEOUT)
     assert statuses == [0]
     assert errors == []
+
+
+async def test_an_awaited_send_is_logged_with_the_hint(
+    serve_app: ServeApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = harpy.App()
+
+    @app.ws("/echo")
+    class Echo:
+        async def message(self, ws: harpy.WebSocket[Any], data: str | bytes) -> None:
+            await ws.send(data)  # type: ignore[misc]  # the websockets habit
+
+    async with serve_app(app) as url, connect(f"{url}/echo") as client:
+        await client.send("hi")
+        assert await asyncio.wait_for(client.recv(), TIMEOUT) == "hi"  # sent before the await
+        await asyncio.wait_for(client.wait_closed(), TIMEOUT)
+        assert client.close_code == 1011
+    [record] = [r for r in caplog.records if r.getMessage().startswith("harpy: handler of route")]
+    assert record.exc_info is not None
+    logged = logging.Formatter().formatException(record.exc_info)
+    assert "ws.send() (and send_text" in logged and "is not a coroutine" in logged
+    assert "drain(ws) handler" in logged
+
+
+async def test_an_error_handler_gets_the_awaited_send_hint_too() -> None:
+    notes: list[list[str]] = []
+    app = harpy.App()
+
+    async def message(ws: harpy.WebSocket[Any], data: str | bytes) -> None:
+        await ws.send_json({"echo": data})  # type: ignore[misc]
+
+    def error(ws: harpy.WebSocket[Any], exc: BaseException) -> None:
+        notes.append(getattr(exc, "__notes__", []))
+        ws.close(4000, "bad handler")
+
+    app.ws("/echo", {"message": message, "error": error})
+    async with serve(app) as url, connect(f"{url}/echo") as client:
+        await client.send("hi")
+        await asyncio.wait_for(client.wait_closed(), TIMEOUT)
+        assert client.close_code == 4000
+    assert len(notes) == 1 and "is not a coroutine" in notes[0][0]

@@ -185,19 +185,6 @@ async def test_output_budget_bounds_memory_and_memory_goes_back_after_close() ->
 # ----------------------------------------------------------------- the budget, in process
 
 
-async def _slow_client(url: str, path: str) -> RawClient:
-    """A client with a 4 KiB receive buffer that upgrades, then reads nothing until asked."""
-    host, port = url.removeprefix("ws://").split(":")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    client = RawClient(reader, writer)
-    assert await client.upgrade(path) == 101
-    return client
-
-
 async def _close_code_after_data(client: RawClient) -> int:
     """Read the frames a slow client left unread, up to the close frame; its code."""
     for _ in range(100_000):
@@ -232,7 +219,7 @@ async def test_budget_policy_closes_the_slowest_and_spares_the_fast(policy: str,
 
     count = 2000  # 2 MiB to each subscriber: twice the whole budget
     async with serve(app) as url:
-        slow = [await _slow_client(url, "/slow") for _ in range(4)]
+        slow = [await RawClient.slow_reader(url, "/slow") for _ in range(4)]
         async with connect(url + "/fast", compression=None, max_size=None) as fast:
             await eventually(lambda: app.subscriber_count("t") == 5)
             reader = asyncio.ensure_future(_read_all(fast, count))
@@ -261,7 +248,7 @@ async def test_budget_drop_policy_keeps_the_slow_open_and_counts() -> None:
             sockets.append(ws)
 
     async with serve(app) as url:
-        slow = [await _slow_client(url, "/slow") for _ in range(4)]
+        slow = [await RawClient.slow_reader(url, "/slow") for _ in range(4)]
         await eventually(lambda: app.subscriber_count("t") == 4)
         for seq in range(2000):
             app.publish("t", _payload(seq))
@@ -307,7 +294,7 @@ async def test_drops_are_counted_by_cause_and_warned_about_once_per_interval(
 
     caplog.set_level(logging.WARNING, logger="harpy")
     async with serve(app) as url:
-        client = await _slow_client(url, "/slow")
+        client = await RawClient.slow_reader(url, "/slow")
         await eventually(lambda: app.subscriber_count("t") == 1)
         for seq in range(1000):
             app.publish("t", _payload(seq))

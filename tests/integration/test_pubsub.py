@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 import harpy
-from tests.helpers import RawClient, serve
+from tests.helpers import RawClient, recv, serve
 from tests.timing import TIMEOUT, eventually, scaled
 
 SYNC = "--sync--"
@@ -60,10 +60,6 @@ async def clients(url: str, path: str, *names: str) -> AsyncIterator[list[Client
             )
             out.append(await stack.enter_async_context(client))
         yield out
-
-
-async def recv(client: ClientConnection) -> str | bytes:
-    return await asyncio.wait_for(client.recv(), TIMEOUT)
 
 
 async def recv_n(client: ClientConnection, n: int) -> list[str | bytes]:
@@ -843,17 +839,6 @@ async def test_auto_broadcast_without_a_message_handler() -> None:
 # --------------------------------------------------------------------------------- slow consumers
 
 
-async def raw_slow_client(url: str) -> RawClient:
-    """A raw client with a tiny receive buffer that will never read what it is sent."""
-    host, port = url.removeprefix("ws://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    return RawClient(reader, writer)
-
-
 def shrink_send_buffer(ws: harpy.WebSocket[Any]) -> None:
     """Keep the kernel from absorbing megabytes for a reader that never reads (loopback)."""
     transport = ws._conn.transport  # the server's own socket, below the user API
@@ -907,7 +892,7 @@ async def test_a_slow_consumer_loses_messages_and_the_fast_ones_lose_none() -> N
     payloads = [i.to_bytes(4, "big") + bytes(4 * KiB - 4) for i in range(2000)]
     fast_names = [f"fast{i}" for i in range(5)]
     async with serve(app) as url, clients(url, "/feed", *fast_names) as fast_clients:
-        slow_client = await raw_slow_client(url)
+        slow_client = await RawClient.connect(url, receive_buffer=4096)
         try:
             assert await slow_client.upgrade("/feed?name=slow") == 101
             await eventually(lambda: "slow" in conns)
@@ -940,7 +925,7 @@ async def test_close_on_backpressure_limit_closes_the_slow_consumer_with_1008() 
     payloads = [i.to_bytes(4, "big") + bytes(4 * KiB - 4) for i in range(1000)]
     fast_names = [f"fast{i}" for i in range(5)]
     async with serve(app) as url, clients(url, "/feed", *fast_names) as fast_clients:
-        slow_client = await raw_slow_client(url)
+        slow_client = await RawClient.connect(url, receive_buffer=4096)
         try:
             assert await slow_client.upgrade("/feed?name=slow") == 101
             await eventually(lambda: "slow" in conns)
@@ -973,7 +958,7 @@ async def test_backpressure_limit_bounds_a_burst_published_in_one_tick() -> None
     closed: list[tuple[str, int]] = []
     app = slow_consumer_app(conns, closed)
     async with serve(app) as url:
-        slow_client = await raw_slow_client(url)
+        slow_client = await RawClient.connect(url, receive_buffer=4096)
         try:
             assert await slow_client.upgrade("/feed?name=slow") == 101
             await eventually(lambda: "slow" in conns)
@@ -999,7 +984,7 @@ async def test_a_dropped_message_does_not_corrupt_a_compressed_stream() -> None:
     halves = [os.urandom(1024).hex() for _ in range(401)]
     messages = [halves[i] + halves[i + 1] for i in range(400)]
     async with serve(app) as url:
-        slow_client = await raw_slow_client(url)
+        slow_client = await RawClient.connect(url, receive_buffer=4096)
         try:
             extension = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
             assert await slow_client.upgrade("/feed?name=slow", extension) == 101

@@ -16,12 +16,12 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import harpy
 from harpy.auth import jwt
-from tests.helpers import RawClient, serve
+from tests.helpers import RawClient, client, recv, serve
 from tests.timing import TIMEOUT, scaled
 
 SECRET = "jwt-test-secret-" + "q" * 40
@@ -88,14 +88,6 @@ def forged_signature(token: str) -> str:
     flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
     CREDENTIALS.append(f"{head}.{payload}.{flipped}")
     return f"{head}.{payload}.{flipped}"
-
-
-def client(url: str, **kwargs: Any) -> connect:
-    return connect(url, proxy=None, open_timeout=TIMEOUT, close_timeout=scaled(2.0), **kwargs)
-
-
-async def recv(ws: ClientConnection) -> str | bytes:
-    return await asyncio.wait_for(ws.recv(), TIMEOUT)
 
 
 async def closed(ws: ClientConnection) -> tuple[int | None, str | None]:

@@ -65,8 +65,12 @@ class Route:
         options = make_options(defaults, spec.options, f"ws({spec.pattern!r})")
         #: Also the connection limits this route's connections enforce.
         self.options = options
+        """The route's options: the app's defaults, then its own
+        (:class:`~harpy.app.options.RouteOptions`)."""
         self.pattern = spec.pattern
+        """The path pattern, as registered (``/room/:id``)."""
         self.handlers: Handlers = resolve_handlers(spec.handlers)
+        """The route's handlers, checked when it was registered."""
         self.data_factory = spec.data
         # What the options say, in the form each use wants, derived once.
         self.deflate = DeflateOptions.from_value(options.compression)
@@ -168,6 +172,7 @@ class App(Routes):
             )
         #: Seconds between a stop request and the start of the shutdown (health: 503).
         self.drain_timeout = check_drain_timeout(drain_timeout)
+        """Seconds of the drain period before a graceful shutdown (0: none)."""
         for name, value in (
             ("max_connections", max_connections),
             ("max_connections_per_ip", max_connections_per_ip),
@@ -201,6 +206,7 @@ class App(Routes):
         self.handshake_timeout = handshake_timeout
         self.max_header_size = max_header_size
         self.shutdown_timeout = shutdown_timeout
+        """Seconds a graceful shutdown waits for connections to close before dropping them."""
         self._table: RouteTable[Route] = RouteTable()
         #: ``match(path)``: the route for a raw (still percent-encoded) request path, and its
         #: parameters, or None (the table's own method: no extra call per upgrade).
@@ -217,7 +223,9 @@ class App(Routes):
         self._stopping: asyncio.Event | None = None
         self._draining = False
         self.port: int | None = None
+        """The port the server listens on, once it does (port 0 resolved), else None."""
         self.url: str | None = None
+        """``ws://host:port`` (``wss://`` with TLS) once the server listens, else None."""
         self._drops_before = dict.fromkeys(DROP_REASONS, 0)
 
     def configure_proxies(
@@ -249,6 +257,7 @@ class App(Routes):
 
     @property
     def routes(self) -> list[Route]:
+        """The routes, in the order they were registered."""
         return [route for _, route in self._table]
 
     @property

@@ -1,8 +1,9 @@
 """Turning what a user passes to ``ws()`` (an object, a class or a mapping) into handlers.
 
 Mistakes are caught here, at registration, rather than on the first connection: handlers with
-none of the known names (``on_message`` for ``message``), and handlers that cannot take the
-arguments harpy calls them with.
+none of the known names, a public method whose name is close to a handler's (``mesage``,
+``on_open``, ``onMessage``, ``Message``: it would never be called, and its messages would vanish),
+and handlers that cannot take the arguments harpy calls them with.
 
 One handlers object serves every connection of a route: a class is instantiated once, here.
 Per-connection state belongs in ``ws.data`` (the route's ``data=`` factory makes a fresh one for
@@ -12,6 +13,7 @@ one object, not one per connection.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -43,13 +45,21 @@ class Handlers:
 
     def __init__(self, source: object, found: Mapping[str, Handler | None]) -> None:
         self.source = source
+        """What was passed to ``ws()``: the object (a class's one instance) or the mapping."""
         self.open: Handler | None = found.get("open")
+        """``open(ws)``, or None."""
         self.message: Handler | None = found.get("message")
+        """``message(ws, data)``, or None."""
         self.close: Handler | None = found.get("close")
+        """``close(ws, code, reason)``, or None."""
         self.drain: Handler | None = found.get("drain")
+        """``drain(ws)``, or None."""
         self.error: Handler | None = found.get("error")
+        """``error(ws, exc)``, or None."""
         self.ping: Handler | None = found.get("ping")
+        """``ping(ws, data)``, or None."""
         self.pong: Handler | None = found.get("pong")
+        """``pong(ws, data)``, or None."""
 
     def __repr__(self) -> str:
         names = [n for n in HANDLER_NAMES if getattr(self, n) is not None]
@@ -83,7 +93,8 @@ def resolve_handlers(handlers: object) -> Handlers:
                     f"handler class {cls.__name__} must be constructible without arguments: {exc}"
                 ) from exc
         items = {name: getattr(handlers, name, None) for name in HANDLER_NAMES}
-        candidates = (n for n in dir(handlers) if not n.startswith("__"))
+        candidates = [n for n in dir(handlers) if not n.startswith("__")]
+        _refuse_near_misses(handlers, candidates)
     for name in HANDLER_NAMES:
         fn = items.get(name)
         if fn is not None:
@@ -118,15 +129,37 @@ def _check_signature(name: str, fn: Handler) -> None:
         ) from None
 
 
+def _refuse_near_misses(handlers: object, names: Iterable[str]) -> None:
+    """A public method named almost like a handler is a typo that would never be called: refuse
+    it, naming the handler it probably means (a helper method stays private: ``_name``)."""
+    misses = [
+        n
+        for n in names
+        if not n.startswith("_")
+        and n not in HANDLER_NAMES
+        and _known_name(n) is not None
+        and callable(getattr(handlers, n, None))
+    ]
+    if misses:
+        raise ConfigurationError(
+            f"{_describe(handlers)} has method(s) named like handlers but not one: "
+            f"{_with_hints(misses)}; the handler names are {', '.join(HANDLER_NAMES)} "
+            "(a helper method's name starts with _)"
+        )
+
+
 def _known_name(name: str) -> str | None:
-    """The handler name that ``name`` (``on_message``, ``onMessage``, ``handle_close``...)
-    probably means, or None."""
+    """The handler name that ``name`` (``on_message``, ``onMessage``, ``handle_close``,
+    ``Message``, ``mesage``...) probably means, or None."""
     bare = name.lower().replace("_", "")
     for prefix in ("handle", "on"):
-        if bare.startswith(prefix) and bare != prefix:
-            bare = bare[len(prefix) :]
-            break
-    return bare if bare in HANDLER_NAMES else None
+        if bare.startswith(prefix) and bare[len(prefix) :] in HANDLER_NAMES:
+            return bare[len(prefix) :]
+    if bare in HANDLER_NAMES:
+        return bare
+    # A typo: one letter missing, doubled or swapped (``mesage``, ``opne``, ``closse``).
+    near = difflib.get_close_matches(bare, HANDLER_NAMES, n=1, cutoff=0.8)
+    return near[0] if near else None
 
 
 def _with_hints(names: Iterable[str]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ConfigurationError
+from ..exceptions import require_extra
 
 if TYPE_CHECKING:
     from .app import App
@@ -21,12 +21,9 @@ __all__ = ["make_registry"]
 
 def make_registry(app: App) -> Any:
     """A fresh registry holding ``app``'s collector."""
-    try:
-        from prometheus_client import CollectorRegistry
-    except ImportError:
-        raise ConfigurationError(
-            "metrics need prometheus_client: pip install 'harpy-ws[metrics]'"
-        ) from None
+    require_extra("prometheus_client", "prometheus_client", "metrics", "App(metrics=True)")
+    from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_AppCollector(app))
     return registry

@@ -85,17 +85,18 @@ class Admission(enum.IntEnum):
     (An ``IntEnum``: its members hash as ints, in C, on the per-connection path.)
     """
 
-    #: The upgrade is being decided (routing, limits, origin, ``authenticate``).
     PENDING = 0
-    #: Upgraded, but the first message must authenticate before ``open`` runs.
+    """The upgrade is being decided (routing, limits, origin, ``authenticate``)."""
     AUTHENTICATING = 1
-    #: ``open`` ran: registered with the app, reached by broadcasts, handlers run.
+    """Upgraded, but the first message must authenticate before ``open`` runs."""
     MEMBER = 2
-    #: Refused by authentication after the 101: closing, and no handler runs.
+    """``open`` ran: registered with the app, reached by broadcasts, handlers run."""
     DENIED = 3
-    #: A member that closed: unregistered, out of every topic and room; the handlers already
-    #: queued, then ``close``, still run.
+    """Refused by authentication after the 101: closing, and no handler runs."""
     LEFT = 4
+    """A member that closed: unregistered, out of every topic and room; the handlers already queued,
+    then ``close``, still run.
+    """
 
 
 #: The steps allowed from each state, indexed by the state's value.
@@ -111,12 +112,12 @@ _ADMISSION_STEPS: tuple[frozenset[Admission], ...] = (
 class Dispatch(enum.IntEnum):
     """How the connection's handlers run; IDLE is 0, so ``if dispatch:`` means "busy"."""
 
-    #: No async handler is running: the next event's handler runs at once.
     IDLE = 0
-    #: An async handler is running: later events wait their turn, in order.
+    """No async handler is running: the next event's handler runs at once."""
     RUNNING = 1
-    #: As RUNNING, with ``max_pending_messages`` waiting: reading is paused until they drain.
+    """An async handler is running: later events wait their turn, in order."""
     PAUSED = 2
+    """As RUNNING, with ``max_pending_messages`` waiting: reading is paused until they drain."""
 
 
 _MEMBER = Admission.MEMBER
@@ -714,7 +715,8 @@ class WebSocket(Generic[T]):
         path = self.path
         address = self.remote_address
         access_logger.info(
-            "close %s %s",
+            "%s %s %s",
+            "close",
             path,
             code,
             extra={
@@ -914,6 +916,7 @@ class WebSocket(Generic[T]):
         """A handler raised: ``error(ws, exc)`` decides, else log and close with 1011."""
         errors = self._app.stats.handler_errors
         errors[self.route] = errors.get(self.route, 0) + 1
+        _explain_awaited_send(exc)
         fn = self._handler("error") if not isinstance(exc, _ErrorHandlerFailed) else None
         if fn is None and isinstance(exc, InvalidMessage):
             logger.debug("harpy: route %s: %s", self.route, exc)
@@ -1017,6 +1020,26 @@ def _check_name(name: str, kind: str) -> str:
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"a {kind} name must be a non-empty string, not {name!r}")
     return name
+
+
+#: What ``await ws.send(...)`` (a habit from libraries whose send is a coroutine) raises: the
+#: int that ``send`` returned is not awaitable.  Python 3.11-3.12 and 3.13 word it differently.
+_AWAITED_INT = ("object int can't be used in 'await' expression", "'int' object can't be awaited")
+_AWAITED_SEND_HINT = (
+    "harpy: ws.send() (and send_text, send_binary, send_json, publish, broadcast) is not a "
+    "coroutine: it sends or queues at once and returns an int, so drop the await. To wait for "
+    "the output to drain, give the route a drain(ws) handler: it is called once the buffered "
+    "output falls below write_low_water after send() returned -1."
+)
+
+
+def _explain_awaited_send(exc: BaseException) -> None:
+    """Add the hint to the error of an awaited ``send``: on the error path only, so the send
+    path costs nothing (the note shows in the logged traceback and to an ``error`` handler)."""
+    if isinstance(exc, TypeError) and str(exc) in _AWAITED_INT:
+        notes = getattr(exc, "__notes__", ())
+        if _AWAITED_SEND_HINT not in notes:
+            exc.add_note(_AWAITED_SEND_HINT)
 
 
 class _ErrorHandlerFailed(Exception):

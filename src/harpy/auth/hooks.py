@@ -81,7 +81,9 @@ class Deny(HarpyError):
             raise ConfigurationError("Deny reason is longer than 123 bytes of UTF-8")
         super().__init__(f"{code} {reason}".strip())
         self.code = code
+        """The close code (4000-4999, 1008 by default)."""
         self.reason = reason
+        """The close reason."""
 
 
 class UpgradeRequest:
@@ -94,38 +96,47 @@ class UpgradeRequest:
 
     @property
     def path(self) -> str:
+        """The request path, percent-decoded, without the query string."""
         return self._ws.path
 
     @property
     def route(self) -> str:
+        """The pattern of the route that matched (``/room/:id``)."""
         return self._ws.route
 
     @property
     def params(self) -> dict[str, str]:
+        """The route's path parameters, percent-decoded."""
         return self._ws.params
 
     @property
     def query(self) -> dict[str, str]:
+        """The query string's parameters (the first value of each name)."""
         return self._ws.query
 
     @property
     def query_string(self) -> str:
+        """The raw query string, without the ``?``."""
         return self._ws.query_string
 
     @property
     def headers(self) -> Headers:
+        """The request headers (case-insensitive)."""
         return self._ws.headers
 
     @property
     def cookies(self) -> dict[str, str]:
+        """The request's cookies (RFC 6265; a value with ``=`` stays whole)."""
         return self._ws.cookies
 
     @property
     def remote_address(self) -> str:
+        """The client's IP address."""
         return self._ws.remote_address
 
     @property
     def url(self) -> str:
+        """The URL the client asked for (``ws://host/path?query``)."""
         return self._ws.url
 
     @property
@@ -150,6 +161,7 @@ class FirstMessageAuth(ABC):
     """
 
     timeout: float = 5.0
+    """Seconds the first message may take; then 1008 "Auth Timeout"."""
 
     @abstractmethod
     def verify(self, message: str | bytes) -> Any:

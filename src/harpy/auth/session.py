@@ -73,6 +73,7 @@ class MemoryStore(SessionStore):
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise ConfigurationError("max_sessions must be a whole number >= 1")
         self.max_sessions = max_sessions
+        """Sessions held at most: past it, the oldest are evicted."""
         # id -> (expiry on the monotonic clock, data); insertion order is age order.
         self._data: dict[str, tuple[float, dict[str, Any]]] = {}
 
@@ -80,6 +81,7 @@ class MemoryStore(SessionStore):
         return len(self._data)
 
     async def get(self, session_id: str) -> dict[str, Any] | None:
+        """The data of the session (a copy), or None when it is unknown or expired."""
         entry = self._data.get(session_id)
         if entry is None:
             return None
@@ -90,6 +92,7 @@ class MemoryStore(SessionStore):
         return copy.deepcopy(data)
 
     async def set(self, session_id: str, data: dict[str, Any], ttl: float) -> None:
+        """Keep a copy of ``data`` under ``session_id`` for ``ttl`` seconds."""
         now = time.monotonic()
         self._data.pop(session_id, None)
         self._data[session_id] = (now + ttl, copy.deepcopy(data))
@@ -97,6 +100,7 @@ class MemoryStore(SessionStore):
             self._evict(now)
 
     async def delete(self, session_id: str) -> None:
+        """Forget the session (nothing happens when it is unknown)."""
         self._data.pop(session_id, None)
 
     def _evict(self, now: float) -> None:
@@ -147,13 +151,20 @@ class Session:
             ):
                 raise ConfigurationError(f"{name} must be a string without ';' or line breaks")
         self.store: SessionStore = store if store is not None else MemoryStore()
+        """Where the sessions' data lives (a :class:`MemoryStore` unless given)."""
         self._key = secret
         self.cookie_name = cookie_name
+        """The name of the session cookie."""
         self.ttl = float(ttl)
+        """Seconds a session lives."""
         self.secure = secure
+        """Whether the cookie is ``Secure`` (HTTPS only)."""
         self.same_site = same_site
+        """The cookie's ``SameSite``."""
         self.path = path
+        """The cookie's ``Path``."""
         self.domain = domain
+        """The cookie's ``Domain``, or None."""
 
     def __repr__(self) -> str:
         return f"<Session cookie={self.cookie_name!r} store={type(self.store).__name__}>"

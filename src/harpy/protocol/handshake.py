@@ -311,6 +311,7 @@ class Headers(Mapping[str, str]):
         return len({key for key, _ in self._items})
 
     def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in order (empty when none)."""
         name = name.lower()
         return [value for key, value in self._items if key == name]
 

@@ -240,6 +240,7 @@ class Connections(Generic[M]):
         return members or _EMPTY
 
     def count(self, pattern: str | None = None) -> int:
+        """How many connections are open: on the route ``pattern``, or on every route."""
         return len(self._all) if pattern is None else len(self._by_route.get(pattern, ()))
 
     def add(self, ws: M, pattern: str, receiver: Receiver) -> None:

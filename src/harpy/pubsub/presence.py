@@ -31,12 +31,17 @@ class PresenceEvent(NamedTuple):
     """A connection joined or left a topic or room, on this node (``local``) or another."""
 
     action: Literal["join", "leave"]
-    #: ``GroupKind.TOPIC`` or ``GroupKind.ROOM`` (equal to ``"topic"`` and ``"room"``).
+    """``"join"`` or ``"leave"``."""
     kind: GroupKind
+    """``GroupKind.TOPIC`` or ``GroupKind.ROOM`` (equal to ``"topic"`` and ``"room"``)."""
     group: str
+    """The topic's or room's name."""
     id: str
+    """The connection's id (``ws.id``), unique across nodes."""
     info: dict[str, Any]
+    """What the connection told presence about itself (``ws.presence``)."""
     local: bool
+    """True when the connection is on this node."""
 
 
 Listener = Callable[[PresenceEvent], Any]

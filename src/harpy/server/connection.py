@@ -94,9 +94,13 @@ class ReadyState(enum.IntEnum):
     """As the browser's and Bun's ``readyState``; changed by :meth:`Connection._enter` only."""
 
     CONNECTING = 0
+    """The upgrade is under way."""
     OPEN = 1
+    """Messages flow."""
     CLOSING = 2
+    """A close frame was sent or received."""
     CLOSED = 3
+    """The connection is over."""
 
 
 _CONNECTING = ReadyState.CONNECTING

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..exceptions import ConfigurationError
 from .timers import TimerWheel
 
 if TYPE_CHECKING:
@@ -77,9 +78,25 @@ def release_memory() -> bool:
 
 def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     """A server TLS context from PEM paths (TLS 1.2 or later)."""
+    for kind, path in (("certificate", certfile), ("key", keyfile)):
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"TLS {kind} file {path!r}: {exc.strerror or exc}"
+                ) from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile, keyfile)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as exc:
+        files = f"{certfile!r}" + (f" and key file {keyfile!r}" if keyfile else "")
+        raise ConfigurationError(
+            f"TLS certificate file {files}: not a PEM certificate and its private key "
+            f"that match ({exc.reason or exc})"
+        ) from None
     return context
 
 

@@ -67,14 +67,16 @@ class Backplane(ABC):
             raise ConfigurationError("max_queue must be a whole number >= 1")
         if flush_timeout < 0:
             raise ConfigurationError("flush_timeout must be >= 0")
-        #: Envelopes waiting to be sent past which ``publish`` drops new ones.
         self.max_queue = max_queue
-        #: Seconds ``stop`` waits for queued envelopes to be sent.
+        """Envelopes waiting to be sent past which ``publish`` drops new ones."""
         self.flush_timeout = flush_timeout
-        #: Envelopes dropped: the queue was full (while the server was unreachable, or too slow),
-        #: or the client library took them but could not deliver them to the server.
+        """Seconds ``stop`` waits for queued envelopes to be sent."""
         self.dropped = 0
+        """Envelopes dropped: the queue was full (while the server was unreachable, or too slow), or
+        the client library took them but could not deliver them to the server.
+        """
         self.state = BackplaneState.NEW
+        """``NEW``, then ``RUNNING`` after :meth:`start`, ``STOPPED`` after :meth:`stop`."""
         self._on_message: OnMessage | None = None
         self._topics: set[str] = set()  # subscriptions the server confirmed
         self._receiving: set[str] = set()  # topics whose messages are delivered
@@ -94,6 +96,7 @@ class Backplane(ABC):
 
     @property
     def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
         return self.state is BackplaneState.RUNNING
 
     @property
@@ -109,6 +112,7 @@ class Backplane(ABC):
         return frozenset(self._topics)
 
     def is_subscribed(self, topic: str) -> bool:
+        """Whether this node is subscribed to ``topic`` on the server."""
         return topic in self._topics
 
     async def start(self, on_message: OnMessage) -> None:
@@ -252,9 +256,10 @@ class Backplane(ABC):
             )
 
     def _connection_lost(self, why: str) -> None:
-        """The implementation lost its server: hold queued envelopes until it is back."""
+        """The implementation lost its server: hold queued envelopes until it is back.  The
+        disconnection ``stop()`` itself makes is no loss, and says nothing."""
         online = self._online
-        if online is not None and online.is_set():
+        if online is not None and online.is_set() and not self._closing:
             online.clear()
             logger.warning(
                 "harpy: %r lost its server (%s); holding up to %d messages, %d dropped so far",

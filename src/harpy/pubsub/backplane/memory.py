@@ -21,6 +21,7 @@ class MemoryBackplane(Backplane):
     def __init__(self, name: str = "default", *, max_queue: int = 10_000) -> None:
         super().__init__(max_queue=max_queue)
         self.name = name
+        """The bus joined: backplanes of one process with the same name share messages."""
 
     async def _connect(self) -> None:
         self._buses.setdefault(self.name, {})[self] = None

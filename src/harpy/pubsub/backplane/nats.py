@@ -17,6 +17,7 @@ import contextlib
 import logging
 from typing import Any
 
+from ...exceptions import require_extra
 from .base import Backplane, BackplaneError, Unsent, redact_url
 
 __all__ = ["NatsBackplane", "escape_topic"]
@@ -62,6 +63,7 @@ class NatsBackplane(Backplane):
         start_timeout: float = 5.0,
         **nats_options: Any,
     ) -> None:
+        require_extra("nats", "nats-py", "nats", "NatsBackplane")
         super().__init__(max_queue=max_queue)
         if subject_prefix and (
             any(c.isspace() or c in "*>" for c in subject_prefix)
@@ -70,11 +72,13 @@ class NatsBackplane(Backplane):
         ):
             raise BackplaneError(f"subject_prefix {subject_prefix!r} is not a valid NATS subject")
         self.url = url
+        """The NATS server (``nats://host:4222``, credentials allowed)."""
         self.subject_prefix = subject_prefix
-        #: Seconds ``subscribe`` waits for the server to confirm.
+        """Put before each (escaped) topic to make its NATS subject."""
         self.subscribe_timeout = subscribe_timeout
-        #: Seconds ``start`` waits for the first connection (later reconnects never give up).
+        """Seconds ``subscribe`` waits for the server to confirm."""
         self.start_timeout = start_timeout
+        """Seconds ``start`` waits for the first connection (later reconnects never give up)."""
         self._options = nats_options
         self._nc: Any = None
         self._subs: dict[str, Any] = {}
@@ -82,6 +86,7 @@ class NatsBackplane(Backplane):
         self._disconnects = 0
 
     def subject(self, topic: str) -> str:
+        """The NATS subject that carries ``topic``."""
         return self.subject_prefix + escape_topic(topic)
 
     async def _connect(self) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import Any
 
+from ...exceptions import require_extra
 from .base import Backplane, BackplaneError, redact_url
 
 __all__ = ["RedisBackplane"]
@@ -36,13 +37,16 @@ class RedisBackplane(Backplane):
         subscribe_timeout: float = 5.0,
         **redis_options: Any,
     ) -> None:
+        require_extra("redis", "redis-py", "redis", "RedisBackplane")
         super().__init__(max_queue=max_queue)
         self.url = url
+        """The Redis server (``redis://host:6379/0``; ``rediss://`` for TLS)."""
         self.channel_prefix = channel_prefix
-        #: Seconds between read attempts while the server cannot be reached.
+        """Put before each topic to make its Redis channel (apps sharing a server differ)."""
         self.retry_delay = retry_delay
-        #: Seconds ``subscribe`` waits for the server to confirm.
+        """Seconds between read attempts while the server cannot be reached."""
         self.subscribe_timeout = subscribe_timeout
+        """Seconds ``subscribe`` waits for the server to confirm."""
         self._prefix = channel_prefix.encode("utf-8")
         self._options = redis_options
         self._client: Any = None
