@@ -196,6 +196,42 @@ async def test_a_channel_silent_for_forget_after_starts_a_new_run_and_is_no_gap(
         await receiver.stop()
 
 
+async def test_a_receiver_forgets_an_origin_silent_on_a_channel_for_four_times_forget_after() -> (
+    None
+):
+    """What a receiver keeps is bounded by what is active: an origin silent on a channel is
+    forgotten there (after twice as long as a sender forgets its own channels), and its next
+    envelope starts fresh."""
+    bus = f"losses-{uuid.uuid4().hex[:8]}"
+    got = Received()
+    forget = 0.05
+    receiver = Relay(MemoryBackplane(bus), got, forget_after=forget)
+    receiver.opened(GroupKind.TOPIC, "t")
+    wire = MemoryBackplane(bus)
+    await receiver.start()
+    await wire.start(lambda topic, raw: None)
+    backplane = receiver.backplane
+    try:
+        await eventually(lambda: backplane.is_subscribed("t:t"))
+        run = 3 << 32
+        wire.publish("t:t", envelope(ORIGIN, run | 1))
+        await eventually(lambda: len(got.numbers) == 1)
+        loop = asyncio.get_running_loop()
+        # Heard lately, it is known: a gap is counted.
+        wire.publish("t:t", envelope(ORIGIN, run | 3))
+        await eventually(lambda: backplane.lost == 1)
+        silent_from = loop.time()
+        # Forgotten at the second turn of what was heard (every 2 * forget) after it was last
+        # heard: at most 4 * forget later, plus the timers' lateness.
+        await eventually(lambda: loop.time() - silent_from > 6 * forget, scaled(2.0))
+        wire.publish("t:t", envelope(ORIGIN, run | 9))
+        await eventually(lambda: len(got.numbers) == 3)
+        assert backplane.lost == 1
+    finally:
+        await wire.stop()
+        await receiver.stop()
+
+
 async def test_losses_are_in_the_metrics() -> None:
     bus = f"losses-{uuid.uuid4().hex[:8]}"
     app = harpy.App(metrics=True, backplane=MemoryBackplane(bus))
