@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from prometheus_client import generate_latest
@@ -27,7 +29,7 @@ from harpy.pubsub.backplane import (
     encode_envelope,
 )
 from harpy.pubsub.backplane.envelope import Envelope
-from harpy.pubsub.relay import Relay
+from harpy.pubsub.relay import FORGET_AFTER, Relay
 
 from ..helpers import serve
 from ..timing import TIMEOUT, eventually, scaled
@@ -54,19 +56,32 @@ def envelope(origin: bytes, seq: int, number: int = 0) -> bytes:
     return encode_envelope(origin, Message(OP_BINARY, number.to_bytes(4, "big")), seq=seq)
 
 
+@asynccontextmanager
+async def receiving(
+    got: Received, forget_after: float = FORGET_AFTER
+) -> AsyncIterator[tuple[Relay, MemoryBackplane]]:
+    """A node subscribed to topic ``t``, and the backplane of another node on its bus, which
+    sends envelopes as they are given."""
+    bus = f"losses-{uuid.uuid4().hex[:8]}"
+    receiver = Relay(MemoryBackplane(bus), got, forget_after=forget_after)
+    receiver.opened(GroupKind.TOPIC, "t")
+    wire = MemoryBackplane(bus)
+    await receiver.start()
+    await wire.start(lambda topic, raw: None)
+    try:
+        await eventually(lambda: receiver.backplane.is_subscribed("t:t"))
+        yield receiver, wire
+    finally:
+        await wire.stop()
+        await receiver.stop()
+
+
 async def test_a_receiver_counts_each_gap_by_origin_and_cause(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bus = f"losses-{uuid.uuid4().hex[:8]}"
     got = Received()
-    receiver = Relay(MemoryBackplane(bus), got)
-    receiver.opened(GroupKind.TOPIC, "t")
-    wire = MemoryBackplane(bus)  # another node's backplane, sending envelopes as given
-    await receiver.start()
-    await wire.start(lambda topic, raw: None)
-    backplane = receiver.backplane
-    try:
-        await eventually(lambda: backplane.is_subscribed("t:t"))
+    async with receiving(got) as (receiver, wire):
+        backplane = receiver.backplane
         run = 1 << 32
         # 1, 2, then 5: two lost.  Another origin starts at 40: nothing to compare with.
         for origin, seq in [(ORIGIN, 1), (ORIGIN, 2), (ORIGIN, 5), (OTHER, run | 40)]:
@@ -100,9 +115,6 @@ async def test_a_receiver_counts_each_gap_by_origin_and_cause(
         wire.publish("t:t", envelope(bytes(8), 1 << 32 | 1001))
         await eventually(lambda: len(got.numbers) == 9)
         assert backplane.lost == 6
-    finally:
-        await wire.stop()
-        await receiver.stop()
 
 
 async def test_a_sender_numbers_every_kind_of_group_per_channel() -> None:
@@ -202,17 +214,10 @@ async def test_a_receiver_forgets_an_origin_silent_on_a_channel_for_four_times_f
     """What a receiver keeps is bounded by what is active: an origin silent on a channel is
     forgotten there (after twice as long as a sender forgets its own channels), and its next
     envelope starts fresh."""
-    bus = f"losses-{uuid.uuid4().hex[:8]}"
     got = Received()
     forget = 0.05
-    receiver = Relay(MemoryBackplane(bus), got, forget_after=forget)
-    receiver.opened(GroupKind.TOPIC, "t")
-    wire = MemoryBackplane(bus)
-    await receiver.start()
-    await wire.start(lambda topic, raw: None)
-    backplane = receiver.backplane
-    try:
-        await eventually(lambda: backplane.is_subscribed("t:t"))
+    async with receiving(got, forget) as (receiver, wire):
+        backplane = receiver.backplane
         run = 3 << 32
         wire.publish("t:t", envelope(ORIGIN, run | 1))
         await eventually(lambda: len(got.numbers) == 1)
@@ -227,9 +232,6 @@ async def test_a_receiver_forgets_an_origin_silent_on_a_channel_for_four_times_f
         wire.publish("t:t", envelope(ORIGIN, run | 9))
         await eventually(lambda: len(got.numbers) == 3)
         assert backplane.lost == 1
-    finally:
-        await wire.stop()
-        await receiver.stop()
 
 
 async def test_losses_are_in_the_metrics() -> None:

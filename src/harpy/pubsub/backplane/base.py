@@ -96,8 +96,7 @@ class Backplane(ABC):
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self._last_warning = -1e9
-        self._last_loss_warning = -1e9
+        self._warned: dict[str, float] = {}  # when each kind of warning was last logged
         self._online: asyncio.Event | None = None  # set while the server is reachable
 
     # ----------------------------------------------------------------- public API
@@ -203,9 +202,7 @@ class Backplane(ABC):
             folded = ("other", oldest[1])
             losses[folded] = losses.get(folded, 0) + losses.pop(oldest)
         losses[key] = losses.get(key, 0) + count
-        now = asyncio.get_running_loop().time()
-        if now - self._last_loss_warning >= WARN_EVERY:
-            self._last_loss_warning = now
+        if self._warning_due("lost"):
             logger.warning(
                 "harpy: %r lost %d message(s) from node %s (%s); %d lost so far",
                 self,
@@ -278,12 +275,18 @@ class Backplane(ABC):
         if self.state is not BackplaneState.RUNNING:
             raise BackplaneError(f"cannot {action}: {self!r} is {self.state.value}, call start()")
 
+    def _warning_due(self, kind: str) -> bool:
+        """Whether to log a warning of ``kind`` now: at most one every ``WARN_EVERY`` s."""
+        now = asyncio.get_running_loop().time()
+        if now - self._warned.get(kind, float("-inf")) < WARN_EVERY:
+            return False
+        self._warned[kind] = now
+        return True
+
     def _drop(self, count: int, why: str) -> None:
         """Count ``count`` lost envelopes; warn at most every 5 s, with the running count."""
         self.dropped += count
-        now = asyncio.get_running_loop().time()
-        if now - self._last_warning >= WARN_EVERY:
-            self._last_warning = now
+        if self._warning_due("dropped"):
             logger.warning(
                 "harpy: %r dropped %d message(s) (%s); %d dropped so far",
                 self,
