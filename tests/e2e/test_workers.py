@@ -25,7 +25,13 @@ from websockets.exceptions import ConnectionClosed
 
 import harpy
 from harpy.cli import main
-from harpy.workers import EmbeddedNats, find_nats_server, parse_workers
+from harpy.workers import (
+    EmbeddedNats,
+    embedded_jetstream_from_env,
+    find_nats_server,
+    parse_workers,
+    run_workers,
+)
 from tests.timing import TIMEOUT, eventually, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -351,3 +357,104 @@ def test_an_embedded_nats_server_that_cannot_start_is_a_clear_error(tmp_path: Pa
     with pytest.raises(harpy.HarpyError, match=r"exited with 7:\n.*no config for you"):
         nats.start()
     assert nats.url is None and nats.pid is None
+
+
+#: The bound, from the moment the embedded nats-server is killed, on a room message crossing
+#: the workers again: its restart (0.5 s back-off), then nats-py's reconnection (every 2 s).
+CROSSES_AGAIN_WITHIN = 10.0
+
+
+async def test_a_killed_embedded_nats_server_is_restarted_and_the_workers_reconnect() -> None:
+    env = {"HARPY_EMBEDDED_JETSTREAM": "1"}
+    async with supervised(
+        "examples.workers:app", "--workers", "2", "--port", "0", env=env
+    ) as server:
+        (url,) = await server.wait_for(r"2 workers on (ws://\S+)", timeout=scaled(15.0))
+        started = r"embedded nats-server \(pid (\d+)\) on (\S+), JetStream in (\S+)"
+        await server.wait_for(started)
+        nats_pid, address, store = next(
+            m.groups() for line in server.lines if (m := re.search(started, line))
+        )
+        assert Path(store).is_dir() and Path(store).stat().st_mode & 0o777 == 0o700
+        await server.wait_for(r"(listening on)", count=2, timeout=scaled(15.0))
+        clients = await connect_until(url, lambda pids: len(pids) == 2)
+        first, second = sorted(set(clients.values()))
+        await assert_a_group_crosses(clients, first, second, "room")
+
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        os.kill(int(nats_pid), signal.SIGKILL)
+        await server.wait_for(rf"embedded nats-server \(pid {nats_pid}\) (killed by SIGKILL)")
+        await server.wait_for(r"embedded nats-server \(pid (\d+)\) on", count=2)
+        restarts = [m.groups() for line in server.lines if (m := re.search(started, line))]
+        assert len(restarts) == 2 and restarts[1][0] != nats_pid
+        assert restarts[1][1:] == (address, store)  # same address, same JetStream folder
+        new_pid = int(restarts[1][0])
+
+        # A room message crosses the workers again, within the bound.
+        publisher = next(c for c, pid in clients.items() if pid == first)
+        remote = next(c for c, pid in clients.items() if pid == second)
+        deadline = killed_at + scaled(CROSSES_AGAIN_WITHIN)
+        for probe in range(200):
+            assert loop.time() < deadline, "no room message crossed after the restart"
+            await publisher.send(json.dumps({"type": "say", "room": "news", "text": probe}))
+            try:
+                message = json.loads(await asyncio.wait_for(remote.recv(), scaled(0.2)))
+            except TimeoutError:
+                continue
+            assert message["pid"] == first and message["room"] == "news"
+            break
+        else:
+            raise AssertionError("no room message crossed after the restart")
+        # Every member has the probes (held by the worker during the outage, some may follow):
+        # each reads up to a last one.
+        await publisher.send(json.dumps({"type": "say", "room": "news", "text": "last"}))
+        for client in clients:
+            if client is not publisher:
+                await receive_until(client, "last")
+
+        await stop_gracefully(server, signal.SIGTERM, clients)
+        assert gone(new_pid) and not Path(store).exists()
+
+
+async def test_embedded_jetstream_answers_keeps_its_store_across_a_restart_and_removes_it() -> None:
+    import nats
+
+    server = EmbeddedNats(find_nats_server(), start_timeout=scaled(10.0), jetstream=True)
+    url = server.start()
+    store = server.store_dir
+    try:
+        assert store is not None and store.stat().st_mode & 0o777 == 0o700
+        client = await nats.connect(url)
+        try:
+            js = client.jetstream()
+            await js.add_stream(name="history", subjects=["history.>"])
+            ack = await js.publish("history.lobby", b"kept")
+            assert (ack.stream, ack.seq) == ("history", 1)
+        finally:
+            await client.close()
+        # Killed and started again: the same address, the same password, the same store.
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await eventually(lambda: server.exit_status() is not None, scaled(5.0))
+        server.restart()
+        assert server.pid != pid and server.url == url
+        client = await nats.connect(url)
+        try:
+            info = await client.jetstream().stream_info("history")
+            assert info.state.messages == 1
+        finally:
+            await client.close()
+    finally:
+        server.stop()
+    assert not store.exists() and server.store_dir is None and server.url is None
+
+
+def test_a_bad_embedded_jetstream_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARPY_EMBEDDED_JETSTREAM", "maybe")
+    with pytest.raises(harpy.ConfigurationError, match="HARPY_EMBEDDED_JETSTREAM must be 1 or 0"):
+        run_workers(harpy.App(), "127.0.0.1", 0, 2)
+    for value, on in [("1", True), ("on", True), ("0", False), ("", False)]:
+        monkeypatch.setenv("HARPY_EMBEDDED_JETSTREAM", value)
+        assert embedded_jetstream_from_env() is on

@@ -124,3 +124,11 @@ class _AppCollector:
                 "Envelopes the backplane dropped",
                 value=backplane.dropped,
             )
+            lost = CounterMetricFamily(
+                "harpy_backplane_lost",
+                "Envelopes from other nodes that never arrived here, by origin node and cause",
+                labels=["origin", "cause"],
+            )
+            for (origin, cause), count in sorted(backplane.losses.items()):
+                lost.add_metric([origin, cause], count)
+            yield lost

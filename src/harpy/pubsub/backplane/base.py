@@ -26,6 +26,12 @@ logger = logging.getLogger("harpy")
 #: ``on_message(topic, envelope)``: called on the event loop for each message received.
 OnMessage = Callable[[str, bytes], None]
 
+#: Seconds between two warnings about drops or losses (each carries the running count).
+WARN_EVERY = 5.0
+#: ``(origin, cause)`` pairs kept apart in :attr:`Backplane.losses`; past it the oldest origin's
+#: counts are folded into the origin ``"other"`` (a node that restarts has a new id each time).
+MAX_LOSS_ORIGINS = 1024
+
 
 class BackplaneError(HarpyError):
     """A backplane is used in a state that does not allow it, or cannot reach its server."""
@@ -60,6 +66,8 @@ class Backplane(ABC):
     ones are dropped and counted in :attr:`dropped`.  ``subscribe`` returns once the server has
     taken the subscription, so a message published after that is received.  Delivery is
     at-most-once: send errors are logged on the ``harpy`` logger and the envelope is lost.
+    What other nodes sent and never reached this one is counted in :attr:`lost` by whoever reads
+    the envelopes' sequences (the relay), through :meth:`count_lost`.
     """
 
     def __init__(self, *, max_queue: int = 10_000, flush_timeout: float = 2.0) -> None:
@@ -75,6 +83,12 @@ class Backplane(ABC):
         """Envelopes dropped: the queue was full (while the server was unreachable, or too slow), or
         the client library took them but could not deliver them to the server.
         """
+        self.lost = 0
+        """Envelopes from other nodes that never arrived here: gaps in their sequences."""
+        self.losses: dict[tuple[str, str], int] = {}
+        """:attr:`lost` by ``(origin node id in hex, cause)``; see :meth:`count_lost`."""
+        self.disconnections = 0
+        """Times the server was lost (a receiver's gap across one is a loss while disconnected)."""
         self.state = BackplaneState.NEW
         """``NEW``, then ``RUNNING`` after :meth:`start`, ``STOPPED`` after :meth:`stop`."""
         self._on_message: OnMessage | None = None
@@ -84,7 +98,7 @@ class Backplane(ABC):
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self._last_warning = -1e9
+        self._warned: dict[str, float] = {}  # when each kind of warning was last logged
         self._online: asyncio.Event | None = None  # set while the server is reachable
 
     # ----------------------------------------------------------------- public API
@@ -165,18 +179,42 @@ class Backplane(ABC):
             logger.exception("harpy: error while disconnecting %r", self)
         self._on_message = None
 
-    def publish(self, topic: str, envelope: bytes) -> None:
-        """Queue ``envelope`` for ``topic`` and return at once (callable from sync code)."""
+    def publish(self, topic: str, envelope: bytes) -> bool:
+        """Queue ``envelope`` for ``topic`` and return at once (callable from sync code): True,
+        or False when the queue is full and it was dropped (and counted in :attr:`dropped`)."""
         if self.state is not BackplaneState.RUNNING:
             raise BackplaneError(f"cannot publish: {self!r} is {self.state.value}, call start()")
         queue = self._queue
         if len(queue) >= self.max_queue:
             self._drop(1, "queue full")
-            return
+            return False
         queue.append((topic, envelope))
         wake = self._wake
         if wake is not None and not wake.is_set():
             wake.set()
+        return True
+
+    def count_lost(self, origin: str, count: int, cause: str) -> None:
+        """Count ``count`` envelopes that node ``origin`` sent and that never arrived here, for
+        ``cause`` (``"disconnected"``: this node was away from the server meanwhile;
+        ``"unknown"``); warn at most every 5 s, with the running count."""
+        self.lost += count
+        losses = self.losses
+        key = (origin, cause)
+        if key not in losses and len(losses) >= MAX_LOSS_ORIGINS:
+            oldest = next(k for k in losses if k[0] != "other")
+            folded = ("other", oldest[1])
+            losses[folded] = losses.get(folded, 0) + losses.pop(oldest)
+        losses[key] = losses.get(key, 0) + count
+        if self._warning_due("lost"):
+            logger.warning(
+                "harpy: %r lost %d message(s) from node %s (%s); %d lost so far",
+                self,
+                count,
+                origin,
+                cause,
+                self.lost,
+            )
 
     async def subscribe(self, topic: str) -> None:
         """Receive ``topic``; returns once the server has the subscription.  Idempotent."""
@@ -241,12 +279,18 @@ class Backplane(ABC):
         if self.state is not BackplaneState.RUNNING:
             raise BackplaneError(f"cannot {action}: {self!r} is {self.state.value}, call start()")
 
+    def _warning_due(self, kind: str) -> bool:
+        """Whether to log a warning of ``kind`` now: at most one every ``WARN_EVERY`` s."""
+        now = asyncio.get_running_loop().time()
+        if now - self._warned.get(kind, float("-inf")) < WARN_EVERY:
+            return False
+        self._warned[kind] = now
+        return True
+
     def _drop(self, count: int, why: str) -> None:
         """Count ``count`` lost envelopes; warn at most every 5 s, with the running count."""
         self.dropped += count
-        now = asyncio.get_running_loop().time()
-        if now - self._last_warning >= 5.0:
-            self._last_warning = now
+        if self._warning_due("dropped"):
             logger.warning(
                 "harpy: %r dropped %d message(s) (%s); %d dropped so far",
                 self,
@@ -261,6 +305,7 @@ class Backplane(ABC):
         online = self._online
         if online is not None and online.is_set() and not self._closing:
             online.clear()
+            self.disconnections += 1
             logger.warning(
                 "harpy: %r lost its server (%s); holding up to %d messages, %d dropped so far",
                 self,
