@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from . import (
     auth,
+    channels,
     workers,
 )
 from .app import Admission, App, Connections, Dispatch, Handlers, Route, Router, WebSocket
@@ -74,5 +75,6 @@ __all__ = [
     "WebSocket",
     "__version__",
     "auth",
+    "channels",
     "workers",
 ]

@@ -179,6 +179,15 @@ class Relay:
             seq = self._next_seq(channel)
             self._put(channel, seq, encode_envelope(self.node_id, message, seq=seq))
 
+    def topic_envelope(self, topic: str, opcode: int) -> tuple[str, bytes] | None:
+        """The backplane channel of ``topic`` and the bytes an envelope of a message with
+        ``opcode`` has before its payload (None while not running): for a store that publishes
+        in the same atomic step as it writes (Redis history) what :meth:`publish` would."""
+        if self._task is None:
+            return None
+        head = encode_envelope(self.node_id, Message(opcode, b""))
+        return TOPIC_PREFIX + topic, head
+
     def broadcast_rooms(self, rooms: list[str], route: str | None, message: Message) -> None:
         """Send ``message`` to the members of ``rooms`` (on ``route``) on the other nodes: one
         envelope per room channel, each naming every room, so a receiver gets one copy."""

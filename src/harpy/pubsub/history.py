@@ -1,0 +1,169 @@
+"""History streams: the last publications of a channel, each with its offset, under an epoch.
+
+A channel's stream gives every publication an offset (1, 2, 3 ... by one per channel) and
+names the stream's life with an epoch: a new epoch only when the stored state was lost (a
+restarted process with memory history, a Redis key that expired).  A client that remembers
+``(offset, epoch)`` asks :meth:`History.since` for what it missed; when the epoch differs, or
+the stream no longer reaches back that far, it cannot be told exactly what it missed.
+
+:class:`History` is the small interface every store implements (memory here, Redis Streams in
+:mod:`harpy.pubsub.redis_history`); one contract suite (``tests/channels/test_history.py``)
+runs over each.  :meth:`History.append` assigns the offset and stores the publication in one
+atomic step, so two nodes appending to one channel never hand out one offset.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import NamedTuple
+
+__all__ = ["Announce", "History", "MemoryHistory", "Position", "Stored", "make_epoch"]
+
+_LETTERS = string.ascii_letters
+
+
+def make_epoch() -> str:
+    """A new epoch: 8 random letters (as Centrifuge's own)."""
+    return "".join(secrets.choice(_LETTERS) for _ in range(8))
+
+
+class Position(NamedTuple):
+    """The top of a channel's stream: the last offset handed out (0: none yet) and the epoch."""
+
+    offset: int
+    epoch: str
+
+
+class Stored(NamedTuple):
+    """One publication in a stream: its offset and the bytes stored for it (the publication's
+    JSON object, without offset and epoch, which the reader adds)."""
+
+    offset: int
+    body: bytes
+
+
+class Announce(NamedTuple):
+    """A message a store publishes with the append: ``head + offset + middle + epoch + tail``
+    on the backplane channel ``channel`` (the bytes around the position are fixed before the
+    position is known)."""
+
+    channel: str
+    head: bytes
+    middle: bytes
+    tail: bytes
+
+    def message(self, position: Position) -> bytes:
+        return b"".join(
+            (self.head, b"%d" % position.offset, self.middle, position.epoch.encode(), self.tail)
+        )
+
+
+class History(ABC):
+    """Where the channels' publications are kept for recovery.
+
+    ``size`` (publications) and ``ttl`` (seconds) bound each channel's stream; they are
+    passed per call, since they are options of the channel's namespace.
+    """
+
+    #: True when :meth:`append` itself sends the publication to the other nodes (given an
+    #: :class:`Announce`), in the same atomic step: then the caller delivers it only here.
+    announces: bool = False
+
+    @abstractmethod
+    async def append(
+        self, channel: str, body: bytes, size: int, ttl: float, announce: Announce | None = None
+    ) -> Position:
+        """Give the next offset of ``channel`` to ``body``, store it (keeping the last ``size``
+        publications, for ``ttl`` seconds after the last append) and return its position.
+
+        With ``announce`` (and :attr:`announces`), also publish ``announce.message(position)``
+        on ``announce.channel`` of the backplane, in the same atomic step."""
+
+    @abstractmethod
+    async def top(self, channel: str) -> Position:
+        """The channel's position now (offset 0 and a fresh epoch for a channel never seen)."""
+
+    @abstractmethod
+    async def since(self, channel: str, offset: int, limit: int) -> tuple[list[Stored], Position]:
+        """Stored publications with an offset above ``offset``, oldest first (at most ``limit``
+        of them; ``limit < 0``: all), and the top.  Those evicted are simply not there: the
+        caller compares the first offset with ``offset + 1``."""
+
+    @abstractmethod
+    async def latest(self, channel: str, limit: int) -> tuple[list[Stored], Position]:
+        """The last ``limit`` stored publications (``limit < 0``: all), newest first, and the
+        top."""
+
+    async def start(self) -> None:
+        """Connect to the store, if it has one."""
+        return None
+
+    async def stop(self) -> None:
+        """Close the store's connections."""
+        return None
+
+
+class _Stream:
+    __slots__ = ("epoch", "expires", "items", "offset")
+
+    def __init__(self) -> None:
+        self.epoch = make_epoch()
+        self.offset = 0
+        self.items: deque[Stored] = deque()
+        self.expires = 0.0
+
+
+class MemoryHistory(History):
+    """History in this process's memory: for one node (a restart begins new epochs)."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, _Stream] = {}
+        self._clock = time.monotonic
+
+    def _stream(self, channel: str) -> _Stream:
+        """The channel's stream; its publications dropped once ``ttl`` passed since the last
+        append (its offset and epoch stay: a client further back is told it missed some)."""
+        stream = self._streams.get(channel)
+        if stream is None:
+            stream = self._streams[channel] = _Stream()
+        elif stream.expires and stream.expires <= self._clock():
+            stream.items.clear()
+            stream.expires = 0.0
+        return stream
+
+    async def append(
+        self, channel: str, body: bytes, size: int, ttl: float, announce: Announce | None = None
+    ) -> Position:
+        stream = self._stream(channel)
+        stream.offset += 1
+        items = stream.items
+        items.append(Stored(stream.offset, body))
+        while len(items) > max(size, 0):
+            items.popleft()
+        stream.expires = self._clock() + ttl if ttl > 0 else 0.0
+        return Position(stream.offset, stream.epoch)
+
+    async def top(self, channel: str) -> Position:
+        stream = self._stream(channel)
+        return Position(stream.offset, stream.epoch)
+
+    async def since(self, channel: str, offset: int, limit: int) -> tuple[list[Stored], Position]:
+        stream = self._stream(channel)
+        found = [item for item in stream.items if item.offset > offset]
+        if limit >= 0:
+            found = found[:limit]
+        return found, Position(stream.offset, stream.epoch)
+
+    async def latest(self, channel: str, limit: int) -> tuple[list[Stored], Position]:
+        stream = self._stream(channel)
+        found = list(reversed(stream.items))
+        if limit >= 0:
+            found = found[:limit]
+        return found, Position(stream.offset, stream.epoch)
+
+    def __repr__(self) -> str:
+        return f"<MemoryHistory {len(self._streams)} channels>"
