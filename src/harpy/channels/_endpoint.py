@@ -577,7 +577,8 @@ class Channels:
             if isinstance(answer, Mapping):
                 extra = {"data": answer["data"]} if "data" in answer else {}
                 return answer.get("info"), 0.0, extra
-            return None, 0.0, {}
+            if answer is True:
+                return None, 0.0, {}
         if namespace.allow_subscribe:
             return None, 0.0, {}
         raise codes.PERMISSION_DENIED
@@ -794,13 +795,10 @@ class Channels:
             raise codes.BAD_REQUEST
         data = request["data"]
         hook = self.hooks.get("publish")
-        if hook is not None:
-            answer = await _maybe_await(hook(client, channel, data))
-            if answer is False:
-                raise codes.PERMISSION_DENIED
-            if isinstance(answer, Mapping) and "data" in answer:
-                data = answer["data"]
-        elif not namespace.allow_publish:
+        answer = None if hook is None else await _maybe_await(hook(client, channel, data))
+        if isinstance(answer, Mapping) and "data" in answer:
+            data = answer["data"]
+        elif answer is False or (answer is None and not namespace.allow_publish):
             raise codes.PERMISSION_DENIED
         await self.publish(channel, data)
         return {}
