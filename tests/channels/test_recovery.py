@@ -1,0 +1,183 @@
+"""Recovery with the official centrifuge-python SDK: a client cut off for 2 s while 1,000
+publications go out gets every one exactly once and in order; across a restart of its server
+process with Redis history (recovered, the publisher being another node) and with memory
+history (told ``recovered: false``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from harpy.channels import Channels
+from tests.channels.proxy import Proxy
+from tests.channels.sdk import SubEvents, make_client
+from tests.channels.server_app import make_app
+from tests.helpers import serve
+from tests.timing import scaled
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MISSED = 1000
+
+
+async def _collect(events: SubEvents, count: int) -> list[Any]:
+    """The next ``count`` publications' data (bounded: each within TIMEOUT)."""
+    return [(await events.next("publication")).pub.data["n"] for _ in range(count)]
+
+
+async def test_a_client_cut_off_for_two_seconds_gets_all_1000_once_in_order() -> None:
+    app, endpoint = make_app("memory")
+    assert isinstance(endpoint, Channels)
+    async with serve(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        proxy = Proxy(port)
+        await proxy.start()
+        client, client_events = make_client(
+            f"ws://127.0.0.1:{proxy.port}/connection/websocket", max_reconnect_delay=0.3
+        )
+        try:
+            await client.connect()
+            events = SubEvents()
+            await client.new_subscription("chat:cut", events).subscribe()
+            first = await events.next("subscribed")
+            assert first.recoverable
+            for n in range(10):
+                await endpoint.publish("chat:cut", {"n": n})
+            assert await _collect(events, 10) == list(range(10))
+            await proxy.cut()
+            started = time.monotonic()
+            # 1,000 publications spread over the 2 s the client is away.
+            for batch in range(20):
+                for n in range(50):
+                    await endpoint.publish("chat:cut", {"n": 10 + batch * 50 + n})
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - started)))
+            await proxy.restore()
+            again = await events.next("subscribed", scaled(10.0))
+            assert again.was_recovering and again.recovered
+            got = await _collect(events, MISSED)
+            assert got == list(range(10, 10 + MISSED))
+            await endpoint.publish("chat:cut", {"n": -1})
+            assert await _collect(events, 1) == [-1]  # nothing else came in between
+            assert events.pending("publication") == 0
+            assert client_events.pending("disconnected") == 0
+        finally:
+            await client.disconnect()
+            await proxy.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """``tests/channels/server_app.py`` in a process of its own, killed and started again on
+    one port."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = _free_port()
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "tests.channels.server_app", str(self.port), *self.args]
+        self.proc = subprocess.Popen(argv, cwd=ROOT)
+        deadline = time.monotonic() + scaled(15.0)
+        for _ in range(math.ceil(scaled(15.0) / 0.05)):
+            if self.proc.poll() is not None:
+                pytest.fail(f"the server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        pytest.fail("the server did not listen in time")
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(scaled(10.0))
+
+
+@contextlib.contextmanager
+def server_process(*args: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(*args)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@contextlib.asynccontextmanager
+async def subscribed_client(port: int) -> AsyncIterator[tuple[Any, SubEvents]]:
+    client, _ = make_client(
+        f"ws://127.0.0.1:{port}/connection/websocket", max_reconnect_delay=0.3
+    )
+    await client.connect()
+    events = SubEvents()
+    await client.new_subscription("chat:restart", events).subscribe()
+    try:
+        yield client, events
+    finally:
+        await client.disconnect()
+
+
+async def test_a_restarted_server_with_redis_history_recovers_what_another_node_published(
+    redis_url: str,
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    publisher_app, publisher = make_app("redis", redis_url, prefix)
+    assert isinstance(publisher, Channels)
+    with server_process("redis", redis_url, prefix) as node:
+        async with serve(publisher_app), subscribed_client(node.port) as (_, events):
+            first = await events.next("subscribed")
+            assert first.recoverable and first.stream_position.offset == 0
+            # Live, from the other node: the Redis script announced each to this node.
+            for n in range(10):
+                await publisher.publish("chat:restart", {"n": n})
+            assert await _collect(events, 10) == list(range(10))
+            node.kill()
+            for n in range(10, 10 + MISSED):
+                await publisher.publish("chat:restart", {"n": n})
+            await asyncio.to_thread(node.start)
+            again = await events.next("subscribed", scaled(15.0))
+            assert again.was_recovering and again.recovered
+            assert again.stream_position.epoch == first.stream_position.epoch
+            assert await _collect(events, MISSED) == list(range(10, 10 + MISSED))
+            await publisher.publish("chat:restart", {"n": -1})
+            assert await _collect(events, 1) == [-1]
+            assert events.pending("publication") == 0
+
+
+async def test_a_restarted_server_with_memory_history_says_not_recovered() -> None:
+    with server_process("memory") as node:
+        async with subscribed_client(node.port) as (client, events):
+            first = await events.next("subscribed")
+            for n in range(5):
+                await client.publish("chat:restart", {"n": n})
+            assert await _collect(events, 5) == list(range(5))
+            node.kill()
+            await asyncio.to_thread(node.start)
+            again = await events.next("subscribed", scaled(15.0))
+            assert again.was_recovering and not again.recovered
+            assert again.stream_position.epoch != first.stream_position.epoch
+            await client.publish("chat:restart", {"n": 99})
+            assert await _collect(events, 1) == [99]
+            assert events.pending("publication") == 0
