@@ -88,7 +88,11 @@ async def test_two_stores_on_one_state_never_hand_out_one_offset(make_history: M
     try:
         results = await asyncio.wait_for(
             asyncio.gather(
-                *(h.append("shared", b'{"data":0}', 1000, 0) for _ in range(100) for h in (one, two))
+                *(
+                    h.append("shared", b'{"data":0}', 1000, 0)
+                    for _ in range(100)
+                    for h in (one, two)
+                )
             ),
             TIMEOUT,
         )
@@ -141,5 +145,3 @@ async def test_redis_keeps_the_epoch_across_store_restarts(redis_url: str) -> No
 async def test_memory_history_of_a_new_process_is_a_new_epoch() -> None:
     one, two = MemoryHistory(), MemoryHistory()
     assert (await one.top("a")).epoch != (await two.top("a")).epoch
-
-

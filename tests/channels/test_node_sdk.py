@@ -61,7 +61,9 @@ class Driver:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[ref] = future
         assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"op": op, "as": who, "ref": ref, **args}) + "\n").encode())
+        self.proc.stdin.write(
+            (json.dumps({"op": op, "as": who, "ref": ref, **args}) + "\n").encode()
+        )
         await self.proc.stdin.drain()
         return await asyncio.wait_for(future, TIMEOUT)
 
@@ -78,7 +80,10 @@ async def node_driver() -> AsyncIterator[Driver]:
     if node is None or not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "centrifuge")):
         pytest.fail("Node and the centrifuge SDK are needed: run `make node-deps`")
     proc = await asyncio.create_subprocess_exec(
-        node, "driver.js", cwd=NODE_DIR, stdin=asyncio.subprocess.PIPE,
+        node,
+        "driver.js",
+        cwd=NODE_DIR,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
     driver = Driver(proc)

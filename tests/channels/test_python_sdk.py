@@ -13,6 +13,7 @@ import websockets
 from centrifuge import ReplyError
 
 import harpy
+from harpy import ConfigurationError
 from harpy.channels import ChannelError, ChannelOptions, Channels, Client, MemoryHistory, Namespace
 from tests.channels.conftest import SECRET, token
 from tests.channels.sdk import SubEvents, make_client
@@ -385,3 +386,12 @@ async def test_send_reaches_the_message_hook() -> None:
         )
         await _exchange(url, [frame], 2)
         assert hooks.messages == [{"typing": True}]
+
+
+async def test_memory_history_with_a_backplane_is_refused_at_startup() -> None:
+    """Two processes would hand out offsets of their own for one channel."""
+    app = harpy.App(backplane=harpy.MemoryBackplane("channels-refused"))
+    app.channels("/c", {}, _options())
+    with pytest.raises(ConfigurationError, match="MemoryHistory is one process's"):
+        await app.listen("127.0.0.1", 0)
+    await app.shutdown()

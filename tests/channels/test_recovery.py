@@ -127,9 +127,7 @@ def server_process(*args: str) -> Iterator[ServerProcess]:
 
 @contextlib.asynccontextmanager
 async def subscribed_client(port: int) -> AsyncIterator[tuple[Any, SubEvents]]:
-    client, _ = make_client(
-        f"ws://127.0.0.1:{port}/connection/websocket", max_reconnect_delay=0.3
-    )
+    client, _ = make_client(f"ws://127.0.0.1:{port}/connection/websocket", max_reconnect_delay=0.3)
     await client.connect()
     events = SubEvents()
     await client.new_subscription("chat:restart", events).subscribe()

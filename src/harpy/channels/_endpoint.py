@@ -24,7 +24,7 @@ from ..auth import jwt
 from ..exceptions import ConfigurationError, HarpyError
 from ..protocol import OP_TEXT, Message
 from ..pubsub import fan_out
-from ..pubsub.history import Announce, Position, Stored
+from ..pubsub.history import Announce, MemoryHistory, Position, Stored
 from . import _codes as codes
 from ._channel import LOCAL_TOPIC, PUSH_TOPIC, Channel, Held, push_prefix
 from ._codes import ChannelError, Disconnect
@@ -179,8 +179,19 @@ class Channels:
         self.errors: dict[int, int] = {}
         history = self.history
         if history is not None:
-            app.on_startup(history.start)
+            app.on_startup(self._start_history)
             app.on_shutdown(history.stop)
+
+    async def _start_history(self) -> None:
+        history = self.history
+        assert history is not None
+        uses = any(self.options.keeps_history(n) for n in self.options.all_namespaces())
+        if uses and isinstance(history, MemoryHistory) and self.app.backplane is not None:
+            raise ConfigurationError(
+                "MemoryHistory is one process's: with a backplane (or --workers) give the "
+                "channels a shared history (RedisHistory)"
+            )
+        await history.start()
 
     # ----------------------------------------------------------------- Python's side
 

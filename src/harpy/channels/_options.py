@@ -102,5 +102,8 @@ class ChannelOptions:
             return self.default
         return self.namespaces.get(name)
 
+    def all_namespaces(self) -> list[Namespace]:
+        return [self.default, *self.namespaces.values()]
+
     def keeps_history(self, namespace: Namespace) -> bool:
         return self.history is not None and namespace.history_size > 0
