@@ -8,9 +8,9 @@ from typing import Any
 
 import jwt as pyjwt
 
-from tests.backplane.conftest import redis_broker, redis_url
+from tests.backplane.conftest import nats_url, redis_broker, redis_url
 
-__all__ = ["SECRET", "redis_broker", "redis_url", "token"]
+__all__ = ["SECRET", "nats_url", "redis_broker", "redis_url", "token"]
 
 #: The HMAC key of the tests' tokens (HS256 wants 32 bytes at least).
 SECRET = "channels-test-secret-0123456789abcdef"

@@ -20,11 +20,19 @@ CHAT = Namespace(
 )
 
 
-def make_app(kind: str, url: str = "", prefix: str = "harpy:") -> tuple[harpy.App, object]:
-    """The app and its endpoint: memory history, or Redis history and backplane at ``url``."""
+def make_app(
+    kind: str, url: str = "", prefix: str = "harpy:", nats_url: str = ""
+) -> tuple[harpy.App, object]:
+    """The app and its endpoint: memory history, or Redis history at ``url`` and a Redis
+    backplane there (or a NATS one at ``nats_url``)."""
     history: History
     if kind == "redis":
-        app = harpy.App(backplane=harpy.RedisBackplane(url, channel_prefix=prefix))
+        backplane: harpy.Backplane = (
+            harpy.NatsBackplane(nats_url, subject_prefix=prefix.replace(":", "."))
+            if nats_url
+            else harpy.RedisBackplane(url, channel_prefix=prefix)
+        )
+        app = harpy.App(backplane=backplane)
         history = RedisHistory(url, key_prefix=prefix + "history:", channel_prefix=prefix)
     else:
         app = harpy.App()
