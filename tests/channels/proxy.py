@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Awaitable, Callable
 
 
 class Proxy:
@@ -63,3 +65,23 @@ class Proxy:
         await self.cut()
         for task in list(self._tasks):
             task.cancel()
+
+
+async def publish_while_cut(
+    proxy: Proxy,
+    publish: Callable[[int], Awaitable[object]],
+    first: int,
+    count: int = 1000,
+    seconds: float = 2.0,
+) -> None:
+    """Cut ``proxy``, ``publish(n)`` for ``count`` numbers from ``first``, spread over the
+    ``seconds`` the clients are away, then let them back."""
+    await proxy.cut()
+    started = time.monotonic()
+    batches = 20
+    for batch in range(batches):
+        for i in range(count // batches):
+            await publish(first + batch * (count // batches) + i)
+        await asyncio.sleep(seconds / batches / 2)
+    await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
+    await proxy.restore()
