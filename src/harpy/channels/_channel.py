@@ -8,8 +8,9 @@ Channel ``C`` is three harpy topics:
   per message on this node): raw subscribers get the data, channel subscribers the push.
 * ``PUSH_TOPIC + C``: the pushes of the channel (publications with their offsets, join,
   leave), built once by the publisher and carried to every node by the backplane.
-* ``LOCAL_TOPIC + C``: the connections subscribed to the channel on this node (their presence,
-  across nodes, is the channel's presence).  Only this node's channel writes to it.
+* ``LOCAL_TOPIC + endpoint path + C``: the connections subscribed to the channel on this node
+  (their presence, across nodes, is the channel's presence).  Only this node's channel writes
+  to it.
 
 A channel with history checks each publication's offset against the last it passed on: a gap
 (one was lost between nodes) or a new epoch unsubscribes the local subscribers with code 2500,
@@ -26,7 +27,7 @@ from ..protocol import OP_TEXT, Message
 from ..pubsub import Hub, fan_out
 from ..pubsub.history import Position
 
-__all__ = ["LOCAL_TOPIC", "PUSH_TOPIC", "Channel", "Held", "push_prefix", "wrap_raw"]
+__all__ = ["LOCAL_TOPIC", "PUSH_TOPIC", "Channel", "Held", "local_topic", "push_prefix", "wrap_raw"]
 
 #: Topic name prefixes reserved by channels.
 PUSH_TOPIC = "\x00ch:"
@@ -38,6 +39,12 @@ Held = tuple[int, str, Message]
 _OFFSET = b',"offset":'
 _EPOCH = b',"epoch":"'
 _TAIL = b'"}}}'
+
+
+def local_topic(endpoint: str, channel: str) -> str:
+    """The topic of the subscribers of ``channel`` through the endpoint at path ``endpoint``
+    (two endpoints of an app each deliver to their own)."""
+    return f"{LOCAL_TOPIC}{endpoint}\x00{channel}"
 
 
 def push_prefix(channel: str) -> bytes:
@@ -114,14 +121,19 @@ class Channel:
     presence: dict[str, Any] = {}  # noqa: RUF012 - never written: a member's presence info
 
     def __init__(
-        self, hub: Hub[Any], name: str, positioned: bool, on_gap: Callable[[Channel], None]
+        self,
+        hub: Hub[Any],
+        name: str,
+        positioned: bool,
+        on_gap: Callable[[Channel], None],
+        endpoint: str,
     ) -> None:
         self._hub = hub
         self._on_gap = on_gap
         self.name = name
         self.id = PUSH_TOPIC + name
         self.push = PUSH_TOPIC + name
-        self.local = LOCAL_TOPIC + name
+        self.local = local_topic(endpoint, name)
         self.positioned = positioned
         self.prefix = push_prefix(name)
         #: The subscriber being set up -> the pushes that came meanwhile.

@@ -26,7 +26,7 @@ from ..protocol import OP_TEXT, Message
 from ..pubsub import fan_out
 from ..pubsub.history import Announce, MemoryHistory, Position, Stored
 from . import _codes as codes
-from ._channel import LOCAL_TOPIC, PUSH_TOPIC, Channel, Held, push_prefix
+from ._channel import PUSH_TOPIC, Channel, Held, local_topic, push_prefix
 from ._codes import ChannelError, Disconnect
 from ._options import ChannelOptions, Namespace
 
@@ -469,7 +469,7 @@ class Channels:
                 raise codes.UNAUTHORIZED
         if isinstance(found, Mapping):
             claims: Mapping[str, Any] = found
-        elif token:
+        elif token and self._strict is not None:
             claims = self._verify(token)
         elif hook is not None or self.options.anonymous or self._strict is None:
             claims = {}
@@ -681,7 +681,7 @@ class Channels:
         subs = client._subs  # noqa: SLF001
         if subs.pop(channel, None) is None:
             return False
-        client.ws.unsubscribe(LOCAL_TOPIC + channel)
+        client.ws.unsubscribe(self._local(channel))
         if client.ws.ready_state == 1:
             unsubscribe = {"code": code, "reason": reason}
             client.write({"push": {"channel": channel, "unsubscribe": unsubscribe}})
@@ -701,8 +701,13 @@ class Channels:
     def _channel(self, name: str, positioned: bool) -> Channel:
         here = self._channels.get(name)
         if here is None:
-            here = self._channels[name] = Channel(self.app.hub, name, positioned, self._on_gap)
+            here = Channel(self.app.hub, name, positioned, self._on_gap, self.path)
+            self._channels[name] = here
         return here
+
+    def _local(self, channel: str) -> str:
+        """The topic of this endpoint's subscribers of ``channel`` (on every node)."""
+        return local_topic(self.path, channel)
 
     def _drop_if_idle(self, here: Channel) -> None:
         if here.idle() and self._channels.get(here.name) is here:
@@ -772,7 +777,7 @@ class Channels:
         channel, _ = self._check_channel(request)
         subs = client._subs  # noqa: SLF001
         if subs.pop(channel, None) is not None:
-            client.ws.unsubscribe(LOCAL_TOPIC + channel)
+            client.ws.unsubscribe(self._local(channel))
             self._left(client, channel)
         return {}
 
@@ -861,7 +866,7 @@ class Channels:
         if not namespace.presence or presence is None:
             raise codes.NOT_AVAILABLE
         self._may_read(client, channel, namespace.allow_presence)
-        found = self.app.present(topic=LOCAL_TOPIC + channel)
+        found = self.app.present(topic=self._local(channel))
         return {k: v for k, v in found.items() if isinstance(v, dict) and "client" in v}
 
     async def _cmd_presence(
