@@ -395,3 +395,26 @@ async def test_memory_history_with_a_backplane_is_refused_at_startup() -> None:
     with pytest.raises(ConfigurationError, match="MemoryHistory is one process's"):
         await app.listen("127.0.0.1", 0)
     await app.shutdown()
+
+
+async def test_a_subscription_token_is_refreshed_on_the_subscription() -> None:
+    asked: list[str] = []
+
+    async def get_token(channel: str) -> str:
+        asked.append(channel)
+        return token("ivy", ttl=2, channel=channel)
+
+    async with channels_app() as (_, endpoint, url):
+        client, _ = make_client(url, token=token("ivy"))
+        await client.connect()
+        events = SubEvents()
+        sub = client.new_subscription("private:ivy", events, get_token=get_token)
+        await sub.subscribe()
+        await events.next("subscribed")
+        # Its token lives 2 s: the SDK sends sub_refresh with a new one, staying subscribed.
+        await eventually(lambda: len(asked) >= 2, what="a sub_refresh")
+        assert asked == ["private:ivy"] * len(asked)
+        assert events.pending("unsubscribed") == 0 and events.pending("subscribing") == 1
+        await endpoint.publish("private:ivy", {"still": "here"})
+        assert (await events.next("publication")).pub.data == {"still": "here"}
+        await client.disconnect()
