@@ -9,6 +9,7 @@ import harpy
 from harpy.channels import ChannelOptions, MemoryHistory, Namespace
 from harpy.pubsub.history import History
 from harpy.pubsub.redis_history import RedisHistory
+from tests.channels.conftest import SECRET
 
 #: Every channel of namespace "chat": history of 5,000 for 5 minutes; anyone may do anything.
 CHAT = Namespace(
@@ -37,7 +38,9 @@ def make_app(
     else:
         app = harpy.App()
         history = MemoryHistory()
-    options = ChannelOptions(history=history, anonymous=True, namespaces={"chat": CHAT})
+    options = ChannelOptions(
+        secret=SECRET, history=history, anonymous=True, namespaces={"chat": CHAT}
+    )
     endpoint = app.channels("/connection/websocket", {}, options)
     return app, endpoint
 

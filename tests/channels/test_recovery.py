@@ -18,9 +18,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import jwt
 import pytest
 
 from harpy.channels import Channels
+from tests.channels.conftest import SECRET
 from tests.channels.proxy import Proxy, publish_while_cut
 from tests.channels.sdk import SubEvents, make_client
 from tests.channels.server_app import make_app
@@ -216,4 +218,34 @@ async def test_publisher_on_another_node_and_a_client_cut_off_for_two_seconds(
                 await there.publish("chat:restart", {"n": -1})
                 assert await _collect(events, 1) == [-1]
         finally:
+            await proxy.stop()
+
+
+async def test_a_server_side_subscription_recovers_through_connect() -> None:
+    """Channels of the connection token: on reconnect the SDK sends their positions in
+    ``connect``'s ``subs`` and gets what it missed in the connect reply's subscriptions."""
+    app, endpoint = make_app("memory")
+    assert isinstance(endpoint, Channels)
+    async with serve(app) as url:
+        proxy = Proxy(int(url.rsplit(":", 1)[1]))
+        await proxy.start()
+        mine = jwt.encode({"sub": "zed", "channels": ["chat:zed"]}, SECRET)
+        client, events = make_client(
+            f"ws://127.0.0.1:{proxy.port}/connection/websocket", token=mine
+        )
+        try:
+            await client.connect()
+            first = await events.next("subscribed")
+            assert (first.channel, first.recoverable) == ("chat:zed", True)
+            await endpoint.publish("chat:zed", {"n": 0})
+            assert (await events.next("publication")).pub.data == {"n": 0}
+            await publish_while_cut(
+                proxy, lambda n: endpoint.publish("chat:zed", {"n": n}), 1, count=100
+            )
+            again = await events.next("subscribed", scaled(10.0))
+            assert again.was_recovering and again.recovered
+            got = [(await events.next("publication")).pub.data["n"] for _ in range(100)]
+            assert got == list(range(1, 101))
+        finally:
+            await client.disconnect()
             await proxy.stop()

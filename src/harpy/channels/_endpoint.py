@@ -227,10 +227,11 @@ class Channels:
         head = push_prefix(channel) + body[:-1] + b',"offset":'
         middle, tail = b',"epoch":"', b'"}}}'
         topic = PUSH_TOPIC + channel
-        envelope = hub.topic_envelope(topic, OP_TEXT) if history.announces else None
         announce = None
-        if envelope is not None and getattr(history, "shares", lambda b: False)(hub.backplane):
-            announce = Announce(envelope[0], envelope[1] + head, middle, tail)
+        if history.shares(hub.backplane):
+            envelope = hub.topic_envelope(topic, OP_TEXT)
+            if envelope is not None:
+                announce = Announce(envelope[0], envelope[1] + head, middle, tail)
         lock = self._locks.get(channel)
         if lock is None:
             lock = self._locks[channel] = asyncio.Lock()

@@ -69,10 +69,6 @@ class History(ABC):
     passed per call, since they are options of the channel's namespace.
     """
 
-    #: True when :meth:`append` itself sends the publication to the other nodes (given an
-    #: :class:`Announce`), in the same atomic step: then the caller delivers it only here.
-    announces: bool = False
-
     @abstractmethod
     async def append(
         self, channel: str, body: bytes, size: int, ttl: float, announce: Announce | None = None
@@ -80,8 +76,9 @@ class History(ABC):
         """Give the next offset of ``channel`` to ``body``, store it (keeping the last ``size``
         publications, for ``ttl`` seconds after the last append) and return its position.
 
-        With ``announce`` (and :attr:`announces`), also publish ``announce.message(position)``
-        on ``announce.channel`` of the backplane, in the same atomic step."""
+        With ``announce`` (given when :meth:`shares` the app's backplane), also publish
+        ``announce.message(position)`` on the backplane channel ``announce.channel``, in the
+        same atomic step."""
 
     @abstractmethod
     async def top(self, channel: str) -> Position:
@@ -97,6 +94,11 @@ class History(ABC):
     async def latest(self, channel: str, limit: int) -> tuple[list[Stored], Position]:
         """The last ``limit`` stored publications (``limit < 0``: all), newest first, and the
         top."""
+
+    def shares(self, backplane: object) -> bool:
+        """Whether :meth:`append` can announce on ``backplane`` itself (then the caller
+        delivers the publication only on this node)."""
+        return False
 
     async def start(self) -> None:
         """Connect to the store, if it has one."""

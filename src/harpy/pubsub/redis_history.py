@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..exceptions import ConfigurationError
+from .backplane.redis import RedisBackplane
 from .history import Announce, History, Position, Stored, make_epoch
 
 __all__ = ["RedisHistory"]
@@ -76,8 +77,6 @@ class RedisHistory(History):
     channel's epoch and offset outlive its last publication.
     """
 
-    announces = True
-
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379",
@@ -103,9 +102,9 @@ class RedisHistory(History):
         """Whether ``backplane`` is a Redis backplane on this server and prefix (then appends
         announce, and no other publish is needed)."""
         return (
-            getattr(backplane, "url", None) == self.url
-            and getattr(backplane, "channel_prefix", None) == self.channel_prefix
-            and type(backplane).__name__ == "RedisBackplane"
+            isinstance(backplane, RedisBackplane)
+            and backplane.url == self.url
+            and backplane.channel_prefix == self.channel_prefix
         )
 
     async def start(self) -> None:
