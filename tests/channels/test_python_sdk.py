@@ -79,7 +79,8 @@ async def channels_app(
     """A harpy app with presence, the channels endpoint, and a raw route subscribing to the
     topic named in its path; yields the app, the endpoint and the endpoint's URL."""
     app = harpy.App(presence=True)
-    endpoint = app.channels("/connection/websocket", hooks or Hooks(), _options(**kwargs))
+    handlers = Hooks() if hooks is None else hooks
+    endpoint = app.channels("/connection/websocket", handlers, _options(**kwargs))
 
     @app.ws("/raw/:topic")
     class Raw:
@@ -418,3 +419,48 @@ async def test_a_subscription_token_is_refreshed_on_the_subscription() -> None:
         await endpoint.publish("private:ivy", {"still": "here"})
         assert (await events.next("publication")).pub.data == {"still": "here"}
         await client.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ({"id": 2, "subscribe": []}, 107),
+        ({"id": 2, "subscribe": {"channel": 5}}, 107),
+        ({"id": 2, "subscribe": {"channel": "chat:" + "x" * 300}}, 106),
+        ({"id": 2, "publish": {"channel": "chat:a"}}, 107),
+        ({"id": 2, "history": {"channel": "chat:a", "limit": "ten"}}, 107),
+        ({"id": 2, "history": {"channel": "news:a", "limit": 1}}, 108),
+        ({"id": 2, "history": {"channel": "chat:a", "since": {"offset": 0, "epoch": "x"}}}, 112),
+        ({"id": 2, "presence": {"channel": "news:a"}}, 108),
+        ({"id": 2, "rpc": {"method": 7}}, 107),
+        ({"id": 2, "sub_refresh": {"channel": "chat:a", "token": "t"}}, 103),
+        ({"id": 2, "unsubscribe": {}}, 107),
+        ({"id": 2, "connect": {}}, 3501),
+        ({"id": "2", "rpc": {"method": "echo"}}, 3501),
+        ({"id": -1, "rpc": {"method": "echo"}}, 3501),
+        ({"rpc": {"method": "echo"}}, 3501),
+        ({"id": 2, "refresh": {"token": ""}}, 3501),
+        ({"send": {"data": 1}}, 3508),
+    ],
+)
+async def test_a_bad_command_gets_the_protocol_answer_and_is_counted(
+    command: dict[str, Any], expected: int
+) -> None:
+    async with channels_app({}) as (_, endpoint, url):
+        connect = json.dumps({"id": 1, "connect": {"token": token("kim")}})
+        async with websockets.connect(url) as raw:
+            await raw.send(connect + "\n" + json.dumps(command))
+            first = json.loads(await asyncio.wait_for(raw.recv(), TIMEOUT))
+            assert first["connect"]["client"]
+            if expected >= 3000:
+                await asyncio.wait_for(raw.wait_closed(), TIMEOUT)
+                assert raw.close_code == expected
+            else:
+                reply = json.loads(await asyncio.wait_for(raw.recv(), TIMEOUT))
+                assert reply["id"] == 2 and reply["error"]["code"] == expected
+                assert reply["error"]["message"]
+                # The connection goes on.
+                await raw.send(json.dumps({"id": 3, "rpc": {"method": "nope"}}))
+                after = json.loads(await asyncio.wait_for(raw.recv(), TIMEOUT))
+                assert after["error"]["code"] == 104
+        assert endpoint.errors[expected] == 1
