@@ -464,3 +464,34 @@ async def test_a_bad_command_gets_the_protocol_answer_and_is_counted(
                 after = json.loads(await asyncio.wait_for(raw.recv(), TIMEOUT))
                 assert after["error"]["code"] == 104
         assert endpoint.errors[expected] == 1
+
+
+async def test_a_subscription_not_refreshed_in_time_is_ended_with_2501() -> None:
+    async with channels_app(expired_close_delay=0.2) as (_, endpoint, url):
+        frame = "\n".join(
+            [
+                json.dumps({"id": 1, "connect": {"token": token("lea")}}),
+                json.dumps(
+                    {
+                        "id": 2,
+                        "subscribe": {
+                            "channel": "private:lea",
+                            "token": token("lea", ttl=1, channel="private:lea"),
+                        },
+                    }
+                ),
+            ]
+        )
+        async with websockets.connect(url) as raw:
+            await raw.send(frame)
+            replies = [json.loads(await asyncio.wait_for(raw.recv(), TIMEOUT)) for _ in range(2)]
+            assert replies[1]["subscribe"]["expires"] is True
+            assert replies[1]["subscribe"]["ttl"] >= 1
+            push = json.loads(await asyncio.wait_for(raw.recv(), scaled(5.0)))
+            assert push == {
+                "push": {
+                    "channel": "private:lea",
+                    "unsubscribe": {"code": 2501, "reason": "subscription expired"},
+                }
+            }
+        assert endpoint.errors[2501] == 1

@@ -61,13 +61,15 @@ def _dumps(value: Any) -> str:
 class _Sub:
     """One subscription of a client."""
 
-    __slots__ = ("expires_at", "info", "positioned", "server_side")
+    __slots__ = ("expires_at", "info", "positioned", "server_side", "timer")
 
     def __init__(self, positioned: bool, server_side: bool, info: Any, expires_at: float) -> None:
         self.positioned = positioned
         self.server_side = server_side
         self.info = info
         self.expires_at = expires_at
+        #: Ends the subscription ``expired_close_delay`` after ``expires_at`` (0: never).
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Client:
@@ -375,6 +377,9 @@ class Channels:
                 timer.cancel()
         subs = client._subs  # noqa: SLF001
         channels = list(subs)
+        for sub in subs.values():
+            if sub.timer is not None:
+                sub.timer.cancel()
         subs.clear()
         for channel in channels:
             self._left(client, channel)
@@ -652,7 +657,8 @@ class Channels:
         text = _dumps(result)
         if publications:
             text = text[:-1] + ',"publications":[' + ",".join(publications) + "]}"
-        subs[channel] = _Sub(positioned, server_side, info, expires_at)
+        subs[channel] = sub = _Sub(positioned, server_side, info, expires_at)
+        self._watch_expiry(client, channel, sub)
         ws = client.ws
 
         def finish() -> None:
@@ -668,6 +674,23 @@ class Channels:
         after.append(finish)
         return text
 
+    def _watch_expiry(self, client: Client, channel: str, sub: _Sub) -> None:
+        """Unsubscribe with 2501 (the SDK resubscribes with a new token) a subscription not
+        refreshed ``expired_close_delay`` after its token's expiry."""
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+        if sub.expires_at:
+            delay = sub.expires_at - time.time() + self.options.expired_close_delay
+            sub.timer = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self._sub_expired, client, channel, sub
+            )
+
+    def _sub_expired(self, client: Client, channel: str, sub: _Sub) -> None:
+        if client._subs.get(channel) is sub:  # noqa: SLF001
+            self.errors[2501] = self.errors.get(2501, 0) + 1
+            self.unsubscribe_client(client, channel, *codes.Unsubscribe.EXPIRED)
+
     async def subscribe_server_side(self, client: Client, channel: str) -> None:
         """Subscribe a connected ``client`` to ``channel`` (a subscribe push tells its SDK)."""
         if not client.connected:
@@ -680,8 +703,11 @@ class Channels:
 
     def unsubscribe_client(self, client: Client, channel: str, code: int, reason: str) -> bool:
         subs = client._subs  # noqa: SLF001
-        if subs.pop(channel, None) is None:
+        sub = subs.pop(channel, None)
+        if sub is None:
             return False
+        if sub.timer is not None:
+            sub.timer.cancel()
         client.ws.unsubscribe(self._local(channel))
         if client.ws.ready_state == 1:
             unsubscribe = {"code": code, "reason": reason}
@@ -776,8 +802,10 @@ class Channels:
         self, client: Client, request: dict[str, Any], after: list[Callable[[], None]]
     ) -> dict[str, Any]:
         channel, _ = self._check_channel(request)
-        subs = client._subs  # noqa: SLF001
-        if subs.pop(channel, None) is not None:
+        sub = client._subs.pop(channel, None)  # noqa: SLF001
+        if sub is not None:
+            if sub.timer is not None:
+                sub.timer.cancel()
             client.ws.unsubscribe(self._local(channel))
             self._left(client, channel)
         return {}
@@ -801,6 +829,7 @@ class Channels:
                 raise
             raise codes.INVALID_TOKEN from None
         sub.expires_at = expires_at
+        self._watch_expiry(client, channel, sub)
         extra.pop("data", None)
         return extra
 
