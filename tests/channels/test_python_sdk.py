@@ -17,7 +17,7 @@ from harpy import ConfigurationError
 from harpy.channels import ChannelError, ChannelOptions, Channels, Client, MemoryHistory, Namespace
 from tests.channels.conftest import SECRET, token
 from tests.channels.sdk import SubEvents, make_client
-from tests.helpers import serve
+from tests.helpers import ServeApp, serve
 from tests.timing import TIMEOUT, eventually, scaled
 
 OPEN = Namespace(
@@ -74,7 +74,7 @@ def _options(**kwargs: Any) -> ChannelOptions:
 
 @contextlib.asynccontextmanager
 async def channels_app(
-    hooks: object = None, **kwargs: Any
+    hooks: object = None, serve_with: ServeApp = serve, **kwargs: Any
 ) -> AsyncIterator[tuple[harpy.App, Channels, str]]:
     """A harpy app with presence, the channels endpoint, and a raw route subscribing to the
     topic named in its path; yields the app, the endpoint and the endpoint's URL."""
@@ -87,12 +87,13 @@ async def channels_app(
         def open(self, ws: harpy.WebSocket[Any]) -> None:
             ws.subscribe(ws.params["topic"])
 
-    async with serve(app) as url:
+    async with serve_with(app) as url:
         yield app, endpoint, url + "/connection/websocket"
 
 
-async def test_connect_with_a_token_then_rpc() -> None:
-    async with channels_app() as (_, endpoint, url):
+async def test_connect_with_a_token_then_rpc(serve_app: ServeApp) -> None:
+    """Natively and under uvicorn through the ASGI adapter."""
+    async with channels_app(serve_with=serve_app) as (_, endpoint, url):
         client, events = make_client(url, token=token("alice", info={"name": "Alice"}))
         await client.connect()
         connected = await events.next("connected")
@@ -183,8 +184,10 @@ async def test_subscribe_with_and_without_permission() -> None:
         await vip.disconnect()
 
 
-async def test_publish_reaches_channel_and_raw_subscribers_and_history_keeps_it() -> None:
-    async with channels_app() as (app, endpoint, url):
+async def test_publish_reaches_channel_and_raw_subscribers_and_history_keeps_it(
+    serve_app: ServeApp,
+) -> None:
+    async with channels_app(serve_with=serve_app) as (app, endpoint, url):
         base = url.rsplit("/connection", 1)[0]
         client, _ = make_client(url, token=token("alice"))
         await client.connect()
