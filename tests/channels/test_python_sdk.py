@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import websockets
-from centrifuge import ReplyError
+from centrifuge import ReplyError, StreamPosition
 
 import harpy
 from harpy import ConfigurationError
@@ -217,6 +217,12 @@ async def test_publish_reaches_channel_and_raw_subscribers_and_history_keeps_it(
         assert [p.offset for p in newest.publications] == [2]
         since = await sub.history(limit=10, since=subscribed.stream_position)
         assert [p.offset for p in since.publications] == [1, 2]
+        oldest = await sub.history(limit=1)
+        assert [p.offset for p in oldest.publications] == [1]
+        before = await sub.history(limit=5, since=StreamPosition(2, history.epoch), reverse=True)
+        assert [p.offset for p in before.publications] == [1]
+        top_only = await sub.history()
+        assert (top_only.publications, top_only.offset) == ([], 2)
         await client.disconnect()
 
 

@@ -868,26 +868,24 @@ class Channels:
         limit = cap if limit < 0 or limit > cap else limit
         since = request.get("since")
         reverse = request.get("reverse") is True
-        stored: list[Stored]
-        if isinstance(since, dict):
+        offset = 0
+        top = await history.top(channel)
+        if since is not None:
+            if not isinstance(since, dict):
+                raise codes.BAD_REQUEST
             offset, epoch = since.get("offset", 0), since.get("epoch", "")
             if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
                 raise codes.BAD_REQUEST
-            top = await history.top(channel)
             if epoch and epoch != top.epoch:
                 raise codes.UNRECOVERABLE
-            if reverse:
-                stored, top = await history.latest(channel, cap)
-                stored = [s for s in stored if s.offset < offset or not offset][:limit]
-            else:
-                stored, top = await history.since(channel, offset, limit)
-        elif limit == 0:
-            stored, top = [], await history.top(channel)
-        elif reverse:
-            stored, top = await history.latest(channel, limit)
-        else:
-            stored, top = await history.latest(channel, limit)
-            stored.reverse()
+        # As Centrifuge: limit 0 gives only the position; forward from the oldest kept (or
+        # from ``since``), reverse from the newest (or from before ``since``).
+        stored: list[Stored] = []
+        if limit and reverse:
+            stored, top = await history.latest(channel, cap)
+            stored = [s for s in stored if not offset or s.offset < offset][:limit]
+        elif limit:
+            stored, top = await history.since(channel, offset, limit)
         pubs = ",".join(_pub(s, top.epoch) for s in stored)
         return f'{{"publications":[{pubs}],"epoch":{_dumps(top.epoch)},"offset":{top.offset}}}'
 
