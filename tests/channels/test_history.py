@@ -145,3 +145,17 @@ async def test_redis_keeps_the_epoch_across_store_restarts(redis_url: str) -> No
 async def test_memory_history_of_a_new_process_is_a_new_epoch() -> None:
     one, two = MemoryHistory(), MemoryHistory()
     assert (await one.top("a")).epoch != (await two.top("a")).epoch
+
+
+async def test_memory_history_forgets_channels_unused_for_meta_ttl() -> None:
+    history = MemoryHistory(meta_ttl=0.2)
+    kept = await history.append("busy", b'{"data":1}', 10, 0)
+    for n in range(50):
+        await history.top(f"looked-at-{n}")
+    assert len(history) == 51
+    await asyncio.sleep(0.3)
+    again = await history.append("busy", b'{"data":2}', 10, 0)
+    assert again == Position(2, kept.epoch)
+    assert history.sweep() == 50
+    assert len(history) == 1
+    assert (await history.top("looked-at-1")).offset == 0

@@ -21,6 +21,8 @@ from abc import ABC, abstractmethod
 from collections import deque
 from typing import NamedTuple
 
+from ..exceptions import ConfigurationError
+
 __all__ = ["Announce", "History", "MemoryHistory", "Position", "Stored", "make_epoch"]
 
 _LETTERS = string.ascii_letters
@@ -110,32 +112,63 @@ class History(ABC):
 
 
 class _Stream:
-    __slots__ = ("epoch", "expires", "items", "offset")
+    __slots__ = ("epoch", "expires", "items", "offset", "touched")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.epoch = make_epoch()
         self.offset = 0
         self.items: deque[Stored] = deque()
         self.expires = 0.0
+        self.touched = now
+
+
+#: Streams looked up between two sweeps of those unused for ``meta_ttl``.
+_SWEEP_EVERY = 1024
 
 
 class MemoryHistory(History):
-    """History in this process's memory: for one node (a restart begins new epochs)."""
+    """History in this process's memory: for one node (a restart begins new epochs).
 
-    def __init__(self) -> None:
+    A channel with no publication for ``meta_ttl`` seconds (0: never) is forgotten, its
+    position with it (as Redis's keys expire), so that channel names do not pile up."""
+
+    def __init__(self, meta_ttl: float = 30 * 24 * 3600) -> None:
+        if isinstance(meta_ttl, bool) or not isinstance(meta_ttl, (int, float)) or meta_ttl < 0:
+            raise ConfigurationError("meta_ttl must be a number of seconds >= 0")
+        self.meta_ttl = float(meta_ttl)
         self._streams: dict[str, _Stream] = {}
         self._clock = time.monotonic
+        self._lookups = 0
 
     def _stream(self, channel: str) -> _Stream:
         """The channel's stream; its publications dropped once ``ttl`` passed since the last
         append (its offset and epoch stay: a client further back is told it missed some)."""
+        now = self._clock()
+        self._lookups += 1
+        if self._lookups >= _SWEEP_EVERY:
+            self.sweep(now)
         stream = self._streams.get(channel)
         if stream is None:
-            stream = self._streams[channel] = _Stream()
-        elif stream.expires and stream.expires <= self._clock():
+            stream = self._streams[channel] = _Stream(now)
+        elif stream.expires and stream.expires <= now:
             stream.items.clear()
             stream.expires = 0.0
         return stream
+
+    def sweep(self, now: float | None = None) -> int:
+        """Forget the channels without a publication for ``meta_ttl``; how many."""
+        self._lookups = 0
+        if not self.meta_ttl:
+            return 0
+        deadline = (self._clock() if now is None else now) - self.meta_ttl
+        old = [name for name, stream in self._streams.items() if stream.touched < deadline]
+        for name in old:
+            del self._streams[name]
+        return len(old)
+
+    def __len__(self) -> int:
+        """How many channels it holds."""
+        return len(self._streams)
 
     async def append(
         self, channel: str, body: bytes, size: int, ttl: float, announce: Announce | None = None
@@ -146,7 +179,8 @@ class MemoryHistory(History):
         items.append(Stored(stream.offset, body))
         while len(items) > max(size, 0):
             items.popleft()
-        stream.expires = self._clock() + ttl if ttl > 0 else 0.0
+        stream.touched = now = self._clock()
+        stream.expires = now + ttl if ttl > 0 else 0.0
         return Position(stream.offset, stream.epoch)
 
     async def top(self, channel: str) -> Position:
