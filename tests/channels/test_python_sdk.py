@@ -504,3 +504,19 @@ async def test_a_subscription_not_refreshed_in_time_is_ended_with_2501() -> None
                 }
             }
         assert endpoint.errors[2501] == 1
+
+
+def test_options_are_checked_when_made() -> None:
+    for bad in (
+        {"history_size": -1},
+        {"history_ttl": "1h"},
+        {"presence": "yes"},
+        {"allow_history": 1},
+    ):
+        with pytest.raises(ConfigurationError):
+            Namespace(**bad)
+    for wrong in ({"ping": 0}, {"max_commands": 0}, {"namespaces": {"a:b": Namespace()}}):
+        with pytest.raises(ConfigurationError):
+            ChannelOptions(**wrong)
+    with pytest.raises(ConfigurationError, match="unknown channels hook"):
+        harpy.App().channels("/c", {"subscrib": lambda client, channel, data: True})

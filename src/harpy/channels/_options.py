@@ -40,9 +40,9 @@ class Namespace:
             raise ConfigurationError("history_size must be a whole number >= 0")
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl < 0:
             raise ConfigurationError("history_ttl must be a number of seconds >= 0")
-        for field in ("presence", "join_leave", "allow_subscribe", "allow_publish"):
-            if not isinstance(getattr(self, field), bool):
-                raise ConfigurationError(f"{field} must be True or False")
+        for field in dataclasses.fields(self):
+            if field.type in ("bool", bool) and not isinstance(getattr(self, field.name), bool):
+                raise ConfigurationError(f"{field.name} must be True or False")
 
 
 @dataclasses.dataclass(frozen=True)
