@@ -249,3 +249,54 @@ async def test_a_server_side_subscription_recovers_through_connect() -> None:
         finally:
             await client.disconnect()
             await proxy.stop()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_publications_during_the_resubscription_are_merged_without_gap_or_twice(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Publishing never stops: those that go out while history is read (Redis: a real wait)
+    are held and merged."""
+    if kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        app, endpoint = make_app(kind, url, f"test-{uuid.uuid4().hex[:12]}:")
+    else:
+        app, endpoint = make_app(kind)
+    assert isinstance(endpoint, Channels)
+    async with serve(app) as url:
+        proxy = Proxy(int(url.rsplit(":", 1)[1]))
+        await proxy.start()
+        client, _ = make_client(f"ws://127.0.0.1:{proxy.port}/connection/websocket")
+        sent = 0
+        stop = asyncio.Event()
+
+        async def publisher() -> None:
+            nonlocal sent
+            while not stop.is_set() and sent < 4000:  # within the history of 5,000
+                await endpoint.publish("chat:busy", {"n": sent})
+                sent += 1
+                await asyncio.sleep(0 if kind == "redis" else 0.001)
+
+        try:
+            await client.connect()
+            events = SubEvents()
+            await client.new_subscription("chat:busy", events).subscribe()
+            await events.next("subscribed")
+            task = asyncio.get_running_loop().create_task(publisher())
+            for _ in range(3):  # three cuts while publishing goes on
+                await asyncio.sleep(0.2)
+                await proxy.cut()
+                await asyncio.sleep(0.2)
+                await proxy.restore()
+                again = await events.next("subscribed", scaled(10.0))
+                assert again.recovered
+            await asyncio.sleep(0.2)
+            stop.set()
+            await asyncio.wait_for(task, scaled(10.0))
+            got = [(await events.next("publication")).pub.data["n"] for _ in range(sent)]
+            assert got == list(range(sent))
+            assert events.pending("publication") == 0
+        finally:
+            stop.set()
+            await client.disconnect()
+            await proxy.stop()
