@@ -121,6 +121,8 @@ async def test_node_sdk_connects_subscribes_publishes_and_reads_history_presence
         assert sorted(info["user"] for info in presence.values()) == ["alice", "bob"]
         rpc = await node.call("rpc", method="echo", data={"n": 1})
         assert rpc["result"]["data"] == {"echo": {"n": 1}, "user": "alice"}
+        await node.call("rpc", method="poke", data=7)
+        assert (await node.next("message"))["data"] == {"poke": 7}
         missing = await node.call("rpc", method="nope", data={})
         assert (missing["ok"], missing["code"]) == (False, 104)
         # Without permission: private channels need a token; with one, the client is in.

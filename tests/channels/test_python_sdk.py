@@ -50,6 +50,13 @@ class Hooks:
     async def rpc_fail(self, client: Client, data: Any) -> Any:
         raise ChannelError(1000, "not today")
 
+    async def rpc_follow(self, client: Client, data: Any) -> Any:
+        await client.subscribe(str(data))  # a server-side subscription, now
+        return {"following": data}
+
+    def rpc_poke(self, client: Client, data: Any) -> None:
+        client.send({"poke": data})  # an asynchronous message push
+
     def message(self, client: Client, data: Any) -> None:
         self.messages.append(data)
 
@@ -283,6 +290,12 @@ async def test_server_side_subscriptions_unsubscribe_and_disconnect() -> None:
         await endpoint.publish("news:carol", {"for": "carol"})
         publication = await events.next("publication")
         assert (publication.channel, publication.pub.data) == ("news:carol", {"for": "carol"})
+        # A server-side subscription made later, by a hook.
+        assert (await client.rpc("follow", "news:later")).data == {"following": "news:later"}
+        assert (await events.next("subscribed")).channel == "news:later"
+        await endpoint.publish("news:later", {"later": True})
+        later = await events.next("publication")
+        assert (later.channel, later.pub.data) == ("news:later", {"later": True})
         sub_events = SubEvents()
         await client.new_subscription("chat:x", sub_events).subscribe()
         await sub_events.next("subscribed")
