@@ -212,6 +212,8 @@ async def test_publish_reaches_channel_and_raw_subscribers_and_history_keeps_it(
             one = await events.next("publication")
             two = await events.next("publication")
             assert (one.pub.data, one.pub.offset) == ({"text": "hi"}, 1)
+            assert one.pub.info is not None and one.pub.info.user == "alice"  # the publisher
+            assert two.pub.info is None  # published by Python
             assert (two.pub.data, two.pub.offset) == ({"text": "from python"}, 2)
             # Raw subscribers of the topic get the publication's data.
             assert json.loads(await asyncio.wait_for(raw.recv(), TIMEOUT)) == {"text": "hi"}

@@ -204,11 +204,19 @@ class Channels:
         ]
 
     async def publish(
-        self, channel: str, data: Any, *, tags: Mapping[str, str] | None = None
+        self,
+        channel: str,
+        data: Any,
+        *,
+        tags: Mapping[str, str] | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> Position | None:
         """Publish ``data`` (JSON) to ``channel``: its subscribers on every node get the
         publication push, raw subscribers of topic ``channel`` get ``data``.  Returns the
-        publication's position in history (None: the channel keeps none)."""
+        publication's position in history (None: the channel keeps none).
+
+        ``tags`` and ``info`` (the publisher's client info: a client's publications carry it)
+        go in the publications of channels with history."""
         namespace = self.options.namespace(channel)
         if namespace is None:
             raise HarpyError(f"channel {channel!r} is in no namespace")
@@ -225,6 +233,8 @@ class Channels:
         body = b'{"data":' + payload
         if tags:
             body += b',"tags":' + _dumps(dict(tags)).encode()
+        if info:
+            body += b',"info":' + _dumps(dict(info)).encode()
         body += b"}"
         head = push_prefix(channel) + body[:-1] + b',"offset":'
         middle, tail = b',"epoch":"', b'"}}}'
@@ -846,7 +856,7 @@ class Channels:
             data = answer["data"]
         elif answer is False or (answer is None and not namespace.allow_publish):
             raise codes.PERMISSION_DENIED
-        await self.publish(channel, data)
+        await self.publish(channel, data, info=_client_info(client))
         return {}
 
     def _may_read(self, client: Client, channel: str, allowed: bool) -> None:
