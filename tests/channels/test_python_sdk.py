@@ -236,7 +236,7 @@ async def test_publish_reaches_channel_and_raw_subscribers_and_history_keeps_it(
 
 
 async def test_app_publish_reaches_the_subscribers_of_a_channel_without_history() -> None:
-    async with channels_app() as (app, _, url):
+    async with channels_app() as (app, endpoint, url):
         client, _ = make_client(url, token=token("alice"))
         await client.connect()
         events = SubEvents()
@@ -249,6 +249,11 @@ async def test_app_publish_reaches_the_subscribers_of_a_channel_without_history(
         assert first.pub.data == {"headline": "harpy speaks Centrifuge"}
         assert second.pub.data == "plain text"
         assert first.pub.offset in (None, 0)
+        # Binary data that is not UTF-8 cannot be a channel's JSON: counted, not passed on.
+        app.publish("news:today", b"\xff\xfe")
+        app.publish("news:today", {"after": "binary"})
+        assert (await events.next("publication")).pub.data == {"after": "binary"}
+        assert endpoint.skipped == 1
         await client.disconnect()
 
 

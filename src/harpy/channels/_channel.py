@@ -105,7 +105,7 @@ class Channel:
 
     __slots__ = (
         "_hub",
-        "_on_gap",
+        "_on_fault",
         "held",
         "id",
         "last",
@@ -114,7 +114,6 @@ class Channel:
         "positioned",
         "prefix",
         "push",
-        "raw_wraps",
     )
 
     route = ""
@@ -125,11 +124,11 @@ class Channel:
         hub: Hub[Any],
         name: str,
         positioned: bool,
-        on_gap: Callable[[Channel], None],
+        on_fault: Callable[[Channel, bool], None],
         endpoint: str,
     ) -> None:
         self._hub = hub
-        self._on_gap = on_gap
+        self._on_fault = on_fault
         self.name = name
         self.id = PUSH_TOPIC + name
         self.push = PUSH_TOPIC + name
@@ -140,7 +139,6 @@ class Channel:
         self.held: dict[object, list[Held]] = {}
         #: The position of the last publication passed on (None: none yet).
         self.last: Position | None = None
-        self.raw_wraps = 0
         hub.topics.add(self, self.push, _Side(self._from_push))
         if not positioned:
             hub.topics.add(self, name, _Side(self._from_raw))
@@ -159,9 +157,10 @@ class Channel:
 
     def _from_raw(self, message: Message) -> None:
         push = wrap_raw(self.prefix, message)
-        if push is not None:
-            self.raw_wraps += 1
-            self.deliver(0, "", push)
+        if push is None:
+            self._on_fault(self, False)  # binary data that is no JSON: counted, not passed on
+            return
+        self.deliver(0, "", push)
 
     def _from_push(self, message: Message) -> None:
         offset, epoch = position_of(message.payload) if self.positioned else (0, "")
@@ -177,7 +176,7 @@ class Channel:
                 return  # already passed on
             self.last = Position(offset, epoch)
             if last is not None and (epoch != last.epoch or offset > last.offset + 1):
-                self._on_gap(self)
+                self._on_fault(self, True)
                 return
         fan_out(self._hub.topics.receivers(self.local), message)
 

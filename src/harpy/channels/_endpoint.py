@@ -179,6 +179,8 @@ class Channels:
         self._locks: dict[str, asyncio.Lock] = {}
         #: Error replies and disconnects sent, by code: what clients got wrong (or were denied).
         self.errors: dict[int, int] = {}
+        #: Raw topic messages not passed to a channel's subscribers (binary, not UTF-8).
+        self.skipped = 0
         history = self.history
         if history is not None:
             app.on_startup(self._start_history)
@@ -738,7 +740,7 @@ class Channels:
     def _channel(self, name: str, positioned: bool) -> Channel:
         here = self._channels.get(name)
         if here is None:
-            here = Channel(self.app.hub, name, positioned, self._on_gap, self.path)
+            here = Channel(self.app.hub, name, positioned, self._on_fault, self.path)
             self._channels[name] = here
         return here
 
@@ -751,9 +753,14 @@ class Channels:
             del self._channels[here.name]
             here.close()
 
-    def _on_gap(self, here: Channel) -> None:
+    def _on_fault(self, here: Channel, lost: bool) -> None:
         """A publication of ``here`` was lost on its way, or its epoch changed: its local
-        subscribers resubscribe and recover (server-side ones reconnect)."""
+        subscribers resubscribe and recover (server-side ones reconnect).  Not ``lost``: a
+        raw topic message a channel cannot carry (binary, not UTF-8), counted and logged."""
+        if not lost:
+            self.skipped += 1
+            logger.warning("harpy: binary data on topic %r is not passed to its channel", here.name)
+            return
         name = here.name
         for member in self.app.hub.topics.members(here.local):
             client = self._clients.get(member)
