@@ -241,15 +241,16 @@ class Channels:
         head = push_prefix(channel) + body[:-1] + b',"offset":'
         middle, tail = b',"epoch":"', b'"}}}'
         topic = PUSH_TOPIC + channel
-        announce = None
-        if history.shares(hub.backplane):
-            envelope = hub.topic_envelope(topic, OP_TEXT)
-            if envelope is not None:
-                announce = Announce(envelope[0], envelope[1] + head, middle, tail)
         lock = self._locks.get(channel)
         if lock is None:
             lock = self._locks[channel] = asyncio.Lock()
         async with lock:  # this node's publications of a channel leave in offset order
+            announce = None
+            if history.shares(hub.backplane):
+                # Taken under the lock: the envelopes' sequence follows the appends' order.
+                envelope = hub.topic_envelope(topic, OP_TEXT)
+                if envelope is not None:
+                    announce = Announce(envelope[0], envelope[1] + head, middle, tail)
             position = await history.append(
                 channel, body, namespace.history_size, namespace.history_ttl, announce
             )
