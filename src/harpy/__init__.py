@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from . import (
     auth,
-    channels,
     workers,
 )
+from . import channels as channels  # installs App.channels; its API: docs/channels.md
 from .app import Admission, App, Connections, Dispatch, Handlers, Route, Router, WebSocket
 from .auth import Deny, FirstMessageAuth, MemoryStore, Session, SessionStore, UpgradeRequest
 from .exceptions import (
@@ -75,6 +75,5 @@ __all__ = [
     "WebSocket",
     "__version__",
     "auth",
-    "channels",
     "workers",
 ]
