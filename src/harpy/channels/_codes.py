@@ -20,10 +20,14 @@ class ChannelError(HarpyError):
     def __init__(self, code: int, message: str, temporary: bool = False) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        """The protocol's code (apps use 400-1999)."""
         self.message = message
+        """What the client is told (never internal details)."""
         self.temporary = temporary
+        """The client may try again (the SDKs retry with backoff)."""
 
     def reply(self) -> dict[str, object]:
+        """The ``error`` object of the reply."""
         error: dict[str, object] = {"code": self.code, "message": self.message}
         if self.temporary:
             error["temporary"] = True
@@ -36,7 +40,9 @@ class Disconnect(HarpyError):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
+        """The close code: 3000-3499, 4000-4499 the SDK reconnects; 3500-3999, 4500-4999 not."""
         self.reason = reason
+        """The close reason (at most 123 bytes of UTF-8 are sent)."""
 
 
 class Unsubscribe:

@@ -98,14 +98,19 @@ class Client:
     def __init__(self, endpoint: Channels, ws: WebSocket[Any]) -> None:
         self._endpoint = endpoint
         self.ws = ws
+        """The connection (a :class:`~harpy.WebSocket`)."""
         self.id = str(uuid.uuid4())
+        """The client id its SDK is given (a UUID)."""
         self.user = ""
-        #: The connection info (``info`` of the token or the connect hook), sent to others.
+        """The user (the token's ``sub``; ``""``: anonymous)."""
         self.info: Any = None
-        #: What the connect hook or the token's ``meta`` kept for the server only.
+        """The connection info (``info`` of the token or the hook): others see it."""
         self.meta: Any = None
+        """The token's or the hook's ``meta``: for the server only."""
         self.connected = False
+        """Whether ``connect`` succeeded."""
         self.failed = False
+        """Whether the connection is being closed, or its ``connect`` failed."""
         self._subs: dict[str, _Sub] = {}
         self._expires_at = 0.0
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -137,6 +142,7 @@ class Client:
         self._endpoint.close_client(self, Disconnect(code, reason))
 
     def write(self, reply: Mapping[str, Any] | str) -> None:
+        """Send one line of the protocol (a reply or a push) as it is."""
         text = reply if isinstance(reply, str) else _dumps(reply)
         self.ws.send_text(text)
 
@@ -156,10 +162,15 @@ class Channels:
         if not isinstance(options, ChannelOptions):
             raise ConfigurationError(f"channels options must be ChannelOptions, not {options!r}")
         self.app = app
+        """The app whose route this is."""
         self.path = path
+        """The route's path."""
         self.options = options
+        """The endpoint's options."""
         self.history = options.history
+        """Where the channels' publications are kept (None: no history)."""
         self.hooks = _resolve_hooks(handlers)
+        """The hooks by name (``rpc_methods``: the RPC methods by name)."""
         self._strict: Any = None
         self._lenient: Any = None
         if options.secret is not None or options.public_key is not None:
@@ -177,10 +188,10 @@ class Channels:
         self._channels: dict[str, Channel] = {}
         self._clients: dict[WebSocket[Any], Client] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        #: Error replies and disconnects sent, by code: what clients got wrong (or were denied).
         self.errors: dict[int, int] = {}
-        #: Raw topic messages not passed to a channel's subscribers (binary, not UTF-8).
+        """Error replies and disconnects sent, by code: what clients got wrong, or were denied."""
         self.skipped = 0
+        """Raw topic messages not passed to a channel's subscribers (binary, not UTF-8)."""
         history = self.history
         if history is not None:
             app.on_startup(self._start_history)
@@ -281,6 +292,7 @@ class Channels:
     # ----------------------------------------------------------------- the route
 
     def route_handlers(self) -> dict[str, Callable[..., Any]]:
+        """The handlers of the endpoint's route (``app.channels`` registers them)."""
         return {"open": self._open, "message": self._message, "close": self._close}
 
     def _open(self, ws: WebSocket[Any]) -> None:
@@ -715,6 +727,7 @@ class Channels:
             fn()
 
     def unsubscribe_client(self, client: Client, channel: str, code: int, reason: str) -> bool:
+        """End ``client``'s subscription to ``channel`` with an unsubscribe push."""
         subs = client._subs  # noqa: SLF001
         sub = subs.pop(channel, None)
         if sub is None:

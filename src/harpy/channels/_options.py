@@ -26,13 +26,21 @@ class Namespace:
     """
 
     history_size: int = 0
+    """Keep the last N publications (with a ``history`` store): positioned, recoverable."""
     history_ttl: float = 0.0
+    """Seconds the publications stay after the last one (0: until evicted by size)."""
     presence: bool = False
+    """Clients may ask who is subscribed (needs ``App(presence=True)``)."""
     join_leave: bool = False
+    """Subscribers get a join and a leave push when someone subscribes or leaves."""
     allow_subscribe: bool = False
+    """Any connected client may subscribe without a token or a hook saying so."""
     allow_publish: bool = False
+    """Any client may publish without a ``publish`` hook saying so."""
     allow_history: bool = False
+    """Any client may read history, subscribed or not (else: subscribers only)."""
     allow_presence: bool = False
+    """Any client may read presence, subscribed or not (else: subscribers only)."""
 
     def __post_init__(self) -> None:
         size, ttl = self.history_size, self.history_ttl
@@ -59,22 +67,39 @@ class ChannelOptions:
     """
 
     secret: str | bytes | None = None
+    """The HMAC key of the tokens (HS256/384/512)."""
     public_key: Any = None
+    """The public key of the tokens (RS*, PS*, ES*, EdDSA; PEM or a key object)."""
     algorithms: Sequence[str] = ("HS256",)
+    """The tokens' algorithms (never ``none``)."""
     audience: str | None = None
+    """The ``aud`` the tokens must have (None: not checked)."""
     issuer: str | None = None
+    """The ``iss`` the tokens must have (None: not checked)."""
     anonymous: bool = False
+    """A client without a token connects as user ``""`` (with a key configured)."""
     history: History | None = None
+    """Where the publications of channels with history are kept."""
     namespaces: Mapping[str, Namespace] = dataclasses.field(default_factory=dict)
+    """The namespaces by name (``"chat"`` for ``"chat:lobby"``)."""
     default: Namespace = Namespace()
+    """The namespace of the channels without ``:``."""
     ping: float = 25.0
+    """Seconds between the server's pings."""
     pong: float = 10.0
+    """Seconds a client has to answer a ping (else closed with 3012)."""
     stale: float = 15.0
+    """Seconds a client has to send ``connect`` (else closed with 3502)."""
     expired_close_delay: float = 25.0
+    """Seconds past its expiry an unrefreshed connection (3005) or subscription (2501) lasts."""
     max_commands: int = 100
+    """Commands per frame (more: error 106 each)."""
     max_subscriptions: int = 128
+    """Subscriptions per connection (more: error 106)."""
     max_channel_length: int = 255
+    """Characters of a channel name (more: error 106)."""
     recovery_limit: int = 10_000
+    """The most publications one recovery or one history call returns."""
 
     def __post_init__(self) -> None:
         for name in ("ping", "pong", "stale", "expired_close_delay"):
@@ -103,7 +128,9 @@ class ChannelOptions:
         return self.namespaces.get(name)
 
     def all_namespaces(self) -> list[Namespace]:
+        """The default namespace and the named ones."""
         return [self.default, *self.namespaces.values()]
 
     def keeps_history(self, namespace: Namespace) -> bool:
+        """Whether the channels of ``namespace`` have history (a store, and a size)."""
         return self.history is not None and namespace.history_size > 0

@@ -37,7 +37,9 @@ class Position(NamedTuple):
     """The top of a channel's stream: the last offset handed out (0: none yet) and the epoch."""
 
     offset: int
+    """The last offset handed out (0: none yet)."""
     epoch: str
+    """The name of the stream's life: new when its stored state was lost."""
 
 
 class Stored(NamedTuple):
@@ -136,6 +138,7 @@ class MemoryHistory(History):
         if isinstance(meta_ttl, bool) or not isinstance(meta_ttl, (int, float)) or meta_ttl < 0:
             raise ConfigurationError("meta_ttl must be a number of seconds >= 0")
         self.meta_ttl = float(meta_ttl)
+        """Seconds without a publication after which a channel is forgotten (0: never)."""
         self._streams: dict[str, _Stream] = {}
         self._clock = time.monotonic
         self._lookups = 0

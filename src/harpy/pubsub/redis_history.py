@@ -89,10 +89,13 @@ class RedisHistory(History):
         if isinstance(meta_ttl, bool) or not isinstance(meta_ttl, int) or meta_ttl < 0:
             raise ConfigurationError("meta_ttl must be a whole number of seconds >= 0")
         self.url = url
+        """The Redis server."""
         self.key_prefix = key_prefix
-        #: The backplane's ``channel_prefix``: where an announce is published.
+        """What the keys of the streams begin with."""
         self.channel_prefix = channel_prefix
+        """The backplane's ``channel_prefix``: where an announce is published."""
         self.meta_ttl = meta_ttl
+        """Seconds a channel's epoch and offset outlive its last publication (0: forever)."""
         self._options = redis_options
         self._client: Any = None
         self._append: Any = None
