@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.harpy-installed
 RUN_STAMP := $(VENV)/.harpy-run
 
-.PHONY: run test lint typecheck docs pytest pytest-pure fuzz bench autobahn clean dist
+.PHONY: run test lint typecheck docs pytest pytest-pure fuzz bench autobahn clean dist node-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ run: $(RUN_STAMP)
 	@echo "harpy chat: open http://127.0.0.1:3000/ in two tabs, pick a name and a room; Ctrl-C stops"
 	$(PY) -m harpy examples.rooms_chat:app --host 127.0.0.1 --port 3000
 
-test: test-deps lint typecheck docs pytest pytest-pure
+test: test-deps node-deps lint typecheck docs pytest pytest-pure
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples bench scripts
@@ -80,5 +80,18 @@ test-deps:
 			nginx-light haproxy; \
 	fi
 
+# The official centrifuge SDK (npm) for tests/channels/test_node_sdk.py, pinned by the lock file;
+# Debian's nodejs and npm installed when missing.
+NODE_TESTS := tests/channels/node
+node-deps: $(NODE_TESTS)/node_modules/.installed
+
+$(NODE_TESTS)/node_modules/.installed: $(NODE_TESTS)/package.json $(NODE_TESTS)/package-lock.json
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm; \
+	fi
+	cd $(NODE_TESTS) && npm ci --no-audit --no-fund --ignore-scripts
+	@touch $@
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so
+	rm -rf $(VENV) $(NODE_TESTS)/node_modules build dist src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so

@@ -21,6 +21,7 @@ from . import (
     auth,
     workers,
 )
+from . import channels as channels  # installs App.channels; its API: docs/channels.md
 from .app import Admission, App, Connections, Dispatch, Handlers, Route, Router, WebSocket
 from .auth import Deny, FirstMessageAuth, MemoryStore, Session, SessionStore, UpgradeRequest
 from .exceptions import (

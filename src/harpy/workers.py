@@ -228,8 +228,16 @@ class EmbeddedNats:
         workdir = Path(self._dir.name)
         log = workdir / "nats-server.log"
         argv = [
-            self.binary, "-c", str(workdir / "nats-server.conf"), "-a", "127.0.0.1", "-p", port,
-            "--no_advertise", "--ports_file_dir", str(workdir),
+            self.binary,
+            "-c",
+            str(workdir / "nats-server.conf"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            port,
+            "--no_advertise",
+            "--ports_file_dir",
+            str(workdir),
         ]
         if self.store_dir is not None:
             argv += ["-js", "-sd", str(self.store_dir)]
@@ -311,6 +319,7 @@ class _Life:
 class _Worker(_Life):
     index: int = 0
     process: BaseProcess | None = None
+
 
 #: Seconds between two looks at the embedded broker where no pidfd tells when it exits.
 _BROKER_POLL = 0.5
@@ -447,7 +456,9 @@ class Supervisor:
                     delay = self._schedule(life)
                     logger.warning(
                         "harpy: embedded nats-server (pid %s) %s; restarting in %.3g s",
-                        broker.pid, _describe_exit(status), delay,
+                        broker.pid,
+                        _describe_exit(status),
+                        delay,
                     )
             now = time.monotonic()
             for worker in self.workers:
@@ -486,7 +497,11 @@ class Supervisor:
         delay = self._schedule(worker)
         logger.warning(
             "harpy: worker %d (pid %s) %s after %.1f s; restarting in %.3g s",
-            worker.index, process.pid, _describe_exit(process.exitcode), lived, delay,
+            worker.index,
+            process.pid,
+            _describe_exit(process.exitcode),
+            lived,
+            delay,
         )
 
     def _stop_all(self) -> int:
@@ -508,15 +523,19 @@ class Supervisor:
                     pending.pop(handle).join()
         status = 0
         for process in pending.values():
-            logger.error("harpy: worker pid %s did not stop in %.0f s: killed",
-                         process.pid, self.stop_timeout)
+            logger.error(
+                "harpy: worker pid %s did not stop in %.0f s: killed",
+                process.pid,
+                self.stop_timeout,
+            )
             process.kill()
             process.join()
             status = 1
         for process in running:
             if process.exitcode != 0:
-                logger.error("harpy: worker pid %s %s", process.pid,
-                             _describe_exit(process.exitcode))
+                logger.error(
+                    "harpy: worker pid %s %s", process.pid, _describe_exit(process.exitcode)
+                )
                 status = 1
         return 1 if self._fatal is not None else status
 
@@ -625,7 +644,11 @@ def run_workers(
         shown = f"[{host}]" if ":" in host else host
         logger.info(
             "harpy: %d workers on %s://%s:%d (supervisor pid %d, backplane %s)",
-            workers, scheme, shown, port, os.getpid(),
+            workers,
+            scheme,
+            shown,
+            port,
+            os.getpid(),
             "embedded nats-server" if nats is not None else type(app.backplane).__name__,
         )
 

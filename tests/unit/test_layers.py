@@ -25,6 +25,7 @@ LAYERS = [
     ("pubsub", ["pubsub"]),
     ("auth", ["auth"]),
     ("app", ["app"]),
+    ("channels", ["channels"]),
     ("edges", ["asgi", "testing", "cli", "workers", "__main__", "__init__"]),
 ]
 RANK = {prefix: rank for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
@@ -82,7 +83,7 @@ def test_each_module_imports_only_its_layer_and_those_below(path: Path) -> None:
 
 
 def test_the_layers_are_packages() -> None:
-    for name in ("protocol", "server", "pubsub", "auth", "app"):
+    for name in ("protocol", "server", "pubsub", "auth", "app", "channels"):
         assert (SRC / name / "__init__.py").is_file(), name
 
 
@@ -94,6 +95,7 @@ def test_the_layers_are_packages() -> None:
         "harpy.pubsub",
         "harpy.auth",
         "harpy.app",
+        "harpy.channels",
         "harpy.asgi",
         "harpy.testing",
         "harpy.cli",

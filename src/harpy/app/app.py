@@ -255,6 +255,16 @@ class App(Routes):
         self._table.add(spec.pattern, Route(spec, self.defaults, self.json_loads))
         self._specs.append(spec)
 
+    def channels(
+        self, path: str, handlers: object = None, options: Any = None, **route: Any
+    ) -> Any:
+        """A route at ``path`` speaking the Centrifuge client protocol (docs/channels.md):
+        ``handlers`` are its hooks, ``options`` a ``harpy.channels.ChannelOptions``, ``route``
+        the route's options.  Returns the :class:`harpy.channels.Channels` endpoint."""
+        if _channels_factory is None:
+            raise ConfigurationError("channels need `import harpy.channels` (harpy does it)")
+        return _channels_factory(self, path, handlers, options, route)
+
     @property
     def routes(self) -> list[Route]:
         """The routes, in the order they were registered."""
@@ -585,6 +595,17 @@ class App(Routes):
 #: imported (``import harpy`` does), being an edge above this layer.
 WorkerRunner = Callable[[App, str, int, int, dict[str, Any]], int]
 _worker_runner: WorkerRunner | None = None
+
+
+#: Makes ``app.channels(...)``'s endpoint: installed by ``harpy.channels`` (above this layer).
+ChannelsFactory = Callable[[App, str, object, Any, dict[str, Any]], Any]
+_channels_factory: ChannelsFactory | None = None
+
+
+def set_channels_factory(factory: ChannelsFactory) -> None:
+    """Install what ``App.channels`` calls (``harpy.channels``)."""
+    global _channels_factory
+    _channels_factory = factory
 
 
 def set_worker_runner(runner: WorkerRunner) -> None:

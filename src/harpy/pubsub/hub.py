@@ -77,6 +77,12 @@ class Hub(Generic[M]):
             self._relay.publish(topic, message)
         return fan_out(self.topics.receivers(topic), message, exclude)
 
+    def topic_envelope(self, topic: str, opcode: int) -> tuple[str, bytes] | None:
+        """The backplane channel of ``topic`` and an envelope's bytes before its payload (None
+        without a running backplane): what another store may publish for this node."""
+        relay = self._relay
+        return None if relay is None else relay.topic_envelope(topic, opcode)
+
     def broadcast_rooms(
         self, rooms: list[str], route: str | None, message: Message, exclude: object = None
     ) -> int:

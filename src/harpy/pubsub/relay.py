@@ -179,6 +179,19 @@ class Relay:
             seq = self._next_seq(channel)
             self._put(channel, seq, encode_envelope(self.node_id, message, seq=seq))
 
+    def topic_envelope(self, topic: str, opcode: int) -> tuple[str, bytes] | None:
+        """The backplane channel of ``topic`` and the bytes an envelope of a message with
+        ``opcode`` has before its payload (None while not running): for a store that publishes
+        in the same atomic step as it writes (Redis history) what :meth:`publish` would.  Each
+        call takes the channel's next sequence: the caller publishes exactly one envelope
+        with it, in the order of the calls."""
+        if self._task is None:
+            return None
+        channel = TOPIC_PREFIX + topic
+        seq = self._next_seq(channel)
+        self._sent[channel] = seq
+        return channel, encode_envelope(self.node_id, Message(opcode, b""), seq=seq)
+
     def broadcast_rooms(self, rooms: list[str], route: str | None, message: Message) -> None:
         """Send ``message`` to the members of ``rooms`` (on ``route``) on the other nodes: one
         envelope per room channel, each naming every room, so a receiver gets one copy."""

@@ -534,4 +534,3 @@ class MeteredConnection(FramedConnection):
         if queued:
             self.bytes_out += len(message.payload)
         return queued
-

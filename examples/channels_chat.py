@@ -1,0 +1,76 @@
+"""A chat on channels: Centrifugo's client SDKs connect, reconnect, and recover what they missed.
+
+Run it::
+
+    python -m harpy examples.channels_chat:app --port 8000
+
+then, from any Centrifuge SDK (``npm install centrifuge``, ``pip install centrifuge-python``)::
+
+    const centrifuge = new Centrifuge("ws://127.0.0.1:8000/connection/websocket",
+                                      {data: {name: "ada"}});
+    const room = centrifuge.newSubscription("chat:lobby", {joinLeave: true});
+    room.on("publication", (ctx) => console.log(ctx.data));
+    room.subscribe(); centrifuge.connect();
+    room.publish({text: "hello"});
+
+Channels ``chat:<room>`` keep their last 500 messages for 10 minutes: a client that comes back
+within that gets what it missed, in order.  ``presence`` lists who is in a room; ``rpc("rooms")``
+the rooms with somebody in them on this node.  With ``HARPY_REDIS_URL`` set the history lives in
+Redis and every node shares it (run several).  Real apps check a token instead of trusting the
+name a client gives (see docs/channels.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import harpy
+from harpy.channels import ChannelError, ChannelOptions, Client, MemoryHistory, Namespace
+from harpy.pubsub.history import History
+from harpy.pubsub.redis_history import RedisHistory
+
+CHAT = Namespace(
+    history_size=500,
+    history_ttl=600,
+    presence=True,
+    join_leave=True,
+    allow_subscribe=True,
+    allow_history=True,
+    allow_presence=True,
+)
+
+
+class Chat:
+    """The hooks: who connects (a name, 1-32 characters), what a message may be, and RPC."""
+
+    def connect(self, client: Client, request: dict[str, Any]) -> dict[str, Any]:
+        data = request.get("data")
+        name = data.get("name") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 32:
+            raise ChannelError(4000, 'say your name: connect data {"name": ...}')
+        return {"user": name.strip(), "info": {"name": name.strip()}}
+
+    def publish(self, client: Client, channel: str, data: Any) -> dict[str, Any]:
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text.strip() or len(text) > 2000:
+            raise ChannelError(4001, 'a message is {"text": 1-2000 characters}')
+        return {"data": {"text": text, "from": client.user}}
+
+    def rpc_rooms(self, client: Client, data: Any) -> list[str]:
+        return sorted({c for other in endpoint.clients() for c in other.channels})
+
+
+def make_app(redis_url: str | None = None) -> tuple[harpy.App, Any]:
+    history: History
+    if redis_url:
+        app = harpy.App(presence=True, backplane=harpy.RedisBackplane(redis_url))
+        history = RedisHistory(redis_url)
+    else:
+        app = harpy.App(presence=True)
+        history = MemoryHistory()
+    options = ChannelOptions(history=history, namespaces={"chat": CHAT})
+    return app, app.channels("/connection/websocket", Chat, options)
+
+
+app, endpoint = make_app(os.environ.get("HARPY_REDIS_URL"))
