@@ -1,4 +1,4 @@
-# make run: the chat example on 127.0.0.1:3000.   make test: lint, types, docs, tests (both cores).
+# make run: the chat example (channels: it reconnects and recovers) on 127.0.0.1:3000.   make test: lint, types, docs, tests (both cores).
 # make dist: dist/ gets the sdist and a wheel repaired by auditwheel to a manylinux tag, both
 # checked by twine (scripts/build_dist.py; release wheels: cibuildwheel, docs/deployment.md).
 # make fuzz: the property tests of the protocol parsers with many random inputs.
@@ -30,7 +30,7 @@ $(STAMP): $(PY) $(CORE_SOURCES)
 
 run: $(RUN_STAMP)
 	@echo "harpy chat: open http://127.0.0.1:3000/ in two tabs, pick a name and a room; Ctrl-C stops"
-	$(PY) -m harpy examples.rooms_chat:app --host 127.0.0.1 --port 3000
+	$(PY) -m harpy examples.channels_chat:app --host 127.0.0.1 --port 3000
 
 test: test-deps node-deps lint typecheck docs pytest pytest-pure
 

@@ -1,10 +1,10 @@
 """A chat on channels: Centrifugo's client SDKs connect, reconnect, and recover what they missed.
 
-Run it::
-
-    python -m harpy examples.channels_chat:app --port 8000
-
-then, from any Centrifuge SDK (``npm install centrifuge``, ``pip install centrifuge-python``)::
+Run it with ``make run`` (or ``python -m harpy examples.channels_chat:app --port 3000``) and
+open ``http://127.0.0.1:3000/`` in two tabs: the app serves its page (``examples/live_chat/``,
+which speaks the protocol with a small client of its own, ``channels.js``).  Stop and start the
+server, or cut the network: the page says "reconnecting", then shows every message sent
+meanwhile.  Or connect from any Centrifuge SDK (``npm install centrifuge``, ``pip install centrifuge-python``)::
 
     const centrifuge = new Centrifuge("ws://127.0.0.1:8000/connection/websocket",
                                       {data: {name: "ada"}});
@@ -23,6 +23,8 @@ name a client gives (see docs/channels.md).
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import harpy
@@ -55,19 +57,25 @@ class Chat:
         text = data.get("text") if isinstance(data, dict) else None
         if not isinstance(text, str) or not text.strip() or len(text) > 2000:
             raise ChannelError(4001, 'a message is {"text": 1-2000 characters}')
-        return {"data": {"text": text, "from": client.user}}
+        return {"data": {"text": text, "from": client.user, "time": int(time.time() * 1000)}}
 
     def rpc_rooms(self, client: Client, data: Any) -> list[str]:
         return sorted({c for other in endpoint.clients() for c in other.channels})
 
 
+#: The page and its scripts, served from the same origin as the endpoint.
+PAGE = Path(__file__).resolve().parent / "live_chat"
+
+
 def make_app(redis_url: str | None = None) -> tuple[harpy.App, Any]:
     history: History
     if redis_url:
-        app = harpy.App(presence=True, backplane=harpy.RedisBackplane(redis_url))
+        app = harpy.App(
+            presence=True, backplane=harpy.RedisBackplane(redis_url), static={"/": PAGE}
+        )
         history = RedisHistory(redis_url)
     else:
-        app = harpy.App(presence=True)
+        app = harpy.App(presence=True, static={"/": PAGE})
         history = MemoryHistory()
     options = ChannelOptions(history=history, namespaces={"chat": CHAT})
     return app, app.channels("/connection/websocket", Chat, options)
