@@ -1,10 +1,12 @@
 """A chat on channels: Centrifugo's client SDKs connect, reconnect, and recover what they missed.
 
-Run it with ``make run`` (or ``python -m harpy examples.channels_chat:app --port 3000``) and
-open ``http://127.0.0.1:3000/`` in two tabs: the app serves its page (``examples/live_chat/``,
-which speaks the protocol with a small client of its own, ``channels.js``).  Stop and start the
+Run it with ``make run`` (or ``python -m harpy examples.channels_chat:app --port 3000``)
+and open ``http://127.0.0.1:3000/`` in two tabs: the app serves its page
+(``examples/live_chat/``, which speaks the protocol with a small client of its own,
+``channels.js``).  Stop and start the
 server, or cut the network: the page says "reconnecting", then shows every message sent
-meanwhile.  Or connect from any Centrifuge SDK (``npm install centrifuge``, ``pip install centrifuge-python``)::
+meanwhile.  Or connect from any Centrifuge SDK (``npm install centrifuge``,
+``pip install centrifuge-python``)::
 
     const centrifuge = new Centrifuge("ws://127.0.0.1:8000/connection/websocket",
                                       {data: {name: "ada"}});
