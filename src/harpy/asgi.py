@@ -293,6 +293,8 @@ class ASGIConnection(Connection):
         limits: Limits,
         codec: PerMessageDeflate | None = None,
     ) -> None:
+        """Queue ``websocket.accept`` (with the route's subprotocol) and enforce ``limits``:
+        the app layer's upgrade.  No permessage-deflate of harpy's: ``codec`` is unused."""
         # No permessage-deflate of harpy's: the ASGI server owns the wire format.
         if self.ready_state is not _CONNECTING or self._gone.done():
             return
@@ -304,6 +306,9 @@ class ASGIConnection(Connection):
     def refuse(
         self, status: int, reason: str = "", headers: list[tuple[str, str]] | None = None
     ) -> None:
+        """Refuse the upgrade: an HTTP response when the ASGI server offers
+        ``websocket.http.response``, else ``websocket.close`` (the server's 403): the app
+        layer's refusal."""
         if self.ready_state is not _CONNECTING or self._gone.done():
             return
         self._enter(ReadyState.CLOSED)
@@ -339,6 +344,8 @@ class ASGIConnection(Connection):
         self.refuse(status)
 
     def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
+        """Queue one whole message as an ASGI event; status as on the native server (bytes,
+        -1 under backpressure, 0 dropped): the app layer's send."""
         # The ASGI server frames (and compresses): the size is what it will write.
         status = self._write(Message(opcode, payload), _frame_size(len(payload)))
         if status:
@@ -346,9 +353,12 @@ class ASGIConnection(Connection):
         return status
 
     def send_control(self, opcode: int, payload: bytes) -> int:
+        """Nothing to send (0): pings and pongs are the ASGI server's."""
         return 0  # pings and pongs are the ASGI server's
 
     def queue_message(self, message: Message) -> bool:
+        """Queue a message shared with other connections; False when it was dropped: the
+        hub's fan-out."""
         return self._enqueue(message, len(message.frame))
 
     def _transmit(self, item: Any) -> None:
@@ -369,14 +379,17 @@ class ASGIConnection(Connection):
         self._enter_closing()
 
     def abort(self) -> None:
+        """Drop the connection at once: nothing queued goes out, the ASGI server sees 1006."""
         self._events.clear()
         self._final = True
         self._finish(1006, "")
 
     def pause_reading(self) -> None:
+        """Stop taking events from the ASGI server (read-side backpressure)."""
         self._reading.clear()
 
     def resume_reading(self) -> None:
+        """Take events from the ASGI server again."""
         self._reading.set()
 
     def check_upgrade(self) -> None:
@@ -384,10 +397,12 @@ class ASGIConnection(Connection):
 
     @property
     def remote_address(self) -> str:
+        """The client's address, from the scope's ``client`` ("" when it has none)."""
         return self._peer
 
     @property
     def tls(self) -> bool:
+        """Whether the scope's scheme is ``wss`` (or ``https``)."""
         return self._scope.get("scheme") in ("wss", "https")
 
     def _push(self, event: Message | Event, size: int) -> None:

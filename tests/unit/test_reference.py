@@ -4,8 +4,9 @@ is on a page with a docstring, and nothing else is.
 The pages are read as mkdocstrings reads them (``::: target`` and its ``members:`` list), the
 code as mkdocstrings sees it (griffe: methods, properties, and the attributes set in
 ``__init__`` with the docstring under them).  Each class has a directive of its own with an
-explicit members list, so a new public name fails here until it is documented, or named below
-as one of the seams harpy's own layers use.
+explicit members list, so a new public name fails here until it is documented.  The names
+only harpy's own layers use (the seams between them) are documented too, in a second directive
+for the same target under the page's "For harpy's own layers" heading: nothing is exempt.
 """
 
 from __future__ import annotations
@@ -29,33 +30,12 @@ import harpy.workers
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference"
 
-#: Public names that are seams between harpy's layers, not application API: used by the
-#: connection layer, the hub, the ASGI adapter or the router, and kept off the reference.
-SEAMS: dict[str, set[str]] = {
-    "harpy.app.app.App": {
-        "admit", "release",  # the connection layer's per-IP and global admission
-        "run_startup_hooks", "run_shutdown_hooks",  # the ASGI adapter's lifespan
-        "specs",  # what include() copies from a Router
-        "hub", "http", "stats", "match", "defaults", "encode_json", "json_loads",
-        "handshake_timeout", "max_header_size", "max_connections", "max_connections_per_ip",
-        "output_budget", "proxy_trust",  # the options as the connection layer reads them
-    },
-    "harpy.app.router.Router": {"specs"},
-    "harpy.app.app.Route": {
-        "allowed_origins", "authenticate", "data_factory", "deflate", "first_message_auth",
-        "make_data", "on_message", "rate_burst", "subprotocols",
-    },  # the options in the form the connection layer uses them
-    "harpy.pubsub.groups.Connections": {"add", "discard", "receivers"},  # the hub's
-}  # fmt: skip
-
 #: The modules whose ``__all__`` is the public surface besides ``harpy`` itself.
 MODULES = (harpy, harpy.auth, harpy.testing, harpy.asgi, harpy.workers)
 
-#: Exported from a module but not application API (the same seams, by module).
-MODULE_SEAMS = {
-    "harpy.auth": {"Upgrading", "interpret", "resolve_authenticate"},  # the app layer's
-    "harpy.asgi": {"ASGIConnection"},  # the adapter's connection, not a user object
-}
+#: The title of the part of a page for the public names harpy's own layers use (the seams
+#: between them): listed and checked like the rest, apart from the application API.
+SEAMS_HEADING = "## For harpy's own layers"
 
 
 @cache
@@ -93,7 +73,10 @@ def documented() -> dict[str, list[str] | None]:
     out: dict[str, list[str] | None] = {}
     for _, target, members in directives():
         obj = resolve(target)
-        out[obj.path] = members
+        if members is None or out.get(obj.path) is None:
+            out[obj.path] = members
+        else:  # the application part and the seams part of one target
+            out[obj.path] = [*(out[obj.path] or ()), *members]
         if obj.is_module:
             for name in members or ():
                 out[resolve(f"{target}.{name}").path] = None
@@ -121,12 +104,16 @@ def has_docstring(obj: griffe.Object | griffe.Alias) -> bool:
 
 
 def test_each_page_is_well_formed() -> None:
+    listed: dict[str, list[str]] = {}
     for page, target, members in directives():
         obj = resolve(target)
         if not (obj.is_class or obj.is_module):
             continue  # a function or a constant: its docstring is all there is
         assert members is not None, f"{page}: ::: {target} needs an explicit members list"
         assert len(members) == len(set(members)), f"{page}: {target} lists a name twice"
+        twice = set(members) & set(listed.get(obj.path, ()))
+        assert not twice, f"{page}: {target} lists {sorted(twice)} in two directives"
+        listed.setdefault(obj.path, []).extend(members)
         if obj.is_module:
             for name in members:
                 member = resolve(f"{target}.{name}")
@@ -142,7 +129,7 @@ def test_every_exported_name_is_in_the_reference(module: object) -> None:
     pages = documented()
     missing = []
     for export in getattr(module, "__all__", ()):
-        if export == "__version__" or export in MODULE_SEAMS.get(name, set()):
+        if export == "__version__":
             continue
         if resolve(f"{name}.{export}").path not in pages:
             missing.append(export)
@@ -151,18 +138,18 @@ def test_every_exported_name_is_in_the_reference(module: object) -> None:
 
 def test_each_class_shows_exactly_its_public_names() -> None:
     pages = documented()
-    for page, target, members in directives():
-        cls = resolve(target)
+    for path, members in pages.items():
+        cls = resolve(path)
         if not cls.is_class:
             continue
-        seams = SEAMS.get(cls.path, set())
         # What a documented base class lists is documented there, once.
+        elsewhere: set[str] = set()
         for base in cls.mro():
-            seams |= set(pages.get(base.path) or ()) | SEAMS.get(base.path, set())
-        public = public_members(cls) - seams
+            elsewhere |= set(pages.get(base.path) or ())
+        public = public_members(cls) - elsewhere
         listed = set(members or ())
-        assert not listed - public, f"{page}: {target} lists what it does not have or hides"
-        assert not public - listed, f"{page}: {target} leaves out {sorted(public - listed)}"
+        assert not listed - public, f"{path} lists what it does not have or hides"
+        assert not public - listed, f"{path} leaves out {sorted(public - listed)}"
 
 
 def test_every_documented_name_has_a_docstring() -> None:
@@ -171,16 +158,29 @@ def test_every_documented_name_has_a_docstring() -> None:
         if not obj.is_module:
             assert has_docstring(obj), f"{page}: {target} has no docstring"
         for name in members or ():
-            if obj.is_class and name not in obj.all_members:
-                continue  # a slot griffe cannot see: test_slots_have_docstrings checks it
-            member = obj.all_members[name] if obj.is_class else resolve(f"{target}.{name}")
+            if obj.is_class:
+                # A name griffe cannot see (a slot set by unpacking) has no docstring for it.
+                assert name in obj.all_members, f"{page}: {target}.{name} is invisible to griffe"
+                member = obj.all_members[name]
+            else:
+                member = resolve(f"{target}.{name}")
             assert has_docstring(member), f"{page}: {target}.{name} has no docstring"
 
 
-def test_the_seams_named_here_exist() -> None:
-    """So that this file cannot keep a name the code has dropped."""
-    for path, names in SEAMS.items():
-        assert names <= public_members(resolve(path)), path
+def test_a_target_twice_is_application_api_then_seams() -> None:
+    """A second directive for one target is the seams part: under its own heading, after the
+    application part, and rendered without a second heading (one anchor per name)."""
+    for page in sorted(REFERENCE.glob("*.md")):
+        text = page.read_text()
+        seen: set[str] = set()
+        for match in re.finditer(r"^::: ([\w.]+)\n((?:[ \t]+.*\n|\n)*)", text, re.MULTILINE):
+            target, options = match.group(1), match.group(2)
+            if target in seen:
+                before = text[: match.start()]
+                assert SEAMS_HEADING in before, f"{page.name}: ::: {target} twice, no seams part"
+                assert "show_root_heading: false" in options, f"{page.name}: {target} twice"
+                assert "show_root_toc_entry: false" in options, f"{page.name}: {target} twice"
+            seen.add(target)
 
 
 def test_listed_inherited_members_are_rendered() -> None:

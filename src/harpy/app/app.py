@@ -72,20 +72,36 @@ class Route:
         self.handlers: Handlers = resolve_handlers(spec.handlers)
         """The route's handlers, checked when it was registered."""
         self.data_factory = spec.data
+        """The route's ``data=`` factory, or None: what :meth:`make_data` calls."""
         # What the options say, in the form each use wants, derived once.
         self.deflate = DeflateOptions.from_value(options.compression)
-        self.authenticate, self.first_message_auth = resolve_authenticate(options.authenticate)
+        """The ``compression`` option as permessage-deflate settings, or None: the connection
+        layer's form of it."""
+        authenticate, first_message_auth = resolve_authenticate(options.authenticate)
+        self.authenticate = authenticate
+        """The ``authenticate`` hook to call before the 101, or None: the connection layer's
+        form of the option."""
+        self.first_message_auth = first_message_auth
+        """The :class:`~harpy.FirstMessageAuth` the first message must pass, or None: the
+        connection layer's form of the ``authenticate`` option."""
         origins = options.allowed_origins
         self.allowed_origins = (
             None if origins is None else frozenset(o.rstrip("/").lower() for o in origins)
         )
+        """The allowed origins, lower case without a trailing ``/``, or None for any: the
+        connection layer's form of ``allowed_origins``."""
         self.subprotocols: tuple[str, ...] = tuple(options.subprotocols or ())
+        """The subprotocols the route speaks, in its order of preference: the connection
+        layer's form of ``subprotocols``."""
         self.rate_burst = float(options.rate_burst or max(1.0, options.rate_limit))
-        #: What a member's message goes to: the handler, wrapped by the automatic broadcast.
+        """The rate limit's burst, in messages: the connection layer's form of
+        ``rate_burst``."""
         message = self.handlers.message
         if options.json:
             message = json_parsing(message, resolve_loads(json_loads))
         self.on_message = auto_broadcasting(message) if options.auto_broadcast else message
+        """What a member's message goes to (the handler, with JSON parsing and the automatic
+        broadcast as the options say): the connection layer's message callback."""
 
     def make_data(self, ws: WebSocket[Any]) -> Any:
         """A fresh ``ws.data``: the route's factory, or a dict of ``url`` and ``cookies``."""
@@ -162,10 +178,11 @@ class App(Routes):
         **route_defaults: Unpack[RouteOptionsKw],
     ) -> None:
         super().__init__()
-        #: Whose proxy information is believed, and which (its ``headers`` and ``protocol``).
         self.proxy_trust = ProxyTrust(
             forwarded_allow_ips, headers=proxy_headers, protocol=proxy_protocol
         )
+        """Whose proxy information is believed, and which (its ``headers`` and ``protocol``):
+        the connection layer's reading of the proxy options."""
         if handshake_timeout <= 0 or max_header_size < 256 or shutdown_timeout < 0:
             raise ConfigurationError(
                 "handshake_timeout must be > 0, max_header_size >= 256, shutdown_timeout >= 0"
@@ -185,36 +202,49 @@ class App(Routes):
             raise ConfigurationError("output_budget must be a whole number of bytes, or None")
         elif output_budget < 0:
             raise ConfigurationError("output_budget must be >= 0 (0: no bound)")
-        #: Bytes of output all connections together may hold (0: no bound).
         self.output_budget = output_budget
-        #: Serialises a value that is neither str nor bytes to JSON text (UTF-8 bytes).
+        """Bytes of output all connections together may hold (0: no bound): the connection
+        layer's reading of ``output_budget``."""
         self.encode_json = make_encoder(json_dumps)
-        #: Parses the messages of ``json=True`` routes.
+        """Serialises a value that is neither str nor bytes to JSON text (UTF-8 bytes): the
+        encoder the connections and groups use."""
         self.json_loads = resolve_loads(json_loads)
-        #: What the app counts for its metrics and access log.
+        """Parses the messages of ``json=True`` routes: the parser the routes use."""
         self.stats = Stats()
-        #: What plain HTTP requests get: health, metrics, static files.
+        """What the app counts for its metrics and access log: the counters the connection
+        layer updates."""
         self.http = HttpSide(self, health, static, metrics)
-        #: The options every route starts from.
+        """What plain HTTP requests get (health, metrics, static files): the HTTP side the
+        connection layer hands them to."""
         self.defaults = make_options(None, route_defaults, "App()")
-        #: Open connections past which an upgrade is refused with 503 (0: no limit).
+        """The options every route starts from: what :meth:`include` and the router build
+        routes on."""
         self.max_connections = max_connections
-        #: Open connections from one address past which an upgrade gets 429 (0: no limit).
+        """Open connections past which an upgrade is refused with 503 (0: no limit): the
+        connection layer's admission reads it."""
         self.max_connections_per_ip = max_connections_per_ip
+        """Open connections from one address past which an upgrade gets 429 (0: no limit):
+        the connection layer's admission reads it."""
         self._per_ip: dict[str, int] = {}
         self._admitted = 0  # connections holding a place under the two limits above
         self.handshake_timeout = handshake_timeout
+        """Seconds the upgrade request may take before a 408: the connection layer's
+        deadline."""
         self.max_header_size = max_header_size
+        """Bytes the upgrade request's head may have before a 431: the connection layer's
+        bound."""
         self.shutdown_timeout = shutdown_timeout
         """Seconds a graceful shutdown waits for connections to close before dropping them."""
         self._table: RouteTable[Route] = RouteTable()
-        #: ``match(path)``: the route for a raw (still percent-encoded) request path, and its
-        #: parameters, or None (the table's own method: no extra call per upgrade).
         self.match: Callable[[str], tuple[Route, dict[str, str]] | None] = self._table.match
+        """``match(path)``: the route for a raw (still percent-encoded) request path, and its
+        parameters, or None (the table's own method: no extra call per upgrade): the
+        connection layer's routing."""
         if not presence_interval > 0:
             raise ConfigurationError("presence_interval must be > 0 seconds")
-        #: Every group (topics, rooms, routes), and the backplane that shares them, if any.
         self.hub: Hub[WebSocket[Any]] = Hub(Presence(presence_interval) if presence else None)
+        """Every group (topics, rooms, routes), and the backplane that shares them, if any:
+        the groups the connections and the app's group methods use."""
         if backplane is not None:
             self.hub.attach(backplane)
         self._startup: list[Hook] = []

@@ -45,27 +45,45 @@ Hook = Callable[["UpgradeRequest"], Any]
 
 
 class Upgrading(Protocol):
-    """What the app layer's connection offers an ``authenticate`` hook before the 101."""
+    """What the app layer's connection offers an ``authenticate`` hook before the 101: the
+    interface :class:`UpgradeRequest` reads, which the app layer's connection provides."""
 
     @property
-    def path(self) -> str: ...
+    def path(self) -> str:
+        """The request path, percent-decoded, without the query string."""
+
     @property
-    def route(self) -> str: ...
+    def route(self) -> str:
+        """The pattern of the route that matched."""
+
     @property
-    def query(self) -> dict[str, str]: ...
+    def query(self) -> dict[str, str]:
+        """The query string's parameters (the first value of each name)."""
+
     @property
-    def query_string(self) -> str: ...
+    def query_string(self) -> str:
+        """The raw query string, without the ``?``."""
+
     @property
-    def headers(self) -> Headers: ...
+    def headers(self) -> Headers:
+        """The request headers."""
+
     @property
-    def cookies(self) -> dict[str, str]: ...
+    def cookies(self) -> dict[str, str]:
+        """The request's cookies."""
+
     @property
-    def remote_address(self) -> str: ...
+    def remote_address(self) -> str:
+        """The client's IP address."""
+
     @property
-    def url(self) -> str: ...
+    def url(self) -> str:
+        """The URL the client asked for."""
 
     params: dict[str, str]
+    """The route's path parameters, percent-decoded."""
     subprotocol: str | None
+    """The subprotocol the 101 will name, or None."""
 
 
 class Deny(HarpyError):

@@ -231,9 +231,9 @@ SUBCLASS_INTERFACE = (
 class Connection:
     """One client connection, from the first request byte to the closed transport."""
 
-    #: Whether this transport answers plain HTTP requests itself (the native one does; under
-    #: ASGI the ASGI server does).
     answers_http = False
+    """Whether this transport answers plain HTTP requests itself (the native one does; under
+    ASGI the ASGI server does)."""
 
     __slots__ = (
         "_corked",
@@ -260,17 +260,18 @@ class Connection:
 
     def __init__(self, server: Host) -> None:
         self._server = server
-        #: Changed by :meth:`_enter` only.
         self.ready_state = _CONNECTING
-        #: The upgrade request, once its head was read.
+        """The connection's state (:class:`~harpy.ReadyState`), changed by :meth:`_enter`
+        only."""
         self.request: Request | None = None
-        #: Messages dropped while this connection was open: past its backpressure limit, or past
-        #: the server's output budget (those sent once it was closing count on the server).
+        """The upgrade request, once its head was read."""
         self.dropped = 0
-        #: Messages sent or queued to the peer (not the dropped ones).
+        """Messages dropped while this connection was open: past its backpressure limit, or past
+        the server's output budget (those sent once it was closing count on the server)."""
         self.messages_out = 0
-        #: The timer wheel's slot for this connection (the wheel's to change).
+        """Messages sent or queued to the peer (not the dropped ones)."""
         self.timer_slot = -1
+        """The timer wheel's slot for this connection (the wheel's to change)."""
         self._on_message: OnMessage = _ignore_message
         self._on_event: OnEvent = _ignore_event
         self._out: list[Any] = []  # items the transport writes (frames, or ASGI messages)
