@@ -98,6 +98,7 @@ class Client(asyncio.Protocol):
     def __init__(self, gen: Generator, path: str, sampled: bool) -> None:
         self.gen = gen
         self.path = path
+        self.subscriber = path.startswith("/s")  # counted in ``open`` (publishers are not)
         self.sampled = sampled
         self.transport: Any = None
         self.upgraded = False
@@ -125,8 +126,9 @@ class Client(asyncio.Protocol):
                 return
             self.upgraded = True
             buf = buf[end + 4 :]
-            self.gen.open += 1
-            self.gen.last_open = time.monotonic()
+            if self.subscriber:
+                self.gen.open += 1
+                self.gen.last_open = time.monotonic()
             if not self.opened.done():
                 self.opened.set_result(True)
         pos, size = 0, len(buf)
@@ -173,7 +175,7 @@ class Client(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.upgraded:
+        if self.upgraded and self.subscriber:
             self.gen.open -= 1
             self.gen.drops += 1
         if not self.opened.done():
@@ -218,7 +220,9 @@ class Generator:
                     )
                     if await client.opened:
                         return client
-                except OSError:
+                except (OSError, RuntimeError):
+                    # RuntimeError: uvloop still holds the fd number for a transport closing
+                    # at this moment (a connection just dropped); try again.
                     sock.close()
             await asyncio.sleep(0.05)
         raise RuntimeError(f"cannot open {path}")
