@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -289,14 +290,18 @@ class NatsCluster:
             node.stop()
 
 
-def _run_redis_cluster() -> Iterator[RedisCluster]:
-    with tempfile.TemporaryDirectory(prefix="harpy-redis-cluster-") as tmp:
-        cluster = RedisCluster(tmp)
+def _run_cluster(make: Callable[[str], RedisCluster | NatsCluster]) -> Iterator[Any]:
+    with tempfile.TemporaryDirectory(prefix="harpy-cluster-") as tmp:
+        cluster = make(tmp)
         try:
             cluster.start()
             yield cluster
         finally:
             cluster.stop()
+
+
+def _run_redis_cluster() -> Iterator[RedisCluster]:
+    yield from _run_cluster(RedisCluster)
 
 
 @pytest.fixture(scope="session")
@@ -315,10 +320,4 @@ def own_redis_cluster() -> Iterator[RedisCluster]:
 @pytest.fixture
 def nats_cluster() -> Iterator[NatsCluster]:
     """A three-server NATS cluster of this test alone, to kill servers of."""
-    with tempfile.TemporaryDirectory(prefix="harpy-nats-cluster-") as tmp:
-        cluster = NatsCluster(tmp)
-        try:
-            cluster.start()
-            yield cluster
-        finally:
-            cluster.stop()
+    yield from _run_cluster(NatsCluster)

@@ -140,17 +140,35 @@ class RedisBackplane(Backplane):
                 self._wanted.discard(channel)
                 raise
             return
+        await self._confirmed(
+            channel, self._pubsub.subscribe, f"Redis did not confirm the subscription to {topic!r}"
+        )
+
+    def _received(self, channel: bytes, data: Any) -> None:
+        """A message on one of our channels (``channel_prefix`` + topic)."""
+        try:
+            topic = channel[len(self._prefix) :].decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        self.deliver(topic, data if isinstance(data, bytes) else bytes(data))
+
+    def _confirm_seen(self, channel: bytes) -> None:
+        future = self._confirm.get(channel)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def _confirmed(self, channel: bytes, subscribe: Any, failure: str) -> None:
+        """``await subscribe(channel)``, then wait for the server's confirmation (read by a
+        reader task) for up to ``subscribe_timeout``; ``BackplaneError(failure)`` without it."""
         future = self._confirm.get(channel)
         if future is None:
             future = self._confirm[channel] = asyncio.get_running_loop().create_future()
         try:
-            await self._pubsub.subscribe(channel)
+            await subscribe(channel)
             try:
                 await asyncio.wait_for(asyncio.shield(future), self.subscribe_timeout)
             except TimeoutError:
-                raise BackplaneError(
-                    f"Redis did not confirm the subscription to {topic!r}"
-                ) from None
+                raise BackplaneError(failure) from None
         finally:
             if self._confirm.get(channel) is future:
                 del self._confirm[channel]
@@ -170,7 +188,6 @@ class RedisBackplane(Backplane):
     async def _read_loop(self) -> None:
         pubsub = self._pubsub
         prefix = self._prefix
-        skip = len(prefix)
         resubscribing: set[bytes] = set()
         while True:
             try:
@@ -194,16 +211,9 @@ class RedisBackplane(Backplane):
             channel = message["channel"]
             if kind == "message":
                 if isinstance(channel, bytes) and channel.startswith(prefix):
-                    data = message["data"]
-                    try:
-                        topic = channel[skip:].decode("utf-8")
-                    except UnicodeDecodeError:
-                        continue
-                    self.deliver(topic, data if isinstance(data, bytes) else bytes(data))
+                    self._received(channel, message["data"])
             elif kind == "subscribe":
-                future = self._confirm.get(channel)
-                if future is not None and not future.done():
-                    future.set_result(None)
+                self._confirm_seen(channel)
                 if not self.connected:
                     resubscribing.discard(channel)
                     if not resubscribing:
@@ -300,21 +310,12 @@ class RedisBackplane(Backplane):
             raise BackplaneError(f"cannot reach the Redis Cluster master {name}: {exc}") from exc
         if channel in shard.channels:
             return
-        future = self._confirm.get(channel)
-        if future is None:
-            future = self._confirm[channel] = asyncio.get_running_loop().create_future()
-        try:
-            await shard.pubsub.ssubscribe(channel)
-            try:
-                await asyncio.wait_for(asyncio.shield(future), self.subscribe_timeout)
-            except TimeoutError:
-                raise BackplaneError(
-                    f"Redis Cluster master {name} did not confirm {channel!r}"
-                ) from None
-            shard.channels.add(channel)
-        finally:
-            if self._confirm.get(channel) is future:
-                del self._confirm[channel]
+        await self._confirmed(
+            channel,
+            shard.pubsub.ssubscribe,
+            f"Redis Cluster master {name} did not confirm {channel!r}",
+        )
+        shard.channels.add(channel)
 
     async def _send_cluster(self, batch: list[tuple[str, bytes]]) -> None:
         by_shard: dict[str, list[tuple[str, bytes]]] = {}
@@ -339,7 +340,6 @@ class RedisBackplane(Backplane):
         await pipe.execute()
 
     async def _shard_read_loop(self, shard: _Shard) -> None:
-        skip = len(self._prefix)
         while True:
             try:
                 message = await shard.pubsub.get_message(timeout=None)
@@ -352,16 +352,9 @@ class RedisBackplane(Backplane):
                 continue
             kind, channel = message["type"], message["channel"]
             if kind == "smessage":
-                data = message["data"]
-                try:
-                    topic = channel[skip:].decode("utf-8")
-                except UnicodeDecodeError:
-                    continue
-                self.deliver(topic, data if isinstance(data, bytes) else bytes(data))
+                self._received(channel, message["data"])
             elif kind == "ssubscribe":
-                future = self._confirm.get(channel)
-                if future is not None and not future.done():
-                    future.set_result(None)
+                self._confirm_seen(channel)
             elif kind == "sunsubscribe" and channel in shard.channels:
                 # Not asked for: the slot moved (a failover, a resharding).
                 shard.channels.discard(channel)
