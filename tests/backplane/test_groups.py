@@ -89,8 +89,7 @@ async def test_rooms_cross_nodes_once_and_exclude_the_sender_once(
     make_backplane: MakeBackplane,
 ) -> None:
     async with (
-        two_apps(make_backplane) as (a, b),
-        connect(f"{a.url}/g?rooms=x,y") as sender,
+        two_apps(make_backplane) as (a, b), connect(f"{a.url}/g?rooms=x,y") as sender,
         connect(f"{a.url}/g?rooms=y") as near,
         connect(f"{b.url}/g?rooms=x,y") as both,
         connect(f"{b.url}/g?rooms=y") as only_y,
