@@ -5,9 +5,11 @@ character, a NATS subject may not (``.`` separates tokens, ``*`` and ``>`` are w
 whitespace ends it), so a topic is escaped to one safe token: ASCII letters, digits, ``-`` and
 ``_`` stay as they are; every other UTF-8 byte becomes ``~`` and two hex digits (``room 1`` ->
 ``room~201``, ``a.b`` -> ``a~2Eb``).  The escape is one-to-one, so two topics never share a
-subject.  Reconnection is nats-py's (it re-subscribes); messages published meanwhile wait in
-the backplane's queue (up to ``max_queue``), and each batch sent is confirmed by a PING, so a
-message the server may not have read is counted in ``dropped``.
+subject.  ``url`` may name several servers of a NATS cluster, separated by commas: nats-py
+connects to one and moves to another when it fails.  Reconnection is nats-py's (it
+re-subscribes); messages published meanwhile wait in the backplane's queue (up to
+``max_queue``), and each batch sent is confirmed by a PING, so a message the server may not
+have read is counted in ``dropped``.
 """
 
 from __future__ import annotations
@@ -72,7 +74,10 @@ class NatsBackplane(Backplane):
         ):
             raise BackplaneError(f"subject_prefix {subject_prefix!r} is not a valid NATS subject")
         self.url = url
-        """The NATS server (``nats://host:4222``, credentials allowed)."""
+        """The NATS server (``nats://host:4222``, credentials allowed); several, separated by
+        commas, for a NATS cluster."""
+        if not self.servers:
+            raise BackplaneError("NatsBackplane needs at least one server URL")
         self.subject_prefix = subject_prefix
         """Put before each (escaped) topic to make its NATS subject."""
         self.subscribe_timeout = subscribe_timeout
@@ -84,6 +89,20 @@ class NatsBackplane(Backplane):
         self._subs: dict[str, Any] = {}
         self._gone = asyncio.Event()  # set while disconnected
         self._disconnects = 0
+
+    @property
+    def servers(self) -> list[str]:
+        """The servers ``url`` names (several, separated by commas, for a NATS cluster)."""
+        return [part.strip() for part in self.url.split(",") if part.strip()]
+
+    @property
+    def server(self) -> str | None:
+        """The server connected to now (password hidden), or None while disconnected."""
+        nc = self._nc
+        if nc is None or not nc.is_connected or nc.connected_url is None:
+            return None
+        url = nc.connected_url
+        return redact_url(f"{url.scheme}://{url.netloc}")
 
     def subject(self, topic: str) -> str:
         """The NATS subject that carries ``topic``."""
@@ -116,9 +135,8 @@ class NatsBackplane(Backplane):
         self._gone.clear()
         nc = Client()
         try:
-            await asyncio.wait_for(
-                nc.connect(servers=[self.url], allow_reconnect=True, **options), self.start_timeout
-            )
+            connect = nc.connect(servers=self.servers, allow_reconnect=True, **options)
+            await asyncio.wait_for(connect, self.start_timeout)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await nc.close()
