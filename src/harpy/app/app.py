@@ -27,6 +27,7 @@ from ..server import (
     make_ssl_context,
 )
 from ..server.forwarded import ProxyTrust
+from .access import AccessLog
 from .handlers import Handlers, resolve_handlers
 from .http import HttpSide, Stats
 from .jsoncodec import Dumps, Loads, json_parsing, make_encoder, resolve_loads
@@ -193,6 +194,8 @@ class App(Routes):
         self.json_loads = resolve_loads(json_loads)
         #: What the app counts for its metrics and access log.
         self.stats = Stats()
+        #: The access log's entries of this loop tick (records are made at its end).
+        self.access_log = AccessLog()
         #: What plain HTTP requests get: health, metrics, static files.
         self.http = HttpSide(self, health, static, metrics)
         #: The options every route starts from.

@@ -32,7 +32,7 @@ cdef class FrameReader:
     @cython.locals(end=Py_ssize_t, pos=Py_ssize_t, need=Py_ssize_t, b0=int, b1=int,
                    length=Py_ssize_t, hlen=Py_ssize_t, opcode=int,
                    pstart=Py_ssize_t, fin=int, rsv=int, compressed=bint, max_size=Py_ssize_t,
-                   events=list, payload=bytes, op_text=int, op_binary=int,
+                   events=list, payload=bytes, arrived=bytes, op_text=int, op_binary=int,
                    op_cont=int, op_close=int, client=bint, keylen=Py_ssize_t,
                    done=Py_ssize_t, checked=Py_ssize_t, skip=Py_ssize_t)
     cpdef list feed(self, bytes data)

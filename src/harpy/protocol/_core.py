@@ -341,8 +341,8 @@ class FrameReader:
                         self._part_done = 0
                         if opcode == op_text:
                             self._frag_decoder = _utf8_decoder()
-                        if not self._check_part(data[pstart:end] if client or end == pstart
-                                                else _unmask(data, pstart, end), False):
+                        arrived = data[pstart:end] if client else _unmask(data, pstart, end)
+                        if not self._check_part(arrived, False):
                             return self._bad_part(events, length - (end - pstart))
                 break
             pos = pstart + length
