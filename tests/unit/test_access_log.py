@@ -12,7 +12,6 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -39,19 +38,6 @@ class CountingStream(io.StringIO):
     def write(self, text: str) -> int:
         self.writes += 1
         return super().write(text)
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, access_logger.level
-    yield
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-    for handler in saved[0]:
-        root.addHandler(handler)
-    root.setLevel(saved[1])
-    access_logger.setLevel(saved[2])
 
 
 def cli_handler(fmt: str) -> tuple[logging.StreamHandler[Any], CountingStream]:
