@@ -51,7 +51,7 @@ _ADDR = ["--host", HOST, "--port", "{port}"]
 SERVERS: dict[str, list[str]] = {
     "harpy": [PY, "-m", "harpy", "bench.app:app", *_ADDR],
     # The same with the access log off (it is on by default): what the access log costs.
-    "harpy-nolog": [PY, "-m", "harpy", "bench.app:app", "--log-level", "warning", *_ADDR],
+    "harpy-nolog": [PY, "-m", "harpy", "bench.app:app", "--no-access-log", *_ADDR],
     "picows": [PY, str(BENCH / "peers" / "picows_server.py"), *_ADDR],
     "websockets": [PY, str(BENCH / "peers" / "websockets_server.py"), *_ADDR],
     "aiohttp": [PY, str(BENCH / "peers" / "aiohttp_server.py"), *_ADDR],
