@@ -36,7 +36,7 @@ SEAMS: dict[str, set[str]] = {
         "admit", "release",  # the connection layer's per-IP and global admission
         "run_startup_hooks", "run_shutdown_hooks",  # the ASGI adapter's lifespan
         "specs",  # what include() copies from a Router
-        "hub", "http", "stats", "match", "defaults", "encode_json", "json_loads",
+        "hub", "http", "stats", "access_log", "match", "defaults", "encode_json", "json_loads",
         "handshake_timeout", "max_header_size", "max_connections", "max_connections_per_ip",
         "output_budget", "proxy_trust",  # the options as the connection layer reads them
     },
