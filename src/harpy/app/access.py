@@ -148,12 +148,21 @@ def _write_lines(handler: logging.StreamHandler[Any], entries: list[tuple[Any, .
     one flush for all of them."""
     formatter: Any = handler.formatter
     end = handler.terminator
-    now = log_time(time.time())
+    now = _now()
     lines = []
     if hasattr(formatter, "line_template"):
-        # One %-template for each kind of entry, filled from the entry's own tuple.
-        answer = formatter.line_template(_ANSWER, _ANSWER_NAMES, 3) + end
-        close = formatter.line_template(_CLOSE, _CLOSE_NAMES, 3) + end
+        # One %-template for each kind of entry, filled from the entry's own tuple; made
+        # again only for another formatter or line end.
+        cached = _templates
+        if cached[0] is not formatter or cached[1] != end:
+            cached[:] = (
+                formatter,
+                end,
+                formatter.line_template(_ANSWER, _ANSWER_NAMES, 3) + end,
+                formatter.line_template(_CLOSE, _CLOSE_NAMES, 3) + end,
+            )
+        answer = cached[2]
+        close = cached[3]
         for entry in entries:
             if len(entry) == 3:
                 event = "upgrade" if entry[1] == 101 else "http"
@@ -172,6 +181,21 @@ def _write_lines(handler: logging.StreamHandler[Any], entries: list[tuple[Any, .
         handler.flush()
     finally:
         handler.release()
+
+
+#: The templates of the last formatter used: [formatter, line end, answer, close].
+_templates: list[Any] = [None, "", "", ""]
+#: The last time written: [milliseconds since the epoch, as log_time writes it].
+_time: list[Any] = [-1, ""]
+
+
+def _now() -> str:
+    """The time now as :func:`log_time` writes it, made again only once per millisecond."""
+    now = time.time()
+    ms = int(now * 1000)
+    if ms != _time[0]:
+        _time[:] = (ms, log_time(now))
+    return str(_time[1])
 
 
 def log_time(created: float) -> str:
