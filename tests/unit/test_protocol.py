@@ -568,6 +568,21 @@ def test_rest_of_failed_frame_is_skipped_then_close_is_read(core: ModuleType) ->
     assert reader.close_received
 
 
+def test_text_still_arriving_is_not_checked_once_closing(core: ModuleType) -> None:
+    """After our close, messages are no longer read: the rest of a text frame begun before it
+    is not judged either, and the peer's close still completes the handshake."""
+    frame = client_frame(OP_TEXT, GOOD + BAD + REST)
+    reader = core.FrameReader()
+    assert reader.feed(frame[:8]) == []
+    assert reader.send_close(1001) != b""
+    assert reader.feed(frame[8:]) == []
+    assert reader.state == core.ST_CLOSING
+    assert reader.feed(client_frame(OP_CLOSE, (1001).to_bytes(2, "big"))) == [
+        (OP_CLOSE, (1001, ""))
+    ]
+    assert reader.state == core.ST_CLOSED
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 9, 64])
 def test_valid_text_in_many_reads(core: ModuleType, chunk: int) -> None:
     """Valid text, multi-byte sequences cut anywhere, in one frame or in fragments, at every

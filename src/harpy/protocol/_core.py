@@ -257,7 +257,7 @@ class FrameReader:
             self._buf.append(data)
             self._have += len(data)
             if self._have < self._need:
-                if self._part_done >= 0 and not self._check_part(data):
+                if self._part_done >= 0 and not self.close_sent and not self._check_part(data):
                     return self._bad_part(events, self._need - self._have)
                 return events
             data = b"".join(self._buf)
