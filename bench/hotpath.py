@@ -26,7 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CASES = [("echo", 5000, 1, "echo 32 B, per message"),
          ("fanout", 20, 1000, "fan-out to 1,000 subscribers, per delivery"),
-         ("handshake", 500, 1, "upgrade + close, per connection")]
+         ("handshake", 500, 1, "upgrade + close, per connection"),
+         ("handshake-log", 500, 1, "upgrade + close, access log on (to a file), per connection")]
 
 
 class FakeTransport:
@@ -74,9 +75,26 @@ def client_frame(payload: bytes) -> bytes:
         b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+def log_to_file() -> None:
+    """The CLI's default logging (access log on), written line by line as to stderr (here to
+    /dev/null: callgrind's own report goes to stderr)."""
+    import logging
+
+    from harpy.cli import configure_logging
+
+    configure_logging("info")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(open(os.devnull, "w", buffering=1))  # noqa: SIM115
+
+
 async def drive(mode: str, n: int) -> None:
     import harpy
     from harpy.server import Server
+
+    if mode.endswith("-log"):
+        log_to_file()
+        mode = mode[: -len("-log")]
 
     app = harpy.App()
     app.ws("/echo", {"message": lambda ws, m: ws.send(m)})

@@ -50,6 +50,8 @@ PY = str(_venv_py) if _venv_py.exists() else sys.executable
 _ADDR = ["--host", HOST, "--port", "{port}"]
 SERVERS: dict[str, list[str]] = {
     "harpy": [PY, "-m", "harpy", "bench.app:app", *_ADDR],
+    # The same with the access log off (it is on by default): what the access log costs.
+    "harpy-nolog": [PY, "-m", "harpy", "bench.app:app", "--no-access-log", *_ADDR],
     "picows": [PY, str(BENCH / "peers" / "picows_server.py"), *_ADDR],
     "websockets": [PY, str(BENCH / "peers" / "websockets_server.py"), *_ADDR],
     "aiohttp": [PY, str(BENCH / "peers" / "aiohttp_server.py"), *_ADDR],
@@ -1023,6 +1025,9 @@ def results_md(data: dict[str, Any]) -> str:
         "- Pinning: " + ("server on CPU 0, load generator on CPU 1 (taskset)" if m.get("pinned")
                           else "none (taskset unavailable or a single CPU)"),
         f"- Run: {mode}, {data.get('date', '')}, tree {m.get('git') or 'unknown'}",
+        "- Load average (1, 5, 15 min) at the start and the end of the run: "
+        + " / ".join(", ".join(f"{x:.2f}" for x in data.get("loadavg", {}).get(k, ()))
+                     for k in ("start", "end")),
         "",
         "## Method",
         "",
@@ -1135,7 +1140,9 @@ def main() -> int:
         if not PIN:
             print("warning: taskset unavailable or single CPU; running unpinned", file=sys.stderr)
         data = {"machine": machine_info(), "quick": args.quick, "repeat": max(1, args.repeat),
-                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": {}}
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": {},
+                # The machine is shared: its load before and after the run, with the numbers.
+                "loadavg": {"start": os.getloadavg()}}
         if args.merge and RESULTS_JSON.exists():
             data["results"] = json.loads(RESULTS_JSON.read_text()).get("results", {})
         for name in servers:
@@ -1143,6 +1150,9 @@ def main() -> int:
             entry = data["results"].setdefault(name, {"cases": {}, "errors": []})
             entry["cases"].update(fresh["cases"])   # --merge keeps cases not re-run
             entry["errors"] = fresh["errors"]
+        data["loadavg"]["end"] = os.getloadavg()
+        print(f"load average (1, 5, 15 min): start {data['loadavg']['start']}, "
+              f"end {data['loadavg']['end']}", file=sys.stderr)
         RESULTS_JSON.write_text(json.dumps(data, indent=2) + "\n")
 
     print(markdown(data))

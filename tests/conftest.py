@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -46,3 +48,18 @@ def serve_app(request: pytest.FixtureRequest) -> ServeApp:
     fixtures.
     """
     return serve if request.param == "native" else serve_asgi
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put back the root logger's handlers and level, and the access log's level."""
+    root = logging.getLogger()
+    access = logging.getLogger("harpy.access")
+    saved = root.handlers[:], root.level, access.level
+    yield
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    for handler in saved[0]:
+        root.addHandler(handler)
+    root.setLevel(saved[1])
+    access.setLevel(saved[2])

@@ -20,11 +20,11 @@ import shlex
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from .app import App
+from .app.access import log_time
 from .exceptions import ConfigurationError, HarpyError, require_extra
 from .server.forwarded import ProxyTrust
 from .workers import parse_workers
@@ -86,22 +86,44 @@ class JsonFormatter(logging.Formatter):
     (``extra={...}``); a traceback, when there is one, under ``exc_info``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": record_time(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in extra_fields(record).items():
-            entry.setdefault(key, value)
+        entry = _json_entry(
+            record_time(record),
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            extra_fields(record),
+        )
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
 
+    def format_fields(
+        self, time: str, level: str, name: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """What :meth:`format` makes of a record made at ``time`` (as :func:`log_time` writes
+        it) with these fields and no traceback, without the record (the access log's)."""
+        return json.dumps(
+            _json_entry(time, level, name, message, fields), default=str, ensure_ascii=False
+        )
+
+
+def _json_entry(
+    time: str, level: str, name: str, message: str, fields: dict[str, Any]
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "time": time,
+        "level": level.lower(),
+        "logger": name,
+        "message": message,
+    }
+    for key, value in fields.items():
+        entry.setdefault(key, value)
+    return entry
+
 
 def record_time(record: logging.LogRecord) -> str:
     """When the record was made: ISO 8601 in UTC, to the millisecond."""
-    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+    return log_time(record.created)
 
 
 class PlainFormatter(logging.Formatter):
@@ -123,6 +145,14 @@ class PlainFormatter(logging.Formatter):
             else:
                 rest.append(f"{key}={value}")
         return " ".join([record_time(record), text, *rest])
+
+    def line_template(self, message: str, names: tuple[str, ...], said: int) -> str:
+        """The line :meth:`format` makes of a record whose message (the %-template
+        ``message``) shows its first ``said`` extra fields, in order, as its arguments (the
+        access log's records), as a %-template: filled with the time (as :func:`log_time`
+        writes it), the message's arguments, then the values of the other fields."""
+        rest = "".join(f" {name.replace('%', '%%')}=%s" for name in names[said:])
+        return f"%s {message}{rest}"
 
 
 def configure_logging(level: str = "info", fmt: str = "plain", *, access_log: bool = True) -> None:

@@ -14,7 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
@@ -195,20 +195,6 @@ async def test_log_format_json_is_one_object_a_line() -> None:
     assert {"level": "info", "logger": "harpy", "message": "harpy: stopped"}.items() <= (
         records[-1].items()
     )
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    access = logging.getLogger("harpy.access")
-    saved = root.handlers[:], root.level, access.level
-    yield
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-    for handler in saved[0]:
-        root.addHandler(handler)
-    root.setLevel(saved[1])
-    access.setLevel(saved[2])
 
 
 def test_access_records_show_their_fields_in_both_formats(

@@ -513,6 +513,128 @@ def test_incomplete_sequence_in_first_fragment_is_not_an_error(core: ModuleType)
     assert reader.feed(client_frame(OP_CONT, b"\x80")) == [(OP_TEXT, "😀")]
 
 
+# -- UTF-8 of a frame still arriving (fail fast within a frame) ----------------------------------
+
+# Autobahn 6.4.3 and 6.4.4: valid text, then a code point past U+10FFFF, then more text, all in
+# one frame sent in parts.
+GOOD = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5"
+BAD = b"\xf4\x90\x80\x80"
+REST = b"edited"
+
+
+def test_invalid_utf8_fails_before_the_frame_is_whole(core: ModuleType) -> None:
+    """The 1007 comes with the read that carries the bad byte, not with the frame's end."""
+    frame = client_frame(OP_TEXT, GOOD + BAD + REST)
+    head = len(frame) - len(GOOD + BAD + REST)
+    reader = core.FrameReader()
+    assert reader.feed(frame[: head + len(GOOD)]) == []
+    assert_single_error(reader.feed(frame[head + len(GOOD) : head + len(GOOD) + 2]), 1007)
+    assert reader.data_to_send() == b"\x88\x16\x03\xefInvalid payload data"
+    assert reader.state == core.ST_CLOSING
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7])
+def test_invalid_utf8_fails_fast_byte_by_byte(core: ModuleType, chunk: int) -> None:
+    """Autobahn 6.4.4's case in reads of ``chunk`` bytes, header and masking key included:
+    the error comes with the read holding the second byte of the bad sequence."""
+    frame = client_frame(OP_TEXT, GOOD + BAD + REST)
+    bad_at = len(frame) - len(BAD + REST) + 1  # F4 90: invalid from the 90 on
+    reader = core.FrameReader()
+    for start in range(0, len(frame), chunk):
+        events = reader.feed(frame[start : start + chunk])
+        if start + chunk <= bad_at:
+            assert events == [], start
+        else:
+            assert_single_error(events, 1007)
+            assert start <= bad_at
+            break
+    else:
+        pytest.fail("no error")
+
+
+def test_rest_of_failed_frame_is_skipped_then_close_is_read(core: ModuleType) -> None:
+    """After failing mid-frame, the frame's remaining bytes are not read as frames: the
+    peer's close that follows them completes the closing handshake."""
+    frame = client_frame(OP_TEXT, GOOD + BAD + REST)
+    split = len(frame) - len(REST)
+    reader = core.FrameReader()
+    assert_single_error(reader.feed(frame[:split]), 1007)
+    reader.data_to_send()
+    close = client_frame(OP_CLOSE, (1007).to_bytes(2, "big"))
+    assert reader.feed(frame[split : split + 2]) == []
+    events = reader.feed(frame[split + 2 :] + close)
+    assert events == [(OP_CLOSE, (1007, ""))]
+    assert reader.state == core.ST_CLOSED
+    assert reader.close_received
+
+
+def test_text_still_arriving_is_not_checked_once_closing(core: ModuleType) -> None:
+    """After our close, messages are no longer read: the rest of a text frame begun before it
+    is not judged either, and the peer's close still completes the handshake."""
+    frame = client_frame(OP_TEXT, GOOD + BAD + REST)
+    reader = core.FrameReader()
+    assert reader.feed(frame[:8]) == []
+    assert reader.send_close(1001) != b""
+    assert reader.feed(frame[8:]) == []
+    assert reader.state == core.ST_CLOSING
+    assert reader.feed(client_frame(OP_CLOSE, (1001).to_bytes(2, "big"))) == [
+        (OP_CLOSE, (1001, ""))
+    ]
+    assert reader.state == core.ST_CLOSED
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 9, 64])
+def test_valid_text_in_many_reads(core: ModuleType, chunk: int) -> None:
+    """Valid text, multi-byte sequences cut anywhere, in one frame or in fragments, at every
+    read size: the same message as in one read, and a frame after it still parses."""
+    text = "aé€😀z" * 40
+    data = text.encode()
+    whole = client_frame(OP_TEXT, data)
+    fragmented = (
+        client_frame(OP_TEXT, data[:7], fin=False)
+        + client_frame(OP_CONT, data[7:150], fin=False)
+        + client_frame(OP_CONT, data[150:])
+    )
+    after = client_frame(OP_BINARY, b"\xff\xfe")
+    for stream in (whole, fragmented):
+        stream += after
+        reader = core.FrameReader()
+        chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+        assert feed_all(reader, chunks) == [(OP_TEXT, text), (OP_BINARY, b"\xff\xfe")]
+
+
+def test_invalid_utf8_in_continuation_still_arriving(core: ModuleType) -> None:
+    reader = core.FrameReader()
+    assert reader.feed(client_frame(OP_TEXT, b"ok \xe2\x82", fin=False)) == []
+    frame = client_frame(OP_CONT, b"\xac and then \xff and more")
+    assert reader.feed(frame[:7]) == []  # header, key, the euro sign's last byte
+    assert_single_error(reader.feed(frame[7:20]), 1007)
+
+
+def test_truncated_sequence_at_the_end_of_a_frame_in_parts(core: ModuleType) -> None:
+    """A frame cut inside a sequence is fine until the frame ends: then it is not UTF-8."""
+    frame = client_frame(OP_TEXT, b"ok\xe2\x82")
+    reader = core.FrameReader()
+    assert reader.feed(frame[:-1]) == []
+    assert_single_error(reader.feed(frame[-1:]), 1007)
+
+
+def test_client_reader_checks_unmasked_text_in_parts(core: ModuleType) -> None:
+    frame = client_frame(OP_TEXT, GOOD + BAD + REST, masked=False)
+    reader = core.FrameReader(client=True)
+    assert reader.feed(frame[:5]) == []
+    assert_single_error(reader.feed(frame[5 : 2 + len(GOOD) + 2]), 1007)
+
+
+def test_binary_frame_in_parts_is_not_checked_as_text(core: ModuleType) -> None:
+    data = b"\xff" * 10
+    frame = client_frame(OP_BINARY, data)
+    reader = core.FrameReader()
+    assert feed_all(reader, [frame[i : i + 3] for i in range(0, len(frame), 3)]) == [
+        (OP_BINARY, data)
+    ]
+
+
 # -- framing errors -------------------------------------------------------------------------------
 
 

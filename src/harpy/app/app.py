@@ -27,6 +27,7 @@ from ..server import (
     make_ssl_context,
 )
 from ..server.forwarded import ProxyTrust
+from .access import AccessLog
 from .handlers import Handlers, resolve_handlers
 from .http import HttpSide, Stats
 from .jsoncodec import Dumps, Loads, json_parsing, make_encoder, resolve_loads
@@ -213,6 +214,9 @@ class App(Routes):
         self.stats = Stats()
         """What the app counts for its metrics and access log: the counters the connection
         layer updates."""
+        self.access_log = AccessLog()
+        """The access log's entries of this loop tick (records are made at its end): what the
+        connections note their upgrades and closes in."""
         self.http = HttpSide(self, health, static, metrics)
         """What plain HTTP requests get (health, metrics, static files): the HTTP side the
         connection layer hands them to."""

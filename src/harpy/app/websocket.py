@@ -59,6 +59,7 @@ from ..server import (
     Connection,
     ReadyState,
 )
+from .access import access_logger
 
 if TYPE_CHECKING:
     from .app import App, Route
@@ -66,10 +67,6 @@ if TYPE_CHECKING:
 __all__ = ["Admission", "Dispatch", "WebSocket", "auto_broadcasting"]
 
 logger = logging.getLogger("harpy")
-#: One INFO record per upgrade or plain HTTP answer, and one per close, with the fields in
-#: ``extra`` (``event``, ``path``, ``status`` / ``code``, ``remote_address``, ``duration``,
-#: ``messages_in``, ``messages_out``) for a JSON formatter.
-access_logger = logging.getLogger("harpy.access")
 _INFO = logging.INFO
 
 T = TypeVar("T")
@@ -699,35 +696,19 @@ class WebSocket(Generic[T]):
 
     def _log_answer(self, status: int) -> None:
         if access_logger.isEnabledFor(_INFO):
-            event = "upgrade" if status == 101 else "http"
-            path = self.path
-            address = self.remote_address
-            access_logger.info(
-                "%s %s %s",
-                event,
-                path,
-                status,
-                extra={"event": event, "path": path, "status": status, "remote_address": address},
-            )
+            self._app.access_log.answered(self._conn.loop, self.path, status, self.remote_address)
 
     def _log_close(self, code: int) -> None:
-        duration = round(self._conn.loop.time() - self._opened_at, 6)
-        path = self.path
-        address = self.remote_address
-        access_logger.info(
-            "%s %s %s",
-            "close",
-            path,
+        conn = self._conn
+        loop = conn.loop
+        self._app.access_log.closed(
+            loop,
+            self.path,
             code,
-            extra={
-                "event": "close",
-                "path": path,
-                "code": code,
-                "remote_address": address,
-                "duration": duration,
-                "messages_in": self.messages_in,
-                "messages_out": self.messages_out,
-            },
+            conn.remote_address,
+            round(loop.time() - self._opened_at, 6),
+            self.messages_in,
+            self.messages_out,
         )
 
     # ----------------------------------------------------------------- event hooks

@@ -25,19 +25,27 @@ cdef class FrameReader:
     cdef Py_ssize_t _frag_size
     cdef bint _frag_compressed
     cdef object _frag_decoder
+    cdef Py_ssize_t _part_done
+    cdef bytes _part_key
+    cdef Py_ssize_t _skip
 
     @cython.locals(end=Py_ssize_t, pos=Py_ssize_t, need=Py_ssize_t, b0=int, b1=int,
                    length=Py_ssize_t, hlen=Py_ssize_t, opcode=int,
                    pstart=Py_ssize_t, fin=int, rsv=int, compressed=bint, max_size=Py_ssize_t,
-                   events=list, payload=bytes, op_text=int, op_binary=int,
-                   op_cont=int, op_close=int, client=bint, keylen=Py_ssize_t)
+                   events=list, payload=bytes, arrived=bytes, op_text=int, op_binary=int,
+                   op_cont=int, op_close=int, client=bint, keylen=Py_ssize_t,
+                   done=Py_ssize_t, checked=Py_ssize_t, skip=Py_ssize_t)
     cpdef list feed(self, bytes data)
     cpdef bytes send_close(self, int code=*, str reason=*)
     cpdef bytes data_to_send(self)
     cdef bytes _close_frame(self, int code, str reason)
     cdef void _stop(self)
+    @cython.locals(n=Py_ssize_t, shift=Py_ssize_t, key=bytes)
+    cdef bint _check_part(self, bytes data, bint masked=*)
+    cdef list _bad_part(self, list events, Py_ssize_t rest)
     cdef list _close_event(self, list events, bytes payload)
     cdef list _mask_error(self, list events, int opcode, str message)
     cdef list _too_big(self, list events)
     cdef list _fail(self, list events, str message, int code=*)
+    @cython.locals(skip=Py_ssize_t)
     cdef list _error(self, list events, object exc)

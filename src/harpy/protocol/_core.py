@@ -157,6 +157,9 @@ class FrameReader:
         "_have",
         "_need",
         "_out",
+        "_part_done",
+        "_part_key",
+        "_skip",
         "client",
         "close_code",
         "close_reason",
@@ -192,6 +195,14 @@ class FrameReader:
         self._frag_size = 0
         self._frag_compressed = False
         self._frag_decoder: Any = None
+        # A text frame that arrives over several reads is checked as its bytes come (the
+        # decoder above carries the UTF-8 state): ``_part_done`` payload bytes of it were
+        # checked (-1: no frame is being checked), ``_part_key`` is its masking key.
+        self._part_done = -1
+        self._part_key = b""
+        # After a failure in the middle of a frame, the rest of that frame is skipped before
+        # the peer's close is looked for.
+        self._skip = 0
 
     # ----------------------------------------------------------------- the closing handshake
 
@@ -231,16 +242,29 @@ class FrameReader:
         op_close = OP_CLOSE
         client = self.client
         if self._failed:
-            return events
+            skip = self._skip
+            if not skip:
+                return events
+            if len(data) <= skip:
+                self._skip = skip - len(data)
+                return events
+            data = data[skip:]
+            self._skip = 0
+            self._failed = False
         if self._buf:
             # A frame is incomplete: collect chunks until it can be whole, then join once, so a
             # large message arriving in many reads is copied a bounded number of times.
             self._buf.append(data)
             self._have += len(data)
             if self._have < self._need:
+                if self._part_done >= 0 and not self.close_sent and not self._check_part(data):
+                    return self._bad_part(events, self._need - self._have)
                 return events
             data = b"".join(self._buf)
             self._buf = []
+        # The first frame may be a text frame whose start was checked already (-1: none).
+        done = self._part_done
+        self._part_done = -1
         end = len(data)
         need = 0
         pos = 0
@@ -301,16 +325,36 @@ class FrameReader:
                 return self._fail(events, "new data frame inside a fragmented message")
             elif rsv and (rsv != 0x40 or self.inflater is None):
                 return self._fail(events, "reserved bits set without an extension")
-            if end - pos < hlen + keylen + length:
-                need = hlen + keylen + length
-                break
             pstart = pos + hlen + keylen  # after the 4-byte masking key of a client frame
+            if end - pstart < length:
+                need = hlen + keylen + length
+                if (
+                    (opcode == op_text and not rsv)
+                    or (opcode == op_cont and self._frag_decoder is not None)
+                ) and not self.close_sent:
+                    # Uncompressed text: check what arrived of it now (fail fast), and each
+                    # later chunk as it comes; first wait for the masking key if need be.
+                    if end < pstart:
+                        need = hlen + keylen
+                    else:
+                        self._part_key = b"" if client else data[pstart - 4 : pstart]
+                        self._part_done = 0
+                        if opcode == op_text:
+                            self._frag_decoder = _utf8_decoder()
+                        arrived = data[pstart:end] if client else _unmask(data, pstart, end)
+                        if not self._check_part(arrived, False):
+                            return self._bad_part(events, length - (end - pstart))
+                break
             pos = pstart + length
             payload = data[pstart:pos] if client else _unmask(data, pstart, pos)
             fin = b0 & 0x80
+            checked = done  # payload bytes of this frame already checked as UTF-8 (-1: none)
+            done = -1
             if opcode == op_text or opcode == op_binary:
                 compressed = rsv != 0  # RSV1 with the extension in use: checked above
                 if fin:
+                    if checked >= 0:
+                        self._frag_decoder = None  # decoded whole below
                     if compressed:
                         try:
                             payload = self.inflater.decompress(payload, max_size)
@@ -331,9 +375,10 @@ class FrameReader:
                 self._frag_parts = [payload]
                 self._frag_size = length
                 if opcode == op_text and not compressed:
-                    self._frag_decoder = _utf8_decoder()
+                    if checked < 0:
+                        self._frag_decoder = _utf8_decoder()
                     try:
-                        self._frag_decoder.decode(payload)
+                        self._frag_decoder.decode(payload[checked:] if checked > 0 else payload)
                     except UnicodeDecodeError:
                         return self._fail(events, "invalid UTF-8 in a text message", 1007)
             elif opcode == op_cont:
@@ -341,7 +386,9 @@ class FrameReader:
                 self._frag_parts.append(payload)
                 if self._frag_decoder is not None:
                     try:
-                        self._frag_decoder.decode(payload, bool(fin))
+                        self._frag_decoder.decode(
+                            payload[checked:] if checked > 0 else payload, bool(fin)
+                        )
                     except UnicodeDecodeError:
                         return self._fail(events, "invalid UTF-8 in a text message", 1007)
                 if fin:
@@ -378,6 +425,29 @@ class FrameReader:
             self._have = end - pos
             self._need = need
         return events
+
+    def _check_part(self, data: bytes, masked: bool = True) -> bool:
+        """Check the next payload bytes of a text frame still arriving; False: not UTF-8.
+        ``masked``: ``data`` is as read, to be unmasked at the frame's offset."""
+        key = self._part_key
+        n = len(data)
+        if masked and key and n:
+            shift = self._part_done & 3
+            if shift:
+                key = key[shift:] + key[:shift]
+            data = _unmask(key + data, 4, n + 4)
+        self._part_done += n
+        try:
+            self._frag_decoder.decode(data)
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    def _bad_part(self, events: list[tuple[int, Any]], rest: int) -> list[tuple[int, Any]]:
+        """Invalid UTF-8 in a text frame not yet whole: fail now, and skip the ``rest`` of
+        the frame's bytes before reading the peer's close."""
+        self._skip = rest
+        return self._fail(events, "invalid UTF-8 in a text message", 1007)
 
     def _close_event(self, events: list[tuple[int, Any]], payload: bytes) -> list[tuple[int, Any]]:
         # RFC 6455 5.5.1: an optional 2-byte code, then a UTF-8 reason.  Nothing is read after it.
@@ -425,6 +495,7 @@ class FrameReader:
         """Fail the connection (RFC 6455 7.1.7): send a close with the error's code, then read
         only the peer's close, unless the bad frame was that close.  After our close frame,
         an error only ends the wait: nothing more is owed to the peer."""
+        skip = self._skip
         self._stop()
         if self.close_sent:
             self.state = ST_CLOSED
@@ -437,8 +508,10 @@ class FrameReader:
             return events
         self.state = ST_CLOSING
         # What follows the bad frame is read afresh, for the peer's close alone; the
-        # decompressor may be mid-stream, so compressed frames are errors from now on.
-        self._failed = False
+        # decompressor may be mid-stream, so compressed frames are errors from now on.  The
+        # rest of a frame that failed before it was whole is skipped first.
+        self._skip = skip
+        self._failed = skip > 0
         self.inflater = None
         return events
 
@@ -451,3 +524,6 @@ class FrameReader:
         self._frag_opcode = -1
         self._frag_parts = []
         self._frag_decoder = None
+        self._part_done = -1
+        self._part_key = b""
+        self._skip = 0

@@ -502,12 +502,9 @@ class Connection:
         if self.ready_state is not _OPEN:
             self._drop_closing()
             return False
-        server = self._server
-        if (
-            (self._write_paused or self._out_size + size > self._limits.backpressure_limit)
-            and self._over_limit(size)
-        ) or (server.queued + size > server.output_bound and self._over_budget(size)):
+        if self._past_limit(size):
             return False
+        server = self._server
         out = self._out
         if not out and not self._corked:
             server.flush_later(self)

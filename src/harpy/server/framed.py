@@ -461,18 +461,25 @@ class FramedConnection(Connection, asyncio.Protocol):
             self._drop_closing()
             return False
         server = self._server
+        # The new totals, computed once: compared, then stored (no limit near: the common case).
+        out_size = self._out_size + size
+        queued = server.queued + size
         if (
-            (self._write_paused or self._out_size + size > self._limits.backpressure_limit)
-            and self._over_limit(size)
-        ) or (server.queued + size > server.output_bound and self._over_budget(size)):
-            return False
+            self._write_paused
+            or out_size > self._limits.backpressure_limit
+            or queued > server.output_bound
+        ):
+            if self._past_limit(size):
+                return False
+            out_size = self._out_size + size  # a check may have flushed: counted afresh
+            queued = server.queued + size
         out = self._out
         if not out and not self._corked:
             server.flush_later(self)
         out.append(frame)
-        self._out_size += size
+        self._out_size = out_size
         self.messages_out += 1
-        server.queued += size
+        server.queued = queued
         return True
 
     def _own_compressed(
