@@ -240,3 +240,41 @@ async def test_the_plain_access_log_has_a_time_and_each_field_once() -> None:
             assert said not in rest, line  # the message says it already
     assert upgrade.endswith(" upgrade /echo 101 remote_address=127.0.0.1")
     assert " close /echo 1000 remote_address=127.0.0.1 duration=" in close
+
+
+async def test_a_signal_while_starting_stops_gracefully_once_up(tmp_path: Path) -> None:
+    """SIGTERM while a startup hook runs (before "listening on", or just after it) is no
+    kill: the server comes up, then shuts down and exits 0."""
+    (tmp_path / "slow_start.py").write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+            import logging
+
+            import harpy
+
+            app = harpy.App()
+
+
+            @app.on_startup
+            async def warm_up() -> None:
+                logging.getLogger("harpy").warning("warming up")
+                await asyncio.sleep(1.0)
+            """
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harpy", "slow_start:app", "--port", "0",
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    server = Supervised(proc)
+    try:
+        await server.wait_for(r"(warming up)", timeout=scaled(20.0))
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), scaled(20.0)) == 0
+    finally:
+        await server.close()
+    log = "\n".join(server.lines)
+    assert "listening on" in log and "stopped" in log, log

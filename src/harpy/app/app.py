@@ -563,8 +563,10 @@ class App(Routes):
     async def serve(self, host: str = "127.0.0.1", port: int = 3000, **kwargs: Any) -> None:
         """Listen, then serve until SIGINT/SIGTERM or :meth:`stop`, then shut down gracefully."""
         self._stopping = stopping = asyncio.Event()
-        await self.listen(host, port, **kwargs)
         loop = asyncio.get_running_loop()
+        # The handlers go in before listening: a signal that comes while the server starts
+        # (or just after "listening on" was logged) stops it gracefully once it is up, instead
+        # of finding the default action and killing the process.
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -572,6 +574,12 @@ class App(Routes):
                 installed.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
+        try:
+            await self.listen(host, port, **kwargs)
+        except BaseException:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            raise
         try:
             await stopping.wait()
             await self._drain(stopping)
