@@ -80,7 +80,10 @@ class DevTools:
 @contextlib.asynccontextmanager
 async def chromium() -> AsyncIterator[tuple[str, str]]:
     """Start headless Chromium with a fresh profile; yield (browser endpoint, DevTools base)."""
-    with tempfile.TemporaryDirectory(prefix="harpy-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile as the browser exits: a
+    # folder left half-removed is no failure of the page under test.
+    profiles = tempfile.TemporaryDirectory(prefix="harpy-chromium-", ignore_cleanup_errors=True)
+    with profiles as profile:
         proc = subprocess.Popen(
             [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
