@@ -108,7 +108,7 @@ class JetStreamHistory(History):
 
         self._client = await nats.connect(self.url, **self._options)
         self._js = self._client.jetstream()
-        await self._ensure(self._meta_stream, self.subject_prefix + "p.>", 1, float(self.meta_ttl))
+        await self._ensure(self._meta_stream, self.subject_prefix + "p.>", 1, self.meta_ttl)
 
     async def stop(self) -> None:
         client, self._client, self._js = self._client, None, None
@@ -182,11 +182,16 @@ class JetStreamHistory(History):
         return _Meta(int(value["o"]), str(value["e"]), str(value["s"]), int(msg.seq))
 
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> bool:
-        """Publish; False when the expected last subject sequence was wrong (a race lost)."""
-        from nats.js.errors import APIError
+        """Publish; False when the expected last subject sequence was wrong (a race lost) or
+        the stream was gone (then it is made again, and the caller reads the position anew)."""
+        from nats.js.errors import APIError, NoStreamResponseError
 
         try:
             await self._jetstream().publish(subject, body, headers=headers)
+        except NoStreamResponseError:
+            self._streams.clear()
+            await self._ensure(self._meta_stream, self.subject_prefix + "p.>", 1, self.meta_ttl)
+            return False
         except APIError as error:
             if error.err_code == _WRONG_LAST_SEQUENCE:
                 return False
@@ -244,6 +249,7 @@ class JetStreamHistory(History):
         async with self._lock(channel):
             meta, _ = await self._position(channel)
             for _ in range(_MAX_TRIES):
+                await self._ensure_data(size, ttl)
                 last = await self._last(stream, subject)
                 offset, epoch = meta.offset, meta.epoch
                 if last is not None:
@@ -257,7 +263,7 @@ class JetStreamHistory(History):
                     await self._write_meta(channel, meta, _Meta(offset + 1, epoch, stream, 0))
                     self._forget_locks()
                     return Position(offset + 1, epoch)
-                meta = await self._meta(channel) or meta
+                meta, _ = await self._position(channel)
         raise ConfigurationError(f"{self!r}: the appends to {channel!r} kept racing")
 
     async def top(self, channel: str) -> Position:
