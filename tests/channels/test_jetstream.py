@@ -4,6 +4,7 @@ channel name as a subject, and clear errors for bad settings."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,7 +96,8 @@ async def test_any_channel_name_is_its_own_subject(jetstream_url: str) -> None:
 
 
 async def test_each_namespace_size_bounds_its_own_channels(jetstream_url: str) -> None:
-    history = _history(jetstream_url, uuid.uuid4().hex[:12])
+    tag = uuid.uuid4().hex[:12]
+    history = _history(jetstream_url, tag)
     await history.start()
     try:
         for i in range(1, 6):
@@ -105,6 +107,28 @@ async def test_each_namespace_size_bounds_its_own_channels(jetstream_url: str) -
         large, _ = await history.latest("large", -1)
         assert [s.offset for s in small] == [5, 4]
         assert [s.offset for s in large] == [5, 4, 3, 2]
+        client = await nats.connect(jetstream_url)
+        try:  # the readers are removed after each read
+            for name in (f"T{tag}_2_0", f"T{tag}_4_0"):
+                assert (await client.jetstream().stream_info(name)).state.consumer_count == 0
+        finally:
+            await client.close()
+    finally:
+        await history.stop()
+
+
+async def test_a_long_history_is_read_in_batches_in_order(jetstream_url: str) -> None:
+    history = _history(jetstream_url, uuid.uuid4().hex[:12])
+    await history.start()
+    try:
+        await asyncio.gather(*(history.append("long", b"%d" % i, 3000, 0) for i in range(1200)))
+        await history.append("other", b"x", 3000, 0)  # another subject in the same stream
+        stored, top = await history.since("long", 100, -1)
+        assert top.offset == 1200
+        assert [s.offset for s in stored] == list(range(101, 1201))
+        assert len({s.body for s in stored}) == 1100
+        stored, _ = await history.since("long", 100, 10)
+        assert [s.offset for s in stored] == list(range(101, 111))
     finally:
         await history.stop()
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import secrets
 from typing import Any
 
 from ..exceptions import ConfigurationError
@@ -40,6 +42,12 @@ _EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE = 10071
 #: JetStream's error code for "no message found".
 _NOT_FOUND = 10037
+#: Publications one fetch of a history read asks for.
+_BATCH = 1000
+#: Seconds a fetch of a history read waits for messages the server said it has.
+_FETCH_TIMEOUT = 5.0
+#: Seconds after which JetStream removes a history reader left behind (a node that died).
+_CONSUMER_IDLE = 30.0
 #: The most tries of one append racing other nodes before it gives up.
 _MAX_TRIES = 1000
 
@@ -247,7 +255,7 @@ class JetStreamHistory(History):
         subject = self._subject(stream, channel)
         # One append of a channel at a time in this process: the races left are between nodes.
         async with self._lock(channel):
-            meta, _ = await self._position(channel)
+            meta = await self._meta(channel) or (await self._position(channel))[0]
             for _ in range(_MAX_TRIES):
                 await self._ensure_data(size, ttl)
                 last = await self._last(stream, subject)
@@ -270,34 +278,61 @@ class JetStreamHistory(History):
         meta, last = await self._position(channel)
         return _top(meta, last)
 
-    async def _walk(self, channel: str) -> tuple[list[Stored], Position]:
-        """Every stored publication of the channel, oldest first, and the top."""
+    async def _walk(self, channel: str, after: int) -> tuple[list[Stored], Position]:
+        """The stored publications of the channel with an offset above ``after``, oldest
+        first, and the top: read through an ephemeral pull consumer of the channel's subject,
+        in batches, up to the last publication seen before (later ones are live)."""
+        meta, last = await self._position(channel)
+        top = _top(meta, last)
+        if last is None or top.offset <= after:
+            return [], top
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.js.errors import NotFoundError
 
-        meta, last = await self._position(channel)
+        js = self._jetstream()
+        end = int(last.seq)
+        name = "r" + secrets.token_hex(8)
+        config = ConsumerConfig(
+            name=name,
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold=_CONSUMER_IDLE,
+            mem_storage=True,
+        )
+        config.filter_subject = self._subject(meta.stream, channel)
+        await js.add_consumer(meta.stream, config=config)
+        reader = await js.pull_subscribe_bind(name=name, stream=meta.stream)
         found: list[Stored] = []
-        if last is not None:
-            js = self._jetstream()
-            subject = self._subject(meta.stream, channel)
-            seq = 1
-            for _ in range(int(last.seq) + 1):
+        try:
+            # Each batch brings at least one message or ends the read: bounded by the stream.
+            for _ in range(end + 1):
                 try:
-                    msg = await js.get_msg(meta.stream, seq=seq, subject=subject, next=True)
-                except NotFoundError:
+                    batch = await reader.fetch(_BATCH, timeout=_FETCH_TIMEOUT)
+                except TimeoutError:
+                    break  # the rest expired meanwhile
+                done = False
+                for msg in batch:
+                    if msg.metadata.sequence.stream > end:
+                        done = True
+                        break
+                    offset = int((msg.headers or {})[_OFFSET])
+                    if offset > after:
+                        found.append(Stored(offset, bytes(msg.data or b"")))
+                    done = msg.metadata.sequence.stream >= end
+                if done or not batch:
                     break
-                if msg.seq > last.seq:
-                    break
-                found.append(Stored(int(msg.headers[_OFFSET]), bytes(msg.data or b"")))
-                seq = msg.seq + 1
-        return found, _top(meta, last)
+        finally:
+            await reader.unsubscribe()
+            with contextlib.suppress(NotFoundError):  # gone with the stream
+                await js.delete_consumer(meta.stream, name)
+        return found, top
 
     async def since(self, channel: str, offset: int, limit: int) -> tuple[list[Stored], Position]:
-        found, top = await self._walk(channel)
-        found = [item for item in found if item.offset > offset]
+        found, top = await self._walk(channel, offset)
         return (found if limit < 0 else found[:limit]), top
 
     async def latest(self, channel: str, limit: int) -> tuple[list[Stored], Position]:
-        found, top = await self._walk(channel)
+        found, top = await self._walk(channel, 0)
         found.reverse()
         return (found if limit < 0 else found[:limit]), top
 
