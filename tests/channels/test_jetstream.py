@@ -6,7 +6,6 @@ the centrifuge-python SDK of what another node published."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from tests.channels.conftest import SECRET
 from tests.channels.proxy import Proxy, publish_while_cut
 from tests.channels.server_app import CHAT
 from tests.channels.test_history import jetstream_args, jetstream_url
-from tests.channels.test_recovery import MISSED, subscribed_client
+from tests.channels.test_recovery import MISSED, first_live, subscribed_client
 from tests.helpers import serve
 from tests.timing import scaled
 
@@ -192,22 +191,7 @@ async def test_a_client_cut_off_recovers_what_another_node_published(jetstream_u
             async with subscribed_client(proxy.port) as (_, events):
                 first = await events.next("subscribed")
                 assert first.recoverable
-                # The backplane subscribes in the background: publish until one arrives.
-                n = 0
-                for n in range(1, 200):
-                    await there.publish("chat:restart", {"n": n})
-                    with contextlib.suppress(TimeoutError):
-                        await events.next("publication", 0.05)
-                        break
-                # An early publication may have come before the backplane subscribed (a gap,
-                # recovered with a resubscription): let that finish, then forget it.
-                for _ in range(50):
-                    await asyncio.sleep(0.1)
-                    if not events.pending("publication") and not events.pending("subscribed"):
-                        break
-                    while events.pending("publication") or events.pending("subscribed"):
-                        name = "publication" if events.pending("publication") else "subscribed"
-                        await events.next(name)
+                n = await first_live(events, lambda m: there.publish("chat:restart", {"n": m}))
                 await publish_while_cut(
                     proxy, lambda m: there.publish("chat:restart", {"n": m}), n + 1
                 )
