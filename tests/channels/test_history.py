@@ -1,30 +1,47 @@
-"""One contract over every History store: memory, and Redis Streams (a real redis-server)."""
+"""One contract over every History store: memory, Redis Streams (a real redis-server) and NATS
+JetStream (a real nats-server with ``-js``)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from harpy.pubsub.history import Announce, History, MemoryHistory, Position
+from harpy.pubsub.nats_history import JetStreamHistory
 from harpy.pubsub.redis_history import RedisHistory
+from tests.backplane.conftest import _run_server
 from tests.timing import TIMEOUT
 
 MakeHistory = Callable[[], History]
 
 
-@pytest.fixture(params=["memory", "redis"])
+def jetstream_args(binary: str, port: int) -> list[str]:
+    """nats-server with JetStream, storing in ``jetstream/`` of its temporary folder."""
+    return [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", "jetstream"]
+
+
+@pytest.fixture(scope="session")
+def jetstream_url() -> Iterator[str]:
+    for broker in _run_server("nats-server", jetstream_args):
+        yield f"nats://{broker.address}"
+
+
+@pytest.fixture(params=["memory", "redis", "jetstream"])
 def make_history(request: pytest.FixtureRequest) -> MakeHistory:
     """Stores sharing one state (Redis: one key prefix of this test; memory: one object)."""
     if request.param == "memory":
         shared = MemoryHistory()
         return lambda: shared
+    tag = uuid.uuid4().hex[:12]
+    if request.param == "jetstream":
+        nats = request.getfixturevalue("jetstream_url")
+        return lambda: JetStreamHistory(nats, stream=f"T{tag}", subject_prefix=f"t{tag}.")
     url = request.getfixturevalue("redis_url")
-    prefix = f"test-{uuid.uuid4().hex[:12]}:"
-    return lambda: RedisHistory(url, key_prefix=prefix)
+    return lambda: RedisHistory(url, key_prefix=f"test-{tag}:")
 
 
 async def _started(make: MakeHistory) -> History:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import jwt
@@ -176,6 +176,28 @@ async def test_a_restarted_server_with_memory_history_says_not_recovered() -> No
             assert events.pending("publication") == 0
 
 
+async def first_live(events: SubEvents, publish: Callable[[int], Awaitable[object]]) -> int:
+    """Publish 1, 2 ... from another node until one arrives (the backplane subscribes in the
+    background), let the resubscription of an early gap finish, forget what came; the last
+    number published."""
+    n = 0
+    for n in range(1, 200):
+        await publish(n)
+        with contextlib.suppress(TimeoutError):
+            await events.next("publication", 0.05)
+            break
+    # Settle: an early publication may have come before the backplane subscribed (a gap,
+    # recovered with a resubscription): let that finish, then forget it.
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if not events.pending("publication") and not events.pending("subscribed"):
+            break
+        while events.pending("publication") or events.pending("subscribed"):
+            name = "publication" if events.pending("publication") else "subscribed"
+            await events.next(name)
+    return n
+
+
 @pytest.mark.parametrize("backplane", ["redis", "nats"])
 async def test_publisher_on_another_node_and_a_client_cut_off_for_two_seconds(
     backplane: str, redis_url: str, request: pytest.FixtureRequest
@@ -193,22 +215,7 @@ async def test_publisher_on_another_node_and_a_client_cut_off_for_two_seconds(
         try:
             async with subscribed_client(proxy.port) as (_, events):
                 await events.next("subscribed")
-                # The backplane subscribes in the background: publish until one arrives.
-                n = 0
-                for n in range(1, 200):
-                    await there.publish("chat:restart", {"n": n})
-                    with contextlib.suppress(TimeoutError):
-                        await events.next("publication", 0.05)
-                        break
-                # Settle: an early publication may have come before the backplane subscribed
-                # (a gap, recovered with a resubscription): let that finish, then forget it.
-                for _ in range(50):
-                    await asyncio.sleep(0.1)
-                    if not events.pending("publication") and not events.pending("subscribed"):
-                        break
-                    while events.pending("publication") or events.pending("subscribed"):
-                        name = "publication" if events.pending("publication") else "subscribed"
-                        await events.next(name)
+                n = await first_live(events, lambda m: there.publish("chat:restart", {"n": m}))
                 await publish_while_cut(
                     proxy, lambda m: there.publish("chat:restart", {"n": m}), n + 1
                 )
