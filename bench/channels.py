@@ -438,8 +438,8 @@ async def main() -> None:
         text += "\n".join([
             "",
             "Instructions per delivery to 1,000 subscribers, in process through a fake transport "
-            "under callgrind (as `bench/hotpath.py`; the same for the same code and inputs "
-            "however busy the machine is), publications and subscribers of the memory server:",
+            "under callgrind (as `bench/hotpath.py`), the channels with the memory server's "
+            "options:",
             "",
             "| case | instructions per delivery | vs raw topic |",
             "|---|---:|---:|",
