@@ -181,7 +181,9 @@ class Channel:
             topics.remove(self, self.name)
 
     def idle(self) -> bool:
-        return not self.held and not self._hub.topics.count(self.local)
+        """No subscriber here nor being set up (a read in flight alone keeps nothing open)."""
+        setting_up = any(not isinstance(key, _Read) for key in self.held)
+        return not setting_up and not self._hub.topics.count(self.local)
 
     # ----------------------------------------------------------------- in
 
