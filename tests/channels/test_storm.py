@@ -13,11 +13,12 @@ import websockets
 
 import harpy
 from harpy.channels import ChannelOptions, MemoryHistory
+from harpy.channels._channel import PUSH_TOPIC
 from harpy.pubsub.history import Position, Stored
 from tests.channels.conftest import SECRET
 from tests.channels.server_app import CHAT
 from tests.helpers import serve
-from tests.timing import TIMEOUT, scaled
+from tests.timing import TIMEOUT, eventually, scaled
 
 CLIENTS = 200
 CHANNEL = "chat:storm"
@@ -25,6 +26,14 @@ SEEN = 10  # what every client had before the deploy (half of them: SEEN + AHEAD
 AHEAD = 20
 MISSED = 50  # published while they were away
 LIVE = 20  # published during the storm
+
+
+def _endpoint(history: CountingHistory) -> tuple[harpy.App, Any]:
+    app = harpy.App()
+    options = ChannelOptions(
+        secret=SECRET, history=history, anonymous=True, namespaces={"chat": CHAT}
+    )
+    return app, app.channels("/connection/websocket", {}, options)
 
 
 class CountingHistory(MemoryHistory):
@@ -74,11 +83,7 @@ async def _recover(url: str, offset: int, epoch: str, go: asyncio.Barrier) -> li
 
 async def test_200_clients_recovering_at_once_share_the_history_reads() -> None:
     history = CountingHistory(scaled(0.3))
-    app = harpy.App()
-    options = ChannelOptions(
-        secret=SECRET, history=history, anonymous=True, namespaces={"chat": CHAT}
-    )
-    endpoint = app.channels("/connection/websocket", {}, options)
+    app, endpoint = _endpoint(history)
     async with serve(app) as url:
         positions = [await endpoint.publish(CHANNEL, {"n": n}) for n in range(SEEN + AHEAD)]
         early, late = positions[SEEN - 1], positions[-1]
@@ -102,3 +107,32 @@ async def test_200_clients_recovering_at_once_share_the_history_reads() -> None:
         assert got == list(range(start, last)), (i, got[:5], len(got))
     # Without sharing: one read per client (200).  Shared: one per read window the storm spans.
     assert 1 <= history.reads <= 10, history.reads
+
+
+async def _connected(url: str) -> Any:
+    ws = await websockets.connect(url + "/connection/websocket")
+    await ws.send(json.dumps({"id": 1, "connect": {}}))
+    assert "connect" in _frames(await asyncio.wait_for(ws.recv(), TIMEOUT))[0]
+    return ws
+
+
+async def test_a_client_leaving_during_the_shared_read_harms_neither_the_others_nor_cleanup() -> (
+    None
+):
+    history = CountingHistory(scaled(0.3))
+    app, endpoint = _endpoint(history)
+    async with serve(app) as url:
+        positions = [await endpoint.publish(CHANNEL, {"n": n}) for n in range(5)]
+        epoch = positions[-1].epoch if positions[-1] is not None else ""
+        leaver, stayer = await _connected(url), await _connected(url)
+        subscribe = {"channel": CHANNEL, "recover": True, "offset": 2, "epoch": epoch}
+        await leaver.send(json.dumps({"id": 2, "subscribe": subscribe}))
+        await stayer.send(json.dumps({"id": 2, "subscribe": subscribe}))
+        await leaver.close()  # while the read it started is in flight
+        reply = _frames(await asyncio.wait_for(stayer.recv(), TIMEOUT))[0]["subscribe"]
+        assert reply["recovered"] is True
+        assert [p["data"]["n"] for p in reply["publications"]] == [2, 3, 4]
+        assert history.reads == 1
+        await stayer.close()
+        # Nobody left: the channel lets go of its topics.
+        await eventually(lambda: app.hub.topics.count(PUSH_TOPIC + CHANNEL) == 0)
