@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
+import pytest
 import websockets
 
 import harpy
 from harpy.channels import ChannelOptions, MemoryHistory
 from harpy.channels._channel import PUSH_TOPIC
-from harpy.pubsub.history import Position, Stored
+from harpy.pubsub.history import History, Position, Stored
+from harpy.pubsub.redis_history import RedisHistory
 from tests.channels.conftest import SECRET
 from tests.channels.server_app import CHAT
 from tests.helpers import serve
@@ -28,7 +31,7 @@ MISSED = 50  # published while they were away
 LIVE = 20  # published during the storm
 
 
-def _endpoint(history: CountingHistory) -> tuple[harpy.App, Any]:
+def _endpoint(history: History) -> tuple[harpy.App, Any]:
     app = harpy.App()
     options = ChannelOptions(
         secret=SECRET, history=history, anonymous=True, namespaces={"chat": CHAT}
@@ -42,6 +45,21 @@ class CountingHistory(MemoryHistory):
 
     def __init__(self, delay: float) -> None:
         super().__init__()
+        self.delay = delay
+        self.reads = 0
+
+    async def since(self, channel: str, offset: int, limit: int) -> tuple[list[Stored], Position]:
+        self.reads += 1
+        await asyncio.sleep(self.delay)
+        return await super().since(channel, offset, limit)
+
+
+class CountingRedisHistory(RedisHistory):
+    """Redis history (a redis-server of the test's own) whose reads are counted and take a
+    while longer."""
+
+    def __init__(self, url: str, delay: float) -> None:
+        super().__init__(url, key_prefix=f"test-{uuid.uuid4().hex[:12]}:")
         self.delay = delay
         self.reads = 0
 
@@ -81,8 +99,15 @@ async def _recover(url: str, offset: int, epoch: str, go: asyncio.Barrier) -> li
         raise AssertionError(f"the last live publication never came: {got[-5:]}")
 
 
-async def test_200_clients_recovering_at_once_share_the_history_reads() -> None:
-    history = CountingHistory(scaled(0.3))
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_200_clients_recovering_at_once_share_the_history_reads(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    history: CountingHistory | CountingRedisHistory
+    if store == "redis":
+        history = CountingRedisHistory(request.getfixturevalue("redis_url"), scaled(0.3))
+    else:
+        history = CountingHistory(scaled(0.3))
     app, endpoint = _endpoint(history)
     async with serve(app) as url:
         positions = [await endpoint.publish(CHANNEL, {"n": n}) for n in range(SEEN + AHEAD)]
