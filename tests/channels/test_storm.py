@@ -39,14 +39,11 @@ def _endpoint(history: History) -> tuple[harpy.App, Any]:
     return app, app.channels("/connection/websocket", {}, options)
 
 
-class CountingHistory(MemoryHistory):
-    """Memory history whose reads take a while (as a store across the network does) and are
-    counted."""
+class Counted(History):
+    """A store whose reads are counted and take ``delay`` longer (as across a busy network)."""
 
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay = delay
-        self.reads = 0
+    delay = 0.0
+    reads = 0
 
     async def since(self, channel: str, offset: int, limit: int) -> tuple[list[Stored], Position]:
         self.reads += 1
@@ -54,19 +51,18 @@ class CountingHistory(MemoryHistory):
         return await super().since(channel, offset, limit)
 
 
-class CountingRedisHistory(RedisHistory):
-    """Redis history (a redis-server of the test's own) whose reads are counted and take a
-    while longer."""
+class CountingHistory(Counted, MemoryHistory):
+    def __init__(self, delay: float) -> None:
+        MemoryHistory.__init__(self)
+        self.delay = delay
+
+
+class CountingRedisHistory(Counted, RedisHistory):
+    """Over a redis-server of the test's own."""
 
     def __init__(self, url: str, delay: float) -> None:
-        super().__init__(url, key_prefix=f"test-{uuid.uuid4().hex[:12]}:")
+        RedisHistory.__init__(self, url, key_prefix=f"test-{uuid.uuid4().hex[:12]}:")
         self.delay = delay
-        self.reads = 0
-
-    async def since(self, channel: str, offset: int, limit: int) -> tuple[list[Stored], Position]:
-        self.reads += 1
-        await asyncio.sleep(self.delay)
-        return await super().since(channel, offset, limit)
 
 
 def _frames(frame: str | bytes) -> list[dict[str, Any]]:
@@ -103,7 +99,7 @@ async def _recover(url: str, offset: int, epoch: str, go: asyncio.Barrier) -> li
 async def test_200_clients_recovering_at_once_share_the_history_reads(
     store: str, request: pytest.FixtureRequest
 ) -> None:
-    history: CountingHistory | CountingRedisHistory
+    history: Counted
     if store == "redis":
         history = CountingRedisHistory(request.getfixturevalue("redis_url"), scaled(0.3))
     else:
