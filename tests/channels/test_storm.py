@@ -48,7 +48,7 @@ class Counted(History):
     async def since(self, channel: str, offset: int, limit: int) -> tuple[list[Stored], Position]:
         self.reads += 1
         await asyncio.sleep(self.delay)
-        return await super().since(channel, offset, limit)
+        return await super().since(channel, offset, limit)  # type: ignore[safe-super]
 
 
 class CountingHistory(Counted, MemoryHistory):
