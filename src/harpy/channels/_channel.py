@@ -15,17 +15,24 @@ Channel ``C`` is three harpy topics:
 A channel with history checks each publication's offset against the last it passed on: a gap
 (one was lost between nodes) or a new epoch unsubscribes the local subscribers with code 2500,
 so that their SDKs resubscribe and recover from history.
+
+Recovering subscribers share their history reads (the storm after a deploy, when thousands
+resubscribe at once): one read in flight per channel and starting offset; a subscriber recovering
+from an offset at or past a read in flight awaits that read and takes the part past its offset,
+with the publications pushed since the read began.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
 from ..protocol import OP_TEXT, Message
 from ..pubsub import Hub, fan_out
-from ..pubsub.history import Position
+from ..pubsub.history import History, Position, Stored
 
 __all__ = ["LOCAL_TOPIC", "PUSH_TOPIC", "Channel", "Held", "local_topic", "push_prefix", "wrap_raw"]
 
@@ -100,6 +107,26 @@ class _Side:
         return True
 
 
+class _Read:
+    """A history read in flight, from ``start``: its task, and the pushes held since it began."""
+
+    __slots__ = ("held", "start", "task")
+
+    def __init__(self, start: int, task: asyncio.Task[tuple[list[Stored], Position]]) -> None:
+        self.start = start
+        self.task = task
+        self.held: list[Held] = []
+
+
+def _truncated(stored: list[Stored], top: Position, limit: int) -> bool:
+    """Whether a read stopped at ``limit`` before the top (its tail is not all there is)."""
+    return 0 <= limit <= len(stored) and bool(stored) and stored[-1].offset < top.offset
+
+
+def _offset_of(stored: Stored) -> int:
+    return stored.offset
+
+
 class Channel:
     """Channel ``name`` on this node (a :class:`~harpy.pubsub.Member` of its topics)."""
 
@@ -114,6 +141,7 @@ class Channel:
         "positioned",
         "prefix",
         "push",
+        "reads",
     )
 
     route = ""
@@ -139,6 +167,8 @@ class Channel:
         self.held: dict[object, list[Held]] = {}
         #: The position of the last publication passed on (None: none yet).
         self.last: Position | None = None
+        #: The history reads in flight (shared by the subscribers recovering meanwhile).
+        self.reads: list[_Read] = []
         hub.topics.add(self, self.push, _Side(self._from_push))
         if not positioned:
             hub.topics.add(self, name, _Side(self._from_raw))
@@ -151,7 +181,9 @@ class Channel:
             topics.remove(self, self.name)
 
     def idle(self) -> bool:
-        return not self.held and not self._hub.topics.count(self.local)
+        """No subscriber here nor being set up (a read in flight alone keeps nothing open)."""
+        setting_up = any(not isinstance(key, _Read) for key in self.held)
+        return not setting_up and not self._hub.topics.count(self.local)
 
     # ----------------------------------------------------------------- in
 
@@ -179,6 +211,32 @@ class Channel:
                 self._on_fault(self, True)
                 return
         fan_out(self._hub.topics.receivers(self.local), message)
+
+    async def since(
+        self, history: History, offset: int, limit: int, key: object
+    ) -> tuple[list[Stored], Position]:
+        """The publications past ``offset`` and the top, read once for all the subscribers
+        recovering at once: a read in flight from ``offset`` or before is awaited and cut, and
+        ``self.held[key]`` gets the positioned pushes held since it began (they may be past what
+        it read)."""
+        for read in self.reads:
+            if read.start <= offset:
+                self.held[key][:0] = [h for h in read.held if h[0]]
+                stored, top = await asyncio.shield(read.task)
+                if not _truncated(stored, top, limit):
+                    return stored[bisect_right(stored, offset, key=_offset_of) :], top
+                break
+        read = _Read(offset, asyncio.ensure_future(history.since(self.name, offset, limit)))
+        self.reads.append(read)
+        self.held[read] = read.held
+        read.task.add_done_callback(lambda _: self._read_done(read))
+        return await asyncio.shield(read.task)
+
+    def _read_done(self, read: _Read) -> None:
+        self.reads.remove(read)
+        del self.held[read]
+        if not read.task.cancelled():
+            read.task.exception()  # retrieved here: each awaiting subscriber raises it itself
 
     def note(self, top: Position) -> None:
         """A subscriber read the stream's top: later publications continue from it."""

@@ -656,7 +656,7 @@ class Channels:
         key = object()
         here.held[key] = []
         try:
-            result, publications, reached = await self._position(here, channel, request)
+            result, publications, reached = await self._position(here, channel, request, key)
         finally:
             held = here.held.pop(key, [])
         try:
@@ -795,10 +795,11 @@ class Channels:
         return Message(OP_TEXT, _dumps(body).encode())
 
     async def _position(
-        self, here: Channel, channel: str, request: Mapping[str, Any]
+        self, here: Channel, channel: str, request: Mapping[str, Any], key: object
     ) -> tuple[dict[str, Any], list[str], int]:
         """The subscribe result's position fields, the recovered publications (JSON) and the
-        offset they reach."""
+        offset they reach (the read shared with the others recovering ``here`` at once, whose
+        pushes held since it began go in ``here.held[key]``)."""
         if not here.positioned:
             return {}, [], 0
         history = self.history
@@ -816,7 +817,7 @@ class Channels:
             offset = 0
         if not isinstance(epoch, str):
             epoch = ""
-        stored, top = await history.since(channel, offset, self.options.recovery_limit)
+        stored, top = await here.since(history, offset, self.options.recovery_limit, key)
         here.note(top)
         result["epoch"] = top.epoch
         recovered = (not epoch or epoch == top.epoch) and (
