@@ -23,9 +23,25 @@ from typing import NamedTuple
 
 from ..exceptions import ConfigurationError
 
-__all__ = ["Announce", "History", "MemoryHistory", "Position", "Stored", "make_epoch"]
+__all__ = [
+    "Announce",
+    "History",
+    "MemoryHistory",
+    "Position",
+    "Stored",
+    "check_meta_ttl",
+    "make_epoch",
+]
 
 _LETTERS = string.ascii_letters
+
+
+def check_meta_ttl(meta_ttl: object) -> int:
+    """``meta_ttl`` of a store kept by a server (Redis, JetStream): a whole number of seconds
+    >= 0, or a :class:`~harpy.ConfigurationError` saying so."""
+    if isinstance(meta_ttl, bool) or not isinstance(meta_ttl, int) or meta_ttl < 0:
+        raise ConfigurationError("meta_ttl must be a whole number of seconds >= 0")
+    return meta_ttl
 
 
 def make_epoch() -> str:

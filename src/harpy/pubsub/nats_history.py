@@ -31,7 +31,7 @@ import secrets
 from typing import Any
 
 from ..exceptions import ConfigurationError
-from .history import Announce, History, Position, Stored, make_epoch
+from .history import Announce, History, Position, Stored, check_meta_ttl, make_epoch
 
 __all__ = ["JetStreamHistory"]
 
@@ -85,8 +85,7 @@ class JetStreamHistory(History):
         storage: str = "file",
         **nats_options: Any,
     ) -> None:
-        if isinstance(meta_ttl, bool) or not isinstance(meta_ttl, int) or meta_ttl < 0:
-            raise ConfigurationError("meta_ttl must be a whole number of seconds >= 0")
+        meta_ttl = check_meta_ttl(meta_ttl)
         if not stream or not all(c.isalnum() or c in "-_" for c in stream):
             raise ConfigurationError("stream must be letters, digits, '-' and '_'")
         if not subject_prefix.endswith(".") or any(c in subject_prefix for c in " *>"):

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..exceptions import ConfigurationError
 from .backplane.redis import RedisBackplane
-from .history import Announce, History, Position, Stored, make_epoch
+from .history import Announce, History, Position, Stored, check_meta_ttl, make_epoch
 
 __all__ = ["RedisHistory"]
 
@@ -86,8 +86,7 @@ class RedisHistory(History):
         meta_ttl: int = 30 * 24 * 3600,
         **redis_options: Any,
     ) -> None:
-        if isinstance(meta_ttl, bool) or not isinstance(meta_ttl, int) or meta_ttl < 0:
-            raise ConfigurationError("meta_ttl must be a whole number of seconds >= 0")
+        meta_ttl = check_meta_ttl(meta_ttl)
         self.url = url
         """The Redis server."""
         self.key_prefix = key_prefix
