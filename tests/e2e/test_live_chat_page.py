@@ -106,6 +106,9 @@ async def test_the_chat_reconnects_recovers_and_fits_a_phone_and_a_desktop(
                     await until(alice, "log", "hello from Bob")
                     await say(alice, "hi Bob")
                     await until(bob, "log", "hi Bob")
+                    # Each sees its own message once it came back from the server.
+                    await until(alice, "log", "hi Bob")
+                    await until(bob, "log", "hello from Bob")
                     assert await mine(alice) and "hi Bob" in (await mine(alice))[0]
                     assert all("hello from Bob" not in text for text in await mine(alice))
                     assert any("hello from Bob" in text for text in await mine(bob))
