@@ -11,12 +11,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import connect
-
 import harpy
 from harpy.channels import ChannelOptions, MemoryHistory, Namespace
 from tests.channels.proxy import Proxy
-from tests.e2e.test_chat_page import BROWSER_TIMEOUT, DevTools, chromium, open_page
+from tests.e2e.test_chat_page import BROWSER_TIMEOUT, DevTools, open_page, tabs
 from tests.helpers import serve
 from tests.timing import scaled
 
@@ -67,40 +65,34 @@ async def test_the_official_sdk_in_chromium_recovers_what_it_missed(tmp_path: Pa
         proxy = Proxy(int(url.rsplit(":", 1)[1]))
         await proxy.start()
         try:
-            async with chromium() as (browser_url, page_base), connect(
-                browser_url, max_size=None
-            ) as browser_ws:
-                browser = DevTools(browser_ws)
-                target = (await browser.call("Target.createTarget", url="about:blank"))["targetId"]
-                async with connect(page_base + target, max_size=None) as page_ws:
-                    page = DevTools(page_ws)
-                    await open_page(page, f"http://127.0.0.1:{proxy.port}/")
+            async with tabs(1) as (page,):
+                await open_page(page, f"http://127.0.0.1:{proxy.port}/")
 
-                    async def subscribed(count: int) -> bool:
-                        found = [e for e in await events_of(page) if e["event"] == "subscribed"]
-                        return len(found) >= count
+                async def subscribed(count: int) -> bool:
+                    found = [e for e in await events_of(page) if e["event"] == "subscribed"]
+                    return len(found) >= count
 
-                    await eventually_async(lambda: subscribed(1))
-                    for n in range(1, 4):
-                        await endpoint.publish("chat:browser", {"n": n})
-                    await eventually_async(lambda: has(page, 3))
+                await eventually_async(lambda: subscribed(1))
+                for n in range(1, 4):
+                    await endpoint.publish("chat:browser", {"n": n})
+                await eventually_async(lambda: has(page, 3))
 
-                    await proxy.cut()
-                    for n in range(4, 204):
-                        await endpoint.publish("chat:browser", {"n": n})
-                        if n % 50 == 0:
-                            await asyncio.sleep(0.5)  # spread over the two seconds away
-                    await proxy.restore()
-                    await eventually_async(lambda: subscribed(2))
-                    await eventually_async(lambda: has(page, 203))
+                await proxy.cut()
+                for n in range(4, 204):
+                    await endpoint.publish("chat:browser", {"n": n})
+                    if n % 50 == 0:
+                        await asyncio.sleep(0.5)  # spread over the two seconds away
+                await proxy.restore()
+                await eventually_async(lambda: subscribed(2))
+                await eventually_async(lambda: has(page, 203))
 
-                    assert await published(page) == list(range(1, 204))  # once, in order
-                    events = await events_of(page)
-                    again = [e for e in events if e["event"] == "subscribed"][1]
-                    assert (again["wasRecovering"], again["recovered"]) == (True, True)
-                    assert any(e["event"] == "connecting" for e in events)  # it did go away
-                    offsets = [e["offset"] for e in events if e["event"] == "pub"]
-                    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+                assert await published(page) == list(range(1, 204))  # once, in order
+                events = await events_of(page)
+                again = [e for e in events if e["event"] == "subscribed"][1]
+                assert (again["wasRecovering"], again["recovered"]) == (True, True)
+                assert any(e["event"] == "connecting" for e in events)  # it did go away
+                offsets = [e["offset"] for e in events if e["event"] == "pub"]
+                assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
         finally:
             await proxy.stop()
 

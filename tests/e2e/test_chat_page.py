@@ -107,6 +107,23 @@ async def chromium() -> AsyncIterator[tuple[str, str]]:
                 proc.wait(timeout=scaled(10.0))
 
 
+@contextlib.asynccontextmanager
+async def tabs(count: int) -> AsyncIterator[list[DevTools]]:
+    """Headless Chromium with ``count`` blank tabs; yield a DevTools session for each."""
+    async with contextlib.AsyncExitStack() as stack:
+        browser_url, page_base = await stack.enter_async_context(chromium())
+        browser_ws = await stack.enter_async_context(connect(browser_url, max_size=None))
+        browser = DevTools(browser_ws)
+        pages = []
+        for _ in range(count):
+            target = (await browser.call("Target.createTarget", url="about:blank"))["targetId"]
+            page_ws = await stack.enter_async_context(
+                connect(page_base + target, max_size=None)
+            )
+            pages.append(DevTools(page_ws))
+        yield pages
+
+
 async def text_of(page: DevTools, element_id: str) -> str:
     value = await page.evaluate(f"document.getElementById({element_id!r}).textContent")
     assert isinstance(value, str)
@@ -161,41 +178,29 @@ async def say(page: DevTools, text: str) -> None:
 
 async def test_two_tabs_in_one_room_chat_through_the_page() -> None:
     app = load_example("rooms_chat").app
-    async with serve(app) as url, chromium() as (browser_url, page_base):
+    async with serve(app) as url, tabs(3) as (alice, bob, carol):
         # The app serves its page: the page and its WebSocket share one origin.
         page_url = url.replace("ws://", "http://", 1) + "/"
-        async with connect(browser_url, max_size=None) as browser_ws:
-            browser = DevTools(browser_ws)
-            targets = [
-                (await browser.call("Target.createTarget", url="about:blank"))["targetId"]
-                for _ in range(3)
-            ]
-            async with (
-                connect(page_base + targets[0], max_size=None) as ws_a,
-                connect(page_base + targets[1], max_size=None) as ws_b,
-                connect(page_base + targets[2], max_size=None) as ws_c,
-            ):
-                alice, bob, carol = DevTools(ws_a), DevTools(ws_b), DevTools(ws_c)
-                for page in (alice, bob, carol):
-                    await open_page(page, page_url)
-                await join(alice, "Alice", "general")
-                await join(carol, "Carol", "elsewhere")
-                await join(bob, "Bob", "general")
-                await until(alice, "log", "Bob joined general")
+        for page in (alice, bob, carol):
+            await open_page(page, page_url)
+        await join(alice, "Alice", "general")
+        await join(carol, "Carol", "elsewhere")
+        await join(bob, "Bob", "general")
+        await until(alice, "log", "Bob joined general")
 
-                await say(bob, "hello from Bob")
-                await until(alice, "log", "Bob: hello from Bob")
-                await until(bob, "log", "Bob: hello from Bob")  # the sender sees it too
-                await say(alice, "hi Bob")
-                await until(bob, "log", "Alice: hi Bob")
+        await say(bob, "hello from Bob")
+        await until(alice, "log", "Bob: hello from Bob")
+        await until(bob, "log", "Bob: hello from Bob")  # the sender sees it too
+        await say(alice, "hi Bob")
+        await until(bob, "log", "Alice: hi Bob")
 
-                await say(carol, "anyone?")
-                await until(carol, "log", "Carol: anyone?")
-                # Carol's room is another: after her own message came back, nothing of hers
-                # reached the general room (and nothing of theirs reached her).
-                assert "Carol" not in await text_of(alice, "log")
-                assert "Bob" not in await text_of(carol, "log")
-                assert await page_value(alice, "text") == ""  # the input is cleared on send
+        await say(carol, "anyone?")
+        await until(carol, "log", "Carol: anyone?")
+        # Carol's room is another: after her own message came back, nothing of hers
+        # reached the general room (and nothing of theirs reached her).
+        assert "Carol" not in await text_of(alice, "log")
+        assert "Bob" not in await text_of(carol, "log")
+        assert await page_value(alice, "text") == ""  # the input is cleared on send
 
 
 async def page_value(page: DevTools, element_id: str) -> Any:

@@ -11,15 +11,13 @@ import json
 import struct
 from pathlib import Path
 
-from websockets.asyncio.client import connect
-
 from tests.channels.proxy import Proxy
 from tests.e2e.test_chat_page import (
     BROWSER_TIMEOUT,
     DevTools,
-    chromium,
     open_page,
     say,
+    tabs,
     text_of,
     until,
 )
@@ -79,74 +77,61 @@ async def test_the_chat_reconnects_recovers_and_fits_a_phone_and_a_desktop(
         proxy = Proxy(port)
         await proxy.start()
         try:
-            async with (
-                chromium() as (browser_url, page_base),
-                connect(browser_url, max_size=None) as browser_ws,
-            ):
-                browser = DevTools(browser_ws)
-                targets = [
-                    (await browser.call("Target.createTarget", url="about:blank"))["targetId"]
-                    for _ in range(2)
-                ]
-                async with (
-                    connect(page_base + targets[0], max_size=None) as ws_a,
-                    connect(page_base + targets[1], max_size=None) as ws_b,
-                ):
-                    alice, bob = DevTools(ws_a), DevTools(ws_b)
-                    # Alice's page (and its connection) goes through the proxy the test
-                    # cuts; Bob's goes straight to the server.
-                    await open_page(alice, f"http://127.0.0.1:{proxy.port}/")
-                    await open_page(bob, f"http://127.0.0.1:{port}/")
-                    await enter(alice, "Alice", "general")
-                    await enter(bob, "Bob", "general")
-                    await until(alice, "members", "Bob")
-                    await until(alice, "log", "Bob joined")
+            async with tabs(2) as (alice, bob):
+                # Alice's page (and its connection) goes through the proxy the test
+                # cuts; Bob's goes straight to the server.
+                await open_page(alice, f"http://127.0.0.1:{proxy.port}/")
+                await open_page(bob, f"http://127.0.0.1:{port}/")
+                await enter(alice, "Alice", "general")
+                await enter(bob, "Bob", "general")
+                await until(alice, "members", "Bob")
+                await until(alice, "log", "Bob joined")
 
-                    await say(bob, "hello from Bob")
-                    await until(alice, "log", "hello from Bob")
-                    await say(alice, "hi Bob")
-                    await until(bob, "log", "hi Bob")
-                    # Each sees its own message once it came back from the server.
-                    await until(alice, "log", "hi Bob")
-                    await until(bob, "log", "hello from Bob")
-                    assert await mine(alice) and "hi Bob" in (await mine(alice))[0]
-                    assert all("hello from Bob" not in text for text in await mine(alice))
-                    assert any("hello from Bob" in text for text in await mine(bob))
+                await say(bob, "hello from Bob")
+                await until(alice, "log", "hello from Bob")
+                await say(alice, "hi Bob")
+                await until(bob, "log", "hi Bob")
+                # Each sees its own message once it came back from the server.
+                await until(alice, "log", "hi Bob")
+                await until(bob, "log", "hello from Bob")
+                assert await mine(alice) and "hi Bob" in (await mine(alice))[0]
+                assert all("hello from Bob" not in text for text in await mine(alice))
+                assert any("hello from Bob" in text for text in await mine(bob))
 
-                    # Alice's network goes away mid-conversation.
-                    await proxy.cut()
-                    await until(alice, "status", "reconnecting")
-                    missed = [f"while you were away {n}" for n in range(1, 6)]
-                    for text in missed:
-                        await say(bob, text)
-                        await until(bob, "log", text)
-                    await asyncio.sleep(2.0)  # away for two seconds, as a blink of a tab
-                    await proxy.restore()
-                    await until(alice, "status", "connected")
-                    for text in missed:
-                        await until(alice, "log", text)
-                    log = await text_of(alice, "log")
-                    positions = [log.index(text) for text in missed]
-                    assert positions == sorted(positions), "missed messages out of order"
-                    assert all(log.count(text) == 1 for text in missed), "a duplicate"
-                    assert "could not be recovered" not in log
+                # Alice's network goes away mid-conversation.
+                await proxy.cut()
+                await until(alice, "status", "reconnecting")
+                missed = [f"while you were away {n}" for n in range(1, 6)]
+                for text in missed:
+                    await say(bob, text)
+                    await until(bob, "log", text)
+                await asyncio.sleep(2.0)  # away for two seconds, as a blink of a tab
+                await proxy.restore()
+                await until(alice, "status", "connected")
+                for text in missed:
+                    await until(alice, "log", text)
+                log = await text_of(alice, "log")
+                positions = [log.index(text) for text in missed]
+                assert positions == sorted(positions), "missed messages out of order"
+                assert all(log.count(text) == 1 for text in missed), "a duplicate"
+                assert "could not be recovered" not in log
 
-                    phone = await screenshot(alice, 390, tmp_path / "chat-390.png")
-                    desktop = await screenshot(alice, 1200, tmp_path / "chat-1200.png")
-                    for edge in phone.values():
-                        assert edge <= 390
-                    for edge in desktop.values():
-                        assert edge <= 1200
-                    # At 1,200 px the member list stands beside the log, not under it.
-                    assert desktop["members"] > desktop["log"]
+                phone = await screenshot(alice, 390, tmp_path / "chat-390.png")
+                desktop = await screenshot(alice, 1200, tmp_path / "chat-1200.png")
+                for edge in phone.values():
+                    assert edge <= 390
+                for edge in desktop.values():
+                    assert edge <= 1200
+                # At 1,200 px the member list stands beside the log, not under it.
+                assert desktop["members"] > desktop["log"]
 
-                    # A room switch keeps the logs apart.
-                    await enter(alice, "Alice", "other")
-                    assert "hello from Bob" not in await text_of(alice, "log")
-                    assert "Bob" not in await text_of(alice, "members")
-                    await say(alice, "anyone here?")
-                    await until(alice, "log", "anyone here?")
-                    await asyncio.wait_for(asyncio.sleep(0.2), BROWSER_TIMEOUT)
-                    assert "anyone here?" not in await text_of(bob, "log")
+                # A room switch keeps the logs apart.
+                await enter(alice, "Alice", "other")
+                assert "hello from Bob" not in await text_of(alice, "log")
+                assert "Bob" not in await text_of(alice, "members")
+                await say(alice, "anyone here?")
+                await until(alice, "log", "anyone here?")
+                await asyncio.wait_for(asyncio.sleep(0.2), BROWSER_TIMEOUT)
+                assert "anyone here?" not in await text_of(bob, "log")
         finally:
             await proxy.stop()
