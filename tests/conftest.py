@@ -50,9 +50,11 @@ def serve_app(request: pytest.FixtureRequest) -> ServeApp:
     return serve if request.param == "native" else serve_asgi
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
-    """Put back the root logger's handlers and level, and the access log's level."""
+    """Put back the root logger's handlers and level, and the access log's level, after every
+    test: a test that runs the command line installs a handler on the stderr that pytest
+    captures for that test alone, and a later record written there would fail."""
     root = logging.getLogger()
     access = logging.getLogger("harpy.access")
     saved = root.handlers[:], root.level, access.level
