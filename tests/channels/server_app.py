@@ -1,5 +1,6 @@
 """A channels server in a process of its own, for the tests that kill and restart it:
-``python -m tests.channels.server_app PORT memory`` or ``... PORT redis URL PREFIX``."""
+``python -m tests.channels.server_app PORT memory``, ``... PORT redis URL PREFIX`` or
+``... PORT jetstream NATS_URL PREFIX``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import harpy
 from harpy.channels import ChannelOptions, MemoryHistory, Namespace
 from harpy.pubsub.history import History
+from harpy.pubsub.nats_history import JetStreamHistory
 from harpy.pubsub.redis_history import RedisHistory
 from tests.channels.conftest import SECRET
 
@@ -24,10 +26,15 @@ CHAT = Namespace(
 def make_app(
     kind: str, url: str = "", prefix: str = "harpy:", nats_url: str = ""
 ) -> tuple[harpy.App, object]:
-    """The app and its endpoint: memory history, or Redis history at ``url`` and a Redis
-    backplane there (or a NATS one at ``nats_url``)."""
+    """The app and its endpoint: memory history, Redis history at ``url`` and a Redis
+    backplane there (or a NATS one at ``nats_url``), or JetStream history and a NATS backplane
+    on the nats-server at ``url``."""
     history: History
-    if kind == "redis":
+    if kind == "jetstream":
+        tag = prefix.replace(":", "").replace("-", "")
+        app = harpy.App(backplane=harpy.NatsBackplane(url, subject_prefix=f"{tag}."))
+        history = JetStreamHistory(url, stream=f"T{tag}", subject_prefix=f"t{tag}.")
+    elif kind == "redis":
         backplane: harpy.Backplane = (
             harpy.NatsBackplane(nats_url, subject_prefix=prefix.replace(":", "."))
             if nats_url

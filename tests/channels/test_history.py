@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,21 +13,9 @@ import redis.asyncio as aioredis
 from harpy.pubsub.history import Announce, History, MemoryHistory, Position
 from harpy.pubsub.nats_history import JetStreamHistory
 from harpy.pubsub.redis_history import RedisHistory
-from tests.backplane.conftest import _run_server
 from tests.timing import TIMEOUT
 
 MakeHistory = Callable[[], History]
-
-
-def jetstream_args(binary: str, port: int) -> list[str]:
-    """nats-server with JetStream, storing in ``jetstream/`` of its temporary folder."""
-    return [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", "jetstream"]
-
-
-@pytest.fixture(scope="session")
-def jetstream_url() -> Iterator[str]:
-    for broker in _run_server("nats-server", jetstream_args):
-        yield f"nats://{broker.address}"
 
 
 @pytest.fixture(params=["memory", "redis", "jetstream"])

@@ -18,15 +18,12 @@ from harpy.channels import ChannelOptions, Channels
 from harpy.exceptions import ConfigurationError
 from harpy.pubsub.nats_history import JetStreamHistory
 from tests.backplane.conftest import Broker
-from tests.channels.conftest import SECRET
+from tests.channels.conftest import SECRET, jetstream_args
 from tests.channels.proxy import Proxy, publish_while_cut
 from tests.channels.server_app import CHAT
-from tests.channels.test_history import jetstream_args, jetstream_url
 from tests.channels.test_recovery import MISSED, first_live, subscribed_client
 from tests.helpers import serve
 from tests.timing import scaled
-
-__all__ = ["jetstream_url"]
 
 
 @pytest.fixture

@@ -132,13 +132,17 @@ async def subscribed_client(port: int) -> AsyncIterator[tuple[Any, SubEvents]]:
         await client.disconnect()
 
 
-async def test_a_restarted_server_with_redis_history_recovers_what_another_node_published(
-    redis_url: str,
+@pytest.mark.parametrize("kind", ["redis", "jetstream"])
+async def test_a_restarted_server_with_shared_history_recovers_what_another_node_published(
+    kind: str, request: pytest.FixtureRequest
 ) -> None:
+    """The subscriber's server process is killed; 1,000 publications go out through another
+    node meanwhile; the restarted process recovers all of them from Redis or JetStream."""
+    url = request.getfixturevalue("redis_url" if kind == "redis" else "jetstream_url")
     prefix = f"test-{uuid.uuid4().hex[:12]}:"
-    publisher_app, publisher = make_app("redis", redis_url, prefix)
+    publisher_app, publisher = make_app(kind, url, prefix)
     assert isinstance(publisher, Channels)
-    with server_process("redis", redis_url, prefix) as node:
+    with server_process(kind, url, prefix) as node:
         async with serve(publisher_app), subscribed_client(node.port) as (_, events):
             first = await events.next("subscribed")
             assert first.recoverable and first.stream_position.offset == 0
