@@ -81,11 +81,15 @@ def _options(**kwargs: Any) -> ChannelOptions:
 
 @contextlib.asynccontextmanager
 async def channels_app(
-    hooks: object = None, serve_with: ServeApp = serve, **kwargs: Any
+    hooks: object = None,
+    serve_with: ServeApp = serve,
+    static: dict[str, str] | None = None,
+    **kwargs: Any,
 ) -> AsyncIterator[tuple[harpy.App, Channels, str]]:
     """A harpy app with presence, the channels endpoint, and a raw route subscribing to the
-    topic named in its path; yields the app, the endpoint and the endpoint's URL."""
-    app = harpy.App(presence=True)
+    topic named in its path (and ``static`` files); yields the app, the endpoint and the
+    endpoint's URL."""
+    app = harpy.App(presence=True, static=static)
     handlers = Hooks() if hooks is None else hooks
     endpoint = app.channels("/connection/websocket", handlers, _options(**kwargs))
 

@@ -1,84 +1,22 @@
-// The official centrifuge SDK (npm, 5.x) driven by the tests: one JSON command per line on
-// stdin, one JSON event per line on stdout.  Commands name a client ("as") so that one process
-// holds several; replies carry the command's "ref".
+// The official centrifuge SDK (npm, 5.x) driven by the tests in Node: one JSON command per line
+// on stdin, one JSON event per line on stdout.  Commands name a client ("as") so that one
+// process holds several; replies carry the command's "ref".  The commands are commands.js's.
 'use strict';
 
 const readline = require('readline');
 const WebSocket = require('ws');
 const { Centrifuge } = require('centrifuge');
-
-const clients = new Map();
+const { makeRunner, outcome } = require('./commands');
 
 function emit(event) {
   process.stdout.write(JSON.stringify(event) + '\n');
 }
 
-function track(name, sub) {
-  const channel = sub.channel;
-  sub.on('subscribed', (ctx) => emit({ as: name, event: 'subscribed', channel, recovered: ctx.recovered,
-    wasRecovering: ctx.wasRecovering, positioned: ctx.positioned, recoverable: ctx.recoverable,
-    streamPosition: ctx.streamPosition || null }));
-  sub.on('subscribing', (ctx) => emit({ as: name, event: 'subscribing', channel, code: ctx.code }));
-  sub.on('unsubscribed', (ctx) => emit({ as: name, event: 'unsubscribed', channel, code: ctx.code }));
-  sub.on('publication', (ctx) => emit({ as: name, event: 'publication', channel, data: ctx.data,
-    offset: ctx.offset === undefined ? null : ctx.offset }));
-  sub.on('join', (ctx) => emit({ as: name, event: 'join', channel, user: ctx.info.user }));
-  sub.on('leave', (ctx) => emit({ as: name, event: 'leave', channel, user: ctx.info.user }));
-  sub.on('error', (ctx) => emit({ as: name, event: 'sub_error', channel, code: ctx.error.code }));
-}
-
-async function run(cmd) {
-  const name = cmd.as || 'a';
-  const client = clients.get(name);
-  switch (cmd.op) {
-    case 'connect': {
-      const tokens = (cmd.tokens || []).slice();
-      const options = { websocket: WebSocket, token: cmd.token || '', name: 'harpy-tests',
-        minReconnectDelay: 100, maxReconnectDelay: 500, timeout: 5000 };
-      if (tokens.length) {
-        options.getToken = async () => {
-          emit({ as: name, event: 'get_token' });
-          return tokens.length > 1 ? tokens.shift() : tokens[0];
-        };
-      }
-      const c = new Centrifuge(cmd.url, options);
-      clients.set(name, c);
-      c.on('connected', (ctx) => emit({ as: name, event: 'connected', client: ctx.client }));
-      c.on('connecting', (ctx) => emit({ as: name, event: 'connecting', code: ctx.code }));
-      c.on('disconnected', (ctx) => emit({ as: name, event: 'disconnected', code: ctx.code }));
-      c.on('message', (ctx) => emit({ as: name, event: 'message', data: ctx.data }));
-      c.on('subscribed', (ctx) => emit({ as: name, event: 'server_subscribed', channel: ctx.channel }));
-      c.on('publication', (ctx) => emit({ as: name, event: 'server_publication', channel: ctx.channel,
-        data: ctx.data }));
-      c.connect();
-      return null;
-    }
-    case 'subscribe': {
-      const options = { joinLeave: !!cmd.joinLeave, recoverable: true, positioned: true };
-      if (cmd.token) options.token = cmd.token;
-      const sub = client.newSubscription(cmd.channel, options);
-      track(name, sub);
-      sub.subscribe();
-      return null;
-    }
-    case 'publish': return client.publish(cmd.channel, cmd.data);
-    case 'history': return client.history(cmd.channel, cmd.options || {});
-    case 'presence': return client.presence(cmd.channel);
-    case 'presenceStats': return client.presenceStats(cmd.channel);
-    case 'rpc': return client.rpc(cmd.method, cmd.data);
-    case 'send': return client.send(cmd.data);
-    case 'disconnect': client.disconnect(); return null;
-    case 'exit': process.exit(0);
-    default: throw new Error('unknown op ' + cmd.op);
-  }
-}
-
+const run = makeRunner(Centrifuge, WebSocket, emit);
 const lines = readline.createInterface({ input: process.stdin });
 lines.on('line', (line) => {
   const cmd = JSON.parse(line);
-  Promise.resolve()
-    .then(() => run(cmd))
-    .then((result) => emit({ ref: cmd.ref, ok: true, result: result === undefined ? null : result }))
-    .catch((err) => emit({ ref: cmd.ref, ok: false, code: err && err.code, message: String(err && err.message) }));
+  if (cmd.op === 'exit') process.exit(0);
+  outcome(Promise.resolve().then(() => run(cmd))).then((reply) => emit({ ref: cmd.ref, ...reply }));
 });
 lines.on('close', () => process.exit(0));
