@@ -19,8 +19,8 @@ Channels ``chat:<room>`` keep their last 500 messages for 10 minutes: a client t
 within that gets what it missed, in order.  ``presence`` lists who is in a room; ``rpc("rooms")``
 the rooms with somebody in them on this node.  The history is in memory on one process; with
 ``--workers 2`` it is in JetStream on the embedded nats-server, shared by the workers; with
-``HARPY_REDIS_URL`` set it lives in Redis and every node shares it (run several).  Real apps check a token instead of trusting the
-name a client gives (see docs/channels.md).
+``HARPY_REDIS_URL`` set it lives in Redis and every node shares it (run several).  Real apps
+check a token instead of trusting the name a client gives (see docs/channels.md).
 """
 
 from __future__ import annotations
