@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,11 @@ import harpy
 from harpy.channels import ChannelOptions, Channels, MemoryHistory, Namespace
 from harpy.exceptions import ConfigurationError
 from harpy.pubsub.nats_history import JetStreamHistory
-from tests.channels.proxy import Proxy, publish_while_cut
 from tests.channels.sdk import SubEvents, make_client
-from tests.channels.test_history import jetstream_url
-from tests.channels.test_recovery import MISSED, first_live
+from tests.channels.test_recovery import MISSED, recovers_while_cut, subscribed_through_proxy
 from tests.e2e.test_workers import Supervised, supervised
 from tests.helpers import serve
 from tests.timing import scaled
-
-__all__ = ["jetstream_url"]
 
 #: Publisher connections opened to find both workers: with two listeners the chance that all
 #: of them land on one is 2**-(PUBLISHERS - 1).
@@ -73,11 +69,6 @@ async def publishers(url: str) -> AsyncIterator[dict[int, Client]]:
             await client.disconnect()
 
 
-async def collect(events: SubEvents, count: int) -> list[Any]:
-    """The next ``count`` publications' ``n`` (each within TIMEOUT)."""
-    return [(await events.next("publication")).pub.data["n"] for _ in range(count)]
-
-
 async def test_a_client_cut_off_recovers_1000_publications_of_both_workers() -> None:
     """Cut off for 2 s while 1,000 publications go out, half through a connection on each
     worker: the subscriber gets all of them once, in order, ``recovered`` and in its epoch."""
@@ -86,48 +77,31 @@ async def test_a_client_cut_off_recovers_1000_publications_of_both_workers() -> 
     ):
         url = await workers_started(server)
         await server.wait_for(STORE)  # JetStream is on, with nothing set
-        proxy = Proxy(int(url.rsplit(":", 1)[1]))
-        await proxy.start()
-        subscriber, _ = make_client(
-            f"ws://127.0.0.1:{proxy.port}{ENDPOINT}", max_reconnect_delay=0.3
-        )
-        try:
-            await subscriber.connect()
-            events = SubEvents()
-            await subscriber.new_subscription("chat:workers", events).subscribe()
+        async with subscribed_through_proxy(url) as (proxy, subscriber, events):
             first = await events.next("subscribed")
             assert first.recoverable
             home = await pid_of(subscriber)
             async with publishers(url) as by_pid:
                 (away,) = set(by_pid) - {home}
-                # The subscriber's worker relays what the other one publishes.
-                n = await first_live(
-                    events, lambda m: by_pid[away].publish("chat:workers", {"n": m})
-                )
                 served: dict[int, int] = dict.fromkeys(by_pid, 0)
-                order = [away, home]
 
-                async def publish(m: int) -> None:
-                    pid = order[m % 2]
-                    await by_pid[pid].publish("chat:workers", {"n": m})
-                    served[pid] += 1
+                def publisher(pid: int) -> Callable[[int], Awaitable[None]]:
+                    async def publish(m: int) -> None:
+                        await by_pid[pid].publish("chat:restart", {"n": m})
+                        served[pid] += 1
 
-                await publish_while_cut(proxy, publish, n + 1)
-                assert served == {away: MISSED // 2, home: MISSED // 2}
-                again = await events.next("subscribed", scaled(15.0))
-                assert again.was_recovering and again.recovered
-                assert again.stream_position.epoch == first.stream_position.epoch
-                assert await collect(events, MISSED) == list(range(n + 1, n + 1 + MISSED))
-                await by_pid[away].publish("chat:workers", {"n": -1})
-                assert await collect(events, 1) == [-1]  # nothing else came in between
-                assert events.pending("publication") == 0
+                    return publish
+
+                async def alternating(m: int) -> None:
+                    await publisher((away, home)[m % 2])(m)
+
+                # Live from the other worker first (the subscriber's relays it), then the
+                # 1,000 missed alternate between a connection on each worker.
+                live = publisher(away)
+                await recovers_while_cut(proxy, events, first, alternating, live)
+                assert served[home] == MISSED // 2
                 # Whichever worker it came back to (the kernel chose), it is served there.
                 assert await pid_of(subscriber) in by_pid
-        finally:
-            await subscriber.disconnect()
-            await proxy.stop()
-        server.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(server.proc.wait(), scaled(20.0)) == 0
 
 
 async def test_history_outlives_a_killed_nats_server_not_a_restart_of_the_whole_server() -> None:
