@@ -17,9 +17,10 @@ meanwhile.  Or connect from any Centrifuge SDK (``npm install centrifuge``,
 
 Channels ``chat:<room>`` keep their last 500 messages for 10 minutes: a client that comes back
 within that gets what it missed, in order.  ``presence`` lists who is in a room; ``rpc("rooms")``
-the rooms with somebody in them on this node.  With ``HARPY_REDIS_URL`` set the history lives in
-Redis and every node shares it (run several).  Real apps check a token instead of trusting the
-name a client gives (see docs/channels.md).
+the rooms with somebody in them on this node.  The history is in memory on one process; with
+``--workers 2`` it is in JetStream on the embedded nats-server, shared by the workers; with
+``HARPY_REDIS_URL`` set it lives in Redis and every node shares it (run several).  Real apps
+check a token instead of trusting the name a client gives (see docs/channels.md).
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import harpy
-from harpy.channels import ChannelError, ChannelOptions, Client, MemoryHistory, Namespace
-from harpy.pubsub.history import History
+from harpy.channels import ChannelError, ChannelOptions, Client, Namespace
 from harpy.pubsub.redis_history import RedisHistory
 
 CHAT = Namespace(
@@ -70,16 +70,15 @@ PAGE = Path(__file__).resolve().parent / "live_chat"
 
 
 def make_app(redis_url: str | None = None) -> tuple[harpy.App, Any]:
-    history: History
     if redis_url:
         app = harpy.App(
             presence=True, backplane=harpy.RedisBackplane(redis_url), static={"/": PAGE}
         )
-        history = RedisHistory(redis_url)
+        options = ChannelOptions(history=RedisHistory(redis_url), namespaces={"chat": CHAT})
     else:
+        # No history named: memory on one process, JetStream under --workers.
         app = harpy.App(presence=True, static={"/": PAGE})
-        history = MemoryHistory()
-    options = ChannelOptions(history=history, namespaces={"chat": CHAT})
+        options = ChannelOptions(namespaces={"chat": CHAT})
     return app, app.channels("/connection/websocket", Chat, options)
 
 

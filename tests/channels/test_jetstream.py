@@ -19,11 +19,9 @@ from harpy.exceptions import ConfigurationError
 from harpy.pubsub.nats_history import JetStreamHistory
 from tests.backplane.conftest import Broker
 from tests.channels.conftest import SECRET, jetstream_args
-from tests.channels.proxy import Proxy, publish_while_cut
 from tests.channels.server_app import CHAT
-from tests.channels.test_recovery import MISSED, first_live, subscribed_client
+from tests.channels.test_recovery import recovers_while_cut, subscribed_through_proxy
 from tests.helpers import serve
-from tests.timing import scaled
 
 
 @pytest.fixture
@@ -181,24 +179,13 @@ async def test_a_client_cut_off_recovers_what_another_node_published(jetstream_u
     tag = uuid.uuid4().hex[:12]
     here_app, _ = _node(jetstream_url, tag)
     there_app, there = _node(jetstream_url, tag)
-    async with serve(here_app) as url, serve(there_app):
-        proxy = Proxy(int(url.rsplit(":", 1)[1]))
-        await proxy.start()
-        try:
-            async with subscribed_client(proxy.port) as (_, events):
-                first = await events.next("subscribed")
-                assert first.recoverable
-                n = await first_live(events, lambda m: there.publish("chat:restart", {"n": m}))
-                await publish_while_cut(
-                    proxy, lambda m: there.publish("chat:restart", {"n": m}), n + 1
-                )
-                again = await events.next("subscribed", scaled(10.0))
-                assert again.recovered
-                assert again.stream_position.epoch == first.stream_position.epoch
-                got = [(await events.next("publication")).pub.data["n"] for _ in range(MISSED)]
-                assert got == list(range(n + 1, n + 1 + MISSED))
-                await there.publish("chat:restart", {"n": -1})
-                assert (await events.next("publication")).pub.data["n"] == -1
-                assert events.pending("publication") == 0
-        finally:
-            await proxy.stop()
+    async with (
+        serve(here_app) as url,
+        serve(there_app),
+        subscribed_through_proxy(url) as (proxy, _, events),
+    ):
+        first = await events.next("subscribed")
+        assert first.recoverable
+        await recovers_while_cut(
+            proxy, events, first, lambda m: there.publish("chat:restart", {"n": m})
+        )

@@ -365,10 +365,7 @@ CROSSES_AGAIN_WITHIN = 10.0
 
 
 async def test_a_killed_embedded_nats_server_is_restarted_and_the_workers_reconnect() -> None:
-    env = {"HARPY_EMBEDDED_JETSTREAM": "1"}
-    async with supervised(
-        "examples.workers:app", "--workers", "2", "--port", "0", env=env
-    ) as server:
+    async with supervised("examples.workers:app", "--workers", "2", "--port", "0") as server:
         (url,) = await server.wait_for(r"2 workers on (ws://\S+)", timeout=scaled(15.0))
         started = r"embedded nats-server \(pid (\d+)\) on (\S+), JetStream in (\S+)"
         await server.wait_for(started)
@@ -455,6 +452,8 @@ def test_a_bad_embedded_jetstream_variable_is_refused(monkeypatch: pytest.Monkey
     monkeypatch.setenv("HARPY_EMBEDDED_JETSTREAM", "maybe")
     with pytest.raises(harpy.ConfigurationError, match="HARPY_EMBEDDED_JETSTREAM must be 1 or 0"):
         run_workers(harpy.App(), "127.0.0.1", 0, 2)
-    for value, on in [("1", True), ("on", True), ("0", False), ("", False)]:
+    for value, on in [("1", True), ("on", True), ("0", False), ("off", False), ("", True)]:
         monkeypatch.setenv("HARPY_EMBEDDED_JETSTREAM", value)
         assert embedded_jetstream_from_env() is on
+    monkeypatch.delenv("HARPY_EMBEDDED_JETSTREAM")
+    assert embedded_jetstream_from_env() is True  # on unless turned off

@@ -18,6 +18,7 @@ from ..protocol import Message
 from ..protocol.deflate import DeflateOptions
 from ..pubsub import Connections, GroupKind, Hub, Presence, PresenceEvent
 from ..pubsub.backplane import Backplane
+from ..pubsub.history import History
 from ..server import (
     DROP_REASONS,
     FramedConnection,
@@ -251,6 +252,7 @@ class App(Routes):
         the groups the connections and the app's group methods use."""
         if backplane is not None:
             self.hub.attach(backplane)
+        self._channel_history: History | None = None
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._server: Server | None = None
@@ -338,15 +340,27 @@ class App(Routes):
 
     # ----------------------------------------------------------------- one message to many
 
-    def use_backplane(self, backplane: Backplane) -> None:
+    def use_backplane(self, backplane: Backplane, *, history: History | None = None) -> None:
         """Share every group through ``backplane``, as ``App(backplane=...)`` does, for an app made
         before its backplane is known (each ``--workers`` process joins the embedded NATS so).
+        ``history`` is a channel history on the same broker, for the channels endpoints whose
+        options name none (``--workers`` gives JetStream on its embedded nats-server).
 
         Only before the app listens, and before anything subscribed.
         """
         if self._server is not None:
             raise HarpyError("use_backplane: the app is already listening")
+        if history is not None and not isinstance(history, History):
+            raise ConfigurationError(f"history must be a History, not {history!r}")
         self.hub.attach(backplane)
+        self._channel_history = history
+
+    @property
+    def channel_history(self) -> History | None:
+        """The history of the channels endpoints whose options name none, given with the
+        backplane (:meth:`use_backplane`); None: they keep it in memory on one process, and
+        refuse to start beside a backplane."""
+        return self._channel_history
 
     @property
     def backplane(self) -> Backplane | None:

@@ -167,8 +167,13 @@ class Channels:
         """The route's path."""
         self.options = options
         """The endpoint's options."""
+        uses = [n for n in options.all_namespaces() if options.keeps_history(n)]
         self.history = options.history
-        """Where the channels' publications are kept (None: no history)."""
+        """Where the channels' publications are kept (None: no namespace keeps history).  Not
+        named in the options: in memory on one process, or the app's
+        :attr:`~harpy.App.channel_history` (``--workers``: JetStream), chosen at start-up."""
+        if self.history is None and uses:
+            self.history = MemoryHistory()  # one process's, unless start-up finds a backplane
         self.hooks = _resolve_hooks(handlers)
         """The hooks by name (``rpc_methods``: the RPC methods by name)."""
         self._strict: Any = None
@@ -192,21 +197,40 @@ class Channels:
         """Error replies and disconnects sent, by code: what clients got wrong, or were denied."""
         self.skipped = 0
         """Raw topic messages not passed to a channel's subscribers (binary, not UTF-8)."""
-        history = self.history
-        if history is not None:
+        self._uses = bool(uses)
+        if self.history is not None:
             app.on_startup(self._start_history)
-            app.on_shutdown(history.stop)
+            app.on_shutdown(self._stop_history)
 
     async def _start_history(self) -> None:
+        """Choose the history not named in the options (beside a backplane, the app's, which
+        ``--workers`` sets; else an error saying what to do), refuse memory beside a backplane,
+        and start it."""
+        backplane = self.app.backplane
+        if self.options.history is None and backplane is not None:
+            offered = self.app.channel_history
+            if offered is None:
+                raise ConfigurationError(
+                    f"channels at {self.path!r} keep history, which every process must share "
+                    f"beside a backplane ({type(backplane).__name__}): give ChannelOptions("
+                    "history=RedisHistory(url)) or ChannelOptions(history=JetStreamHistory(url)). "
+                    "Under --workers (no backplane of the app's own) JetStream on the embedded "
+                    "nats-server keeps it, unless HARPY_EMBEDDED_JETSTREAM=0 turned JetStream "
+                    "off: remove that, or give a history"
+                )
+            self.history = offered
         history = self.history
         assert history is not None
-        uses = any(self.options.keeps_history(n) for n in self.options.all_namespaces())
-        if uses and isinstance(history, MemoryHistory) and self.app.backplane is not None:
+        if self._uses and isinstance(history, MemoryHistory) and backplane is not None:
             raise ConfigurationError(
                 "MemoryHistory is one process's: with a backplane (or --workers) give the "
-                "channels a shared history (RedisHistory)"
+                "channels a shared history (RedisHistory, JetStreamHistory)"
             )
         await history.start()
+
+    async def _stop_history(self) -> None:
+        if self.history is not None:
+            await self.history.stop()
 
     # ----------------------------------------------------------------- Python's side
 

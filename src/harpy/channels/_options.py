@@ -17,16 +17,16 @@ __all__ = ["ChannelOptions", "Namespace"]
 class Namespace:
     """The options of the channels of one namespace.
 
-    With ``history_size`` > 0 (and a ``history`` store on the endpoint) each publication gets
-    an offset and the last ``history_size`` of them are kept, ``history_ttl`` seconds after the
-    last one (0: no expiry): subscriptions are positioned and recoverable.  ``presence`` lets
+    With ``history_size`` > 0 each publication gets an offset and the last ``history_size`` of
+    them are kept (in the endpoint's ``history`` store), ``history_ttl`` seconds after the last
+    one (0: no expiry): subscriptions are positioned and recoverable.  ``presence`` lets
     clients ask who is subscribed (the app needs ``App(presence=True)``), ``join_leave`` sends
     a join and a leave push to the subscribers.  The ``allow_*`` options let any connected
     client subscribe, publish, read history or presence without a token or a hook saying so.
     """
 
     history_size: int = 0
-    """Keep the last N publications (with a ``history`` store): positioned, recoverable."""
+    """Keep the last N publications (0: no history): positioned, recoverable."""
     history_ttl: float = 0.0
     """Seconds the publications stay after the last one (0: until evicted by size)."""
     presence: bool = False
@@ -79,7 +79,8 @@ class ChannelOptions:
     anonymous: bool = False
     """A client without a token connects as user ``""`` (with a key configured)."""
     history: History | None = None
-    """Where the publications of channels with history are kept."""
+    """Where the publications of channels with history are kept (None: in memory on one
+    process; under ``--workers``, JetStream on the embedded nats-server)."""
     namespaces: Mapping[str, Namespace] = dataclasses.field(default_factory=dict)
     """The namespaces by name (``"chat"`` for ``"chat:lobby"``)."""
     default: Namespace = Namespace()
@@ -132,5 +133,6 @@ class ChannelOptions:
         return [self.default, *self.namespaces.values()]
 
     def keeps_history(self, namespace: Namespace) -> bool:
-        """Whether the channels of ``namespace`` have history (a store, and a size)."""
-        return self.history is not None and namespace.history_size > 0
+        """Whether the channels of ``namespace`` have history (a ``history_size``: the store is
+        :attr:`history`, or the endpoint's default when it is None)."""
+        return namespace.history_size > 0

@@ -27,6 +27,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import secrets
 from typing import Any
 
@@ -34,6 +35,8 @@ from ..exceptions import ConfigurationError
 from .history import Announce, History, Position, Stored, check_meta_ttl, make_epoch
 
 __all__ = ["JetStreamHistory"]
+
+logger = logging.getLogger("harpy")
 
 _OFFSET = "Harpy-Offset"
 _EPOCH = "Harpy-Epoch"
@@ -113,7 +116,11 @@ class JetStreamHistory(History):
             return
         import nats
 
-        self._client = await nats.connect(self.url, **self._options)
+        async def on_error(exc: Exception) -> None:
+            # One line (nats-py's own logs a traceback each time the server goes away).
+            logger.warning("harpy: JetStream history error: %s", exc)
+
+        self._client = await nats.connect(self.url, **{"error_cb": on_error, **self._options})
         self._js = self._client.jetstream()
         await self._ensure(self._meta_stream, self.subject_prefix + "p.>", 1, self.meta_ttl)
 
