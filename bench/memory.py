@@ -39,9 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import LOADGEN, build_loadgen, raise_nofile  # noqa: E402
-
 import harpy  # noqa: E402
+from bench.run import LOADGEN, build_loadgen, raise_nofile  # noqa: E402
 from harpy.server import Connection  # noqa: E402
 
 #: Objects never counted as a connection's own (shared by design, or code).
