@@ -138,7 +138,6 @@ class WebSocket(Generic[T]):
         "_dispatch",
         "_gated",
         "_groups_at_close",
-        "_handlers",
         "_holds_place",
         "_id",
         "_in_groups",
@@ -160,7 +159,6 @@ class WebSocket(Generic[T]):
         self._app = app
         self._conn = conn
         self._route: Route | None = None
-        self._handlers: Any = None
         self._admission = Admission.PENDING
         self._dispatch = _IDLE
         # Derived from the two states above by _admit_as, for the per-message path:
@@ -178,16 +176,32 @@ class WebSocket(Generic[T]):
         self._opened_at = 0.0
         self._messages_in = 0
         self._presence: dict[str, Any] | None = None
-        self.params: dict[str, str] = {}
+        self.params: dict[str, str]  # made on first use when the route captured none
         """The route's path parameters (``/room/:name`` gives ``{"name": ...}``)."""
         self.data: T = None  # type: ignore[assignment]
-        """The per-connection object: the route's ``data=`` factory makes it at the upgrade."""
+        """The per-connection object: the route's ``data=`` factory makes it at the upgrade
+        (without one: a dict of ``url`` and ``cookies``, made on first use)."""
         self.auth: Any = None
         """What authentication kept: the ``authenticate`` hook's result, the JWT claims, the
         session, or the first message verifier's result."""
         self.subprotocol: str | None = None
         """The subprotocol agreed in the upgrade, or None."""
         conn.bind(self._handle_message, self._handle_event)
+
+    if not TYPE_CHECKING:  # mypy: no other name is made up, so a typo stays a type error
+
+        def __getattr__(self, name: str) -> Any:
+            """``data`` and ``params`` left unset until first use (an idle connection holds
+            neither its default ``data`` dict nor an empty ``params`` dict): made now."""
+            if name == "data":
+                route = self._route
+                value = route.make_data(self) if route is not None else None
+            elif name == "params":
+                value = {}
+            else:
+                raise AttributeError(f"'WebSocket' object has no attribute {name!r}")
+            object.__setattr__(self, name, value)
+            return value
 
     # ----------------------------------------------------------------- request facts
 
@@ -538,7 +552,9 @@ class WebSocket(Generic[T]):
         """The route's handler ``name``; none runs for a connection that never was a member."""
         if self._admission is not _MEMBER and self._admission is not Admission.LEFT:
             return None
-        fn: Callable[..., Any] | None = getattr(self._handlers, name)
+        route = self._route
+        assert route is not None
+        fn: Callable[..., Any] | None = getattr(route.handlers, name)
         return fn
 
     # ----------------------------------------------------------------- the upgrade
@@ -582,9 +598,9 @@ class WebSocket(Generic[T]):
         except HandshakeError as exc:
             conn.refuse(exc.status, exc.reason, exc.headers)
             return
-        self.params = params
+        if params:
+            self.params = params
         self._route = route
-        self._handlers = route.handlers
         if app.max_connections or app.max_connections_per_ip:
             # A place is taken now, before any authenticate hook awaits, so upgrades waiting
             # at the same time cannot all pass the limit; it is given back when the socket
@@ -671,12 +687,15 @@ class WebSocket(Generic[T]):
         if self.ready_state is not ReadyState.CONNECTING:
             return  # answered meanwhile (408 after a slow hook, or shutting down)
         if deny is None:
-            try:
-                self.data = route.make_data(self)
-            except Exception:
-                logger.exception("harpy: data factory of route %s failed", route.pattern)
-                conn.refuse(500, "Internal Server Error")
-                return
+            if route.data_factory is None:
+                del self.data  # the default dict: made on first use (__getattr__)
+            else:
+                try:
+                    self.data = route.make_data(self)
+                except Exception:
+                    logger.exception("harpy: data factory of route %s failed", route.pattern)
+                    conn.refuse(500, "Internal Server Error")
+                    return
         else:
             self._admit_as(Admission.DENIED)
         headers: list[tuple[str, str]] = []
@@ -691,6 +710,9 @@ class WebSocket(Generic[T]):
                     headers.append(("Sec-WebSocket-Extensions", agreed[0]))
                     codec = agreed[1]
         conn.accept(headers, route.options, codec)
+        # The upgrade is decided (and a synchronous open handler ran): the request's headers
+        # are kept from now on as the bytes they came in, parsed again when asked for.
+        request.compact()
         if deny is not None:
             self.close(deny.code, deny.reason)
 
@@ -731,7 +753,7 @@ class WebSocket(Generic[T]):
             self._auth_timer = self._conn.loop.call_later(verifier.timeout, self._auth_timeout)
             return
         self._become_member()
-        fn = self._handlers.open
+        fn = route.handlers.open
         if fn is not None:
             self._call(fn, ())
 
@@ -809,7 +831,9 @@ class WebSocket(Generic[T]):
                 self._log_close(code)
         if self._admission is not _MEMBER:
             return  # never opened (denied, or first-message auth never passed)
-        fn = self._handlers.close
+        route = self._route
+        assert route is not None
+        fn = route.handlers.close
         self._admit_as(Admission.LEFT)
         app = self._app
         app.hub.connections.discard(self)
@@ -827,9 +851,10 @@ class WebSocket(Generic[T]):
     def _transport_failed(self, exc: Exception) -> None:
         """The transport failed (connection reset, broken pipe: a send or a read the OS
         refused): a member's ``error(ws, exc)`` hears of it, before ``close(ws, 1006, "")``."""
-        if self._admission is not _MEMBER:
+        route = self._route
+        if self._admission is not _MEMBER or route is None:
             return
-        fn = self._handlers.error
+        fn = route.handlers.error
         if fn is not None:
             self._call(fn, (exc,))
 
@@ -946,7 +971,7 @@ class WebSocket(Generic[T]):
             # open() runs here, in this queue slot, so messages queued behind the token wait
             # for it.
             self._become_member()
-            fn = self._handlers.open
+            fn = route.handlers.open
             if fn is not None:
                 try:
                     opened = fn(self)
