@@ -73,6 +73,9 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
         for item in obj:
             yield "[]", item
         return
+    # What the collector sees it hold (the truth for C objects: a compiled class's private
+    # fields, uvloop's transport), labelled by slot name where there is one.
+    referents = {id(child): child for child in gc.get_referents(obj)}
     seen: set[str] = set()
     for cls in type(obj).__mro__:
         for name in getattr(cls, "__slots__", ()):
@@ -80,19 +83,20 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
                 continue
             seen.add(name)
             try:
-                yield "." + name, object.__getattribute__(obj, name)
+                child = object.__getattribute__(obj, name)
             except AttributeError:
                 continue
+            if referents.pop(id(child), None) is not None:
+                yield "." + name, child
     instance_dict = getattr(obj, "__dict__", None)
     if isinstance(instance_dict, dict):
+        referents.pop(id(instance_dict), None)
         yield ".__dict__", instance_dict
     if isinstance(obj, types.MethodType):
         yield ".__self__", obj.__self__
         return
-    if not seen and instance_dict is None:
-        # A C object (uvloop's transport, a socket): what the collector knows it holds.
-        for child in gc.get_referents(obj):
-            yield f"<{type(child).__name__}>", child
+    for child in referents.values():
+        yield f"<{type(child).__name__}>", child
 
 
 def reachable(root: Any, stop: set[int]) -> dict[int, tuple[str, Any]]:
