@@ -135,6 +135,7 @@ class WebSocket(Generic[T]):
         "_auth_timer",
         "_conn",
         "_cookies",
+        "_data",
         "_dispatch",
         "_gated",
         "_groups_at_close",
@@ -144,14 +145,13 @@ class WebSocket(Generic[T]):
         "_messages_in",
         "_on_message",
         "_opened_at",
+        "_params",
         "_presence",
         "_queue",
         "_route",
         "_tokens",
         "_tokens_at",
         "auth",
-        "data",
-        "params",
         "subprotocol",
     )
 
@@ -176,11 +176,12 @@ class WebSocket(Generic[T]):
         self._opened_at = 0.0
         self._messages_in = 0
         self._presence: dict[str, Any] | None = None
-        self.params: dict[str, str]  # made on first use when the route captured none
-        """The route's path parameters (``/room/:name`` gives ``{"name": ...}``)."""
-        self.data: T = None  # type: ignore[assignment]
-        """The per-connection object: the route's ``data=`` factory makes it at the upgrade
-        (without one: a dict of ``url`` and ``cookies``, made on first use)."""
+        # Made on first use when the route captured none (an idle connection holds no empty
+        # dict): see ``params``.
+        self._params: dict[str, str] | None = None
+        # The route's data=, or the default dict made on first use (_DEFAULT_DATA until then):
+        # see ``data``.
+        self._data: Any = None
         self.auth: Any = None
         """What authentication kept: the ``authenticate`` hook's result, the JWT claims, the
         session, or the first message verifier's result."""
@@ -188,20 +189,32 @@ class WebSocket(Generic[T]):
         """The subprotocol agreed in the upgrade, or None."""
         conn.bind(self._handle_message, self._handle_event)
 
-    if not TYPE_CHECKING:  # mypy: no other name is made up, so a typo stays a type error
+    @property
+    def data(self) -> T:
+        """The per-connection object: the route's ``data=`` factory makes it at the upgrade;
+        without one, a dict of ``url`` and ``cookies``, made on first use."""
+        data = self._data
+        if data is _DEFAULT_DATA:
+            route = self._route
+            assert route is not None
+            data = self._data = route.make_data(self)
+        return data  # type: ignore[no-any-return]
 
-        def __getattr__(self, name: str) -> Any:
-            """``data`` and ``params`` left unset until first use (an idle connection holds
-            neither its default ``data`` dict nor an empty ``params`` dict): made now."""
-            if name == "data":
-                route = self._route
-                value = route.make_data(self) if route is not None else None
-            elif name == "params":
-                value = {}
-            else:
-                raise AttributeError(f"'WebSocket' object has no attribute {name!r}")
-            object.__setattr__(self, name, value)
-            return value
+    @data.setter
+    def data(self, value: T) -> None:
+        self._data = value
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The route's path parameters (``/room/:name`` gives ``{"name": ...}``)."""
+        params = self._params
+        if params is None:
+            params = self._params = {}
+        return params
+
+    @params.setter
+    def params(self, value: dict[str, str]) -> None:
+        self._params = value
 
     # ----------------------------------------------------------------- request facts
 
@@ -599,7 +612,7 @@ class WebSocket(Generic[T]):
             conn.refuse(exc.status, exc.reason, exc.headers)
             return
         if params:
-            self.params = params
+            self._params = params
         self._route = route
         if app.max_connections or app.max_connections_per_ip:
             # A place is taken now, before any authenticate hook awaits, so upgrades waiting
@@ -688,10 +701,10 @@ class WebSocket(Generic[T]):
             return  # answered meanwhile (408 after a slow hook, or shutting down)
         if deny is None:
             if route.data_factory is None:
-                del self.data  # the default dict: made on first use (__getattr__)
+                self._data = _DEFAULT_DATA  # the default dict: made on first use
             else:
                 try:
-                    self.data = route.make_data(self)
+                    self._data = route.make_data(self)
                 except Exception:
                     logger.exception("harpy: data factory of route %s failed", route.pattern)
                     conn.refuse(500, "Internal Server Error")
@@ -1010,6 +1023,8 @@ async def _await_then_broadcast(ws: WebSocket[Any], awaitable: Any, message: str
     ws.app.broadcast(message, exclude=ws)
 
 
+#: ``ws.data`` without a ``data=`` factory, until first used.
+_DEFAULT_DATA: Any = object()
 _TOPIC = GroupKind.TOPIC
 _ROOM = GroupKind.ROOM
 _NO_GROUPS: dict[GroupKind, frozenset[str]] = {_TOPIC: frozenset(), _ROOM: frozenset()}
