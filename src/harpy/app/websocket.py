@@ -132,25 +132,20 @@ class WebSocket(Generic[T]):
     __slots__ = (
         "_admission",
         "_app",
-        "_auth_timer",
         "_conn",
-        "_cookies",
         "_data",
         "_dispatch",
         "_gated",
-        "_groups_at_close",
         "_holds_place",
         "_id",
         "_in_groups",
         "_messages_in",
+        "_more",
         "_on_message",
         "_opened_at",
         "_params",
-        "_presence",
         "_queue",
         "_route",
-        "_tokens",
-        "_tokens_at",
         "auth",
         "subprotocol",
     )
@@ -167,15 +162,10 @@ class WebSocket(Generic[T]):
         self._id = ""
         self._holds_place = False  # a place under max_connections / _per_ip, until closed
         self._in_groups = False  # it joined a topic or a room: closing takes it out of them
-        self._auth_timer: Any = None
-        self._tokens = 0.0
-        self._tokens_at = 0.0
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
-        self._cookies: dict[str, str] | None = None
-        self._groups_at_close: dict[GroupKind, frozenset[str]] | None = None
         self._opened_at = 0.0
         self._messages_in = 0
-        self._presence: dict[str, Any] | None = None
+        self._more: _Seldom | None = None  # what few connections need, made on first need
         # Made on first use when the route captured none (an idle connection holds no empty
         # dict): see ``params``.
         self._params: dict[str, str] | None = None
@@ -334,11 +324,12 @@ class WebSocket(Generic[T]):
     @property
     def cookies(self) -> dict[str, str]:
         """The upgrade request's cookies."""
-        if self._cookies is None:
+        more = self._seldom()
+        if more.cookies is None:
             request = self._conn.request
             header = "; ".join(request.get_all("cookie")) if request else ""
-            self._cookies = parse_cookies(header)
-        return self._cookies
+            more.cookies = parse_cookies(header)
+        return more.cookies
 
     @property
     def url(self) -> str:
@@ -460,9 +451,10 @@ class WebSocket(Generic[T]):
         """What ``app.present(...)`` shows of this connection on every node (a small
         JSON-serialisable dict; ``{}`` by default).  Set it before joining to have it in the
         ``join`` event; setting it later updates every topic and room it is in."""
-        if self._presence is None:
-            self._presence = {}
-        return self._presence
+        more = self._seldom()
+        if more.presence is None:
+            more.presence = {}
+        return more.presence
 
     @presence.setter
     def presence(self, info: dict[str, Any]) -> None:
@@ -472,7 +464,7 @@ class WebSocket(Generic[T]):
             json.dumps(info)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"ws.presence must be JSON-serialisable: {exc}") from None
-        self._presence = info
+        self._seldom().presence = info
         presence = self._app.presence
         if presence is not None and self._in_groups:
             presence.update(self.id, info)
@@ -517,14 +509,25 @@ class WebSocket(Generic[T]):
 
     def _groups(self, kind: GroupKind) -> frozenset[str]:
         """Its topics or rooms; after close, those it was in."""
-        if self._groups_at_close is not None:
-            return self._groups_at_close[kind]
+        if self._admission is Admission.LEFT:
+            return self._groups_at_close()[kind]
         return self._app.hub.groups(kind).of(self)
 
     def _is_in(self, kind: GroupKind, name: str) -> bool:
-        if self._groups_at_close is not None:
-            return name in self._groups_at_close[kind]
+        if self._admission is Admission.LEFT:
+            return name in self._groups_at_close()[kind]
         return self._app.hub.groups(kind).has(self, name)
+
+    def _groups_at_close(self) -> dict[GroupKind, frozenset[str]]:
+        more = self._more
+        at_close = more.groups_at_close if more is not None else None
+        return at_close if at_close is not None else _NO_GROUPS
+
+    def _seldom(self) -> _Seldom:
+        more = self._more
+        if more is None:
+            more = self._more = _Seldom()
+        return more
 
     def _require_open(self, action: str) -> None:
         if self.ready_state is not _OPEN:
@@ -756,14 +759,17 @@ class WebSocket(Generic[T]):
         if self._admission is Admission.DENIED:
             return  # denied by authenticate: closing at once
         if route.options.rate_limit > 0:
-            self._tokens = route.rate_burst
-            self._tokens_at = self._opened_at
+            more = self._seldom()
+            more.tokens = route.rate_burst
+            more.tokens_at = self._opened_at
         verifier = route.first_message_auth
         if verifier is not None:
             # Not a member of anything (connections, rooms, broadcasts) until authenticated;
             # open() runs then.
             self._admit_as(Admission.AUTHENTICATING)
-            self._auth_timer = self._conn.loop.call_later(verifier.timeout, self._auth_timeout)
+            self._seldom().auth_timer = self._conn.loop.call_later(
+                verifier.timeout, self._auth_timeout
+            )
             return
         self._become_member()
         fn = route.handlers.open
@@ -805,22 +811,26 @@ class WebSocket(Generic[T]):
         if rate > 0:
             # Token bucket: rate_limit tokens a second, at most rate_burst saved up.
             now = self._conn.last_seen
-            refill = (now - self._tokens_at) * rate
-            tokens = min(route.rate_burst, self._tokens + refill)
-            self._tokens_at = now
+            more = self._seldom()
+            refill = (now - more.tokens_at) * rate
+            tokens = min(route.rate_burst, more.tokens + refill)
+            more.tokens_at = now
             if tokens < 1.0:
                 self.close(1008, "Rate limit exceeded")
                 return False
-            self._tokens = tokens - 1.0
-        if self._admission is Admission.AUTHENTICATING and self._auth_timer is not None:
-            self._auth_timer.cancel()
-            self._auth_timer = None
+            more.tokens = tokens - 1.0
+        if self._admission is Admission.AUTHENTICATING:
+            more = self._seldom()
+            if more.auth_timer is None:
+                return True
+            more.auth_timer.cancel()
+            more.auth_timer = None
             self._run(self._verify, (message,))
             return False
         return True
 
     def _auth_timeout(self) -> None:
-        self._auth_timer = None
+        self._seldom().auth_timer = None
         self._deny(1008, "Auth Timeout")
 
     def _deny(self, code: int, reason: str) -> None:
@@ -833,9 +843,10 @@ class WebSocket(Generic[T]):
         if self._holds_place:
             self._holds_place = False
             self._app.release(self._conn.remote_address)
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
-            self._auth_timer = None
+        more = self._more
+        if more is not None and more.auth_timer is not None:
+            more.auth_timer.cancel()
+            more.auth_timer = None
         if self._opened_at:  # upgraded (a refused or plain HTTP request also ends here)
             stats = self._app.stats
             stats.closes[code] = stats.closes.get(code, 0) + 1
@@ -852,12 +863,10 @@ class WebSocket(Generic[T]):
         app.hub.connections.discard(self)
         # Out of every group now; the close handler still reads what they were.
         if self._in_groups:
-            self._groups_at_close = {
+            self._seldom().groups_at_close = {
                 _TOPIC: app.hub.topics.remove_all(self),
                 _ROOM: app.hub.rooms.remove_all(self),
             }
-        else:
-            self._groups_at_close = _NO_GROUPS
         if fn is not None:
             self._call(fn, (code, reason))
 
@@ -1002,6 +1011,22 @@ class WebSocket(Generic[T]):
     def __repr__(self) -> str:
         state = ReadyState(self.ready_state).name
         return f"<WebSocket {self.id} {self.path or '-'} {state}>"
+
+
+class _Seldom:
+    """What few connections need: one slot on every ``WebSocket``, not six."""
+
+    __slots__ = ("auth_timer", "cookies", "groups_at_close", "presence", "tokens", "tokens_at")
+
+    def __init__(self) -> None:
+        self.auth_timer: Any = None  # first-message authentication's deadline
+        self.cookies: dict[str, str] | None = None  # parsed on first use
+        self.presence: dict[str, Any] | None = None
+        # The topics and rooms a member was in when it closed (None: none).
+        self.groups_at_close: dict[GroupKind, frozenset[str]] | None = None
+        # The rate limit's token bucket.
+        self.tokens = 0.0
+        self.tokens_at = 0.0
 
 
 def auto_broadcasting(handler: Callable[..., Any] | None) -> Callable[..., Any]:
