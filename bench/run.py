@@ -997,7 +997,8 @@ def markdown(data: dict[str, Any]) -> str:
     if idle:
         out += _table("Idle: establishing 10,000 connections (server CPU s / loadgen CPU s)",
                       idle, servers, results,
-                      lambda r: "failed" if not r or r.get("server_cpu_s") is None else
+                      lambda r: "n/a" if r and r.get("na") else
+                      "failed" if not r or r.get("server_cpu_s") is None else
                       f"{r['server_cpu_s']:.2f} / {r.get('loadgen_cpu_s', 0):.2f}")
     errs = [(s, k, r["error"]) for s in servers for k, r in results[s]["cases"].items()
             if r.get("error")]
