@@ -667,3 +667,6 @@ def test_the_table_of_shared_strings_stays_bounded() -> None:
     assert len(handshake._shared) <= handshake._SHARED_MAX
     again = "".join(["/path/", "999"])
     assert shared_text(again) is shared_text("/path/999")
+    long = "/" + "x" * handshake._SHARED_LONGEST
+    assert shared_text(long) is long
+    assert long not in handshake._shared

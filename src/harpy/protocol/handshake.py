@@ -112,16 +112,20 @@ def _tokens_cased(items: list[tuple[str, str]], name: str) -> list[str]:
 
 #: The methods' names, shared by every request instead of decoded for each.
 _METHOD_NAMES = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE")}
-#: At most this many distinct targets and Host values are shared between requests.
+#: At most this many distinct targets and Host values, of at most ``_SHARED_LONGEST``
+#: characters, are shared between requests.
 _SHARED_MAX = 256
+_SHARED_LONGEST = 256
 _shared: dict[str, str] = {}
 
 
 def shared_text(text: str) -> str:
     """One string object for equal values that many connections keep (a route's path, the
-    ``Host`` a server is reached by, a client's address): the first one seen of at most
-    :data:`_SHARED_MAX` values (the table starts afresh when full, so unique values from
-    many clients cannot grow it)."""
+    ``Host`` a server is reached by): the first one seen of at most :data:`_SHARED_MAX`
+    values (the table starts afresh when full, so unique values from many clients cannot
+    grow it; a long value, likely unique, is not kept)."""
+    if len(text) > _SHARED_LONGEST:
+        return text
     found = _shared.get(text)
     if found is None:
         if len(_shared) >= _SHARED_MAX:
