@@ -317,7 +317,8 @@ class WebSocket(Generic[T]):
 
     @property
     def headers(self) -> Headers:
-        """The upgrade request's headers."""
+        """The upgrade request's headers (once the upgrade is over, read from the request's raw
+        bytes on each call: keep the result to read it often)."""
         request = self._conn.request
         return Headers(request.headers if request is not None else [])
 
