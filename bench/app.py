@@ -4,6 +4,8 @@
 - ``/sub``: subscribe to the topic ``bench``, then send the text ``ok``; ``/pub``: publish each
   received message to ``bench``.
 - ``/subz`` and ``/pubz``: the same with permessage-deflate on (the topic ``benchz``).
+- ``/state``: what a chat keeps per connection: a ``data=`` object (a user name and a
+  counter) and one topic (``lobby``); the idle memory workload's second case.
 - ``/hb``: heartbeat every ``HARPY_BENCH_PING`` seconds (default 5), nothing else.
 - ``/echoj``: JSON mode; every message parsed, and the value sent back (serialised again).
 - ``/subj`` and ``/pubj``: as ``/sub`` and ``/pub`` (topic ``benchj``), the publisher in JSON
@@ -60,6 +62,27 @@ app.ws("/sub", Subscriber("bench"))
 app.ws("/pub", Publisher("bench"))
 app.ws("/subz", Subscriber("benchz"), compression=True)
 app.ws("/pubz", Publisher("benchz"), compression=True)
+class Member:
+    """A connection's own state in a chat: who it is, and what it sent."""
+
+    __slots__ = ("name", "sent")
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.sent = 0
+
+
+class Lobby:
+    def open(self, ws: harpy.WebSocket[Member]) -> None:
+        ws.data.name = ws.id
+        ws.subscribe("lobby")
+
+    def message(self, ws: harpy.WebSocket[Member], message: str | bytes) -> None:
+        ws.data.sent += 1
+        ws.publish("lobby", message)
+
+
+app.ws("/state", Lobby(), data=Member)
 app.ws("/hb", {}, ping_interval=float(os.environ.get("HARPY_BENCH_PING", "5")))
 
 

@@ -2,7 +2,7 @@
 """Benchmark orchestrator: WebSocket servers driven by bench/loadgen.c.
 
     python bench/run.py [--servers harpy,picows,websockets,aiohttp]
-                        [--workloads echo,handshake,idle,fanout,fanoutz,heartbeat,json]
+                        [--workloads echo,handshake,memory,fanout,fanoutz,heartbeat,json]
                         [--quick]
                         [--repeat N] [--write] [--merge] [--report-only]
 
@@ -64,7 +64,9 @@ if _BASELINE:
     SERVERS["harpy-base"] = [
         str(Path(_BASELINE) / ".venv" / "bin" / "python"), "-m", "harpy", "bench.app:app", *_ADDR
     ]
-WORKLOADS = ["echo", "handshake", "idle", "fanout", "fanoutz", "heartbeat", "json"]
+WORKLOADS = ["echo", "handshake", "memory", "fanout", "fanoutz", "heartbeat", "json"]
+#: Other names a workload was known by.
+WORKLOAD_ALIASES = {"idle": "memory"}
 
 ECHO_SIZES = [32, 4096]
 ECHO_CONNS = [1, 64, 512]
@@ -486,8 +488,8 @@ def wl_handshake(srv: Server, quick: bool) -> dict[str, Any]:
     return res
 
 
-def wl_idle(srv: Server) -> dict[str, Any]:
-    base = ["idle", "--host", HOST, "--port", str(srv.port), "--path", "/echo"]
+def wl_idle(srv: Server, path: str = "/echo") -> dict[str, Any]:
+    base = ["idle", "--host", HOST, "--port", str(srv.port), "--path", path]
     # warm-up: one-off lazy initialisation must not be billed per connection
     run_loadgen([*base, "--conns", "100", "--hold", "0"], timeout=60)
     time.sleep(0.5)
@@ -623,8 +625,12 @@ def plan(name: str, workloads: list[str], quick: bool) -> list[Group]:
         groups.append(Group("echo", cases))
     if "handshake" in workloads:
         groups.append(Group("handshake", [("handshake", partial(wl_handshake, quick=quick))]))
-    if "idle" in workloads:
+    if "memory" in workloads:
         groups.append(Group("idle", [("idle_10k", wl_idle)]))
+        # What a chat keeps per connection besides: bench/app.py's /state (a data= object and
+        # a topic); another server keeps nothing there.
+        groups.append(Group("idle_state", [("idle_10k_state", partial(wl_idle, path="/state"))],
+                            skip="" if name.startswith("harpy") else "no /state route"))
     if "fanout" in workloads:
         for subs, msgs in FANOUT_CASES:
             key = f"fanout_{subs}x{msgs}"
@@ -785,6 +791,8 @@ def case_label(key: str) -> str:
         return f"{IDLE_CONNS:,} idle, heartbeat every {HEARTBEAT_INTERVAL:g} s"
     if key == "heartbeat_off":
         return f"{IDLE_CONNS:,} idle, no heartbeat"
+    if key == "idle_10k_state":
+        return f"{IDLE_CONNS:,} idle connections, each with a data= object and a topic"
     if key.startswith("idle"):
         return f"{IDLE_CONNS:,} idle connections"
     return f"concurrency {HANDSHAKE_CONCURRENCY}"
@@ -989,7 +997,8 @@ def markdown(data: dict[str, Any]) -> str:
     if idle:
         out += _table("Idle: establishing 10,000 connections (server CPU s / loadgen CPU s)",
                       idle, servers, results,
-                      lambda r: "failed" if not r or r.get("server_cpu_s") is None else
+                      lambda r: "n/a" if r and r.get("na") else
+                      "failed" if not r or r.get("server_cpu_s") is None else
                       f"{r['server_cpu_s']:.2f} / {r.get('loadgen_cpu_s', 0):.2f}")
     errs = [(s, k, r["error"]) for s in servers for k, r in results[s]["cases"].items()
             if r.get("error")]
@@ -1132,6 +1141,7 @@ def main() -> int:
     else:
         servers = [s.strip() for s in args.servers.split(",") if s.strip()]
         workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        workloads = [WORKLOAD_ALIASES.get(w, w) for w in workloads]
         unknown = [*(s for s in servers if s not in SERVERS),
                    *(w for w in workloads if w not in WORKLOADS)]
         if unknown:

@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from harpy.exceptions import HandshakeError
+from harpy.protocol import handshake
 from harpy.protocol.handshake import (
     Request,
     accept_key,
@@ -15,6 +16,7 @@ from harpy.protocol.handshake import (
     check_upgrade,
     origin_allowed,
     parse_request,
+    shared_text,
 )
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -612,3 +614,58 @@ def test_a_list_of_origins_or_any() -> None:
     assert not origin_allowed("https://api.example", "api.example", allowed)
     assert not origin_allowed("https://evil.example", "api.example", allowed)
     assert origin_allowed("https://evil.example", None, frozenset({"*"}))
+
+
+# ------------------------------------------------------------------------ the compact request
+
+
+def request_facts(request: Request) -> tuple[object, ...]:
+    """What the server reads of a request, by each of its accessors."""
+    return (
+        request.get("origin"),
+        request.get("missing", "-"),
+        request.get_all("cookie"),
+        request.tokens("connection"),
+        request.tokens_cased("sec-websocket-protocol"),
+        check_upgrade(request),
+    )
+
+
+def test_a_compacted_request_reads_the_same_from_its_raw_bytes() -> None:
+    request = parse_request(VALID_HEAD + b"\r\nCookie: a=1\r\nCookie: b=2\r\nX-Empty:")
+    parsed = list(request.headers)
+    facts = request_facts(request)
+    request.compact()
+    assert request.headers == parsed
+    assert request.headers is not request.headers  # parsed again on each use, never kept
+    assert request_facts(request) == facts
+    assert facts[2] == ["a=1", "b=2"]
+    assert ("x-empty", "") in request.headers
+    assert request.method == "GET"
+    assert (request.path, request.query_string) == ("/chat/room", "x=1&y=%20")
+
+
+def test_a_request_made_from_a_header_list_keeps_its_list_when_compacted() -> None:
+    request = make_request()
+    headers = request.headers
+    request.compact()  # no raw bytes to keep instead (the ASGI adapter's requests)
+    assert request.headers is headers
+
+
+def test_method_target_and_host_are_one_object_for_every_request() -> None:
+    first, second = parse_request(VALID_HEAD), parse_request(VALID_HEAD)
+    assert first.method is second.method
+    assert first.target is second.target
+    assert first.get("host") is second.get("host")
+    assert first.get("sec-websocket-key") == second.get("sec-websocket-key")
+
+
+def test_the_table_of_shared_strings_stays_bounded() -> None:
+    texts = [f"/path/{n}" for n in range(1000)]
+    assert [shared_text(text) for text in texts] == texts
+    assert len(handshake._shared) <= handshake._SHARED_MAX
+    again = "".join(["/path/", "999"])
+    assert shared_text(again) is shared_text("/path/999")
+    long = "/" + "x" * handshake._SHARED_LONGEST
+    assert shared_text(long) is long
+    assert long not in handshake._shared

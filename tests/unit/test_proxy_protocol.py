@@ -18,7 +18,7 @@ from harpy.protocol.proxy import (
     crc32c,
     parse_proxy_header,
 )
-from harpy.server.forwarded import ProxyTrust, parse_forwarded
+from harpy.server.forwarded import ProxyTrust, client_address, parse_forwarded
 
 # ------------------------------------------------------------------------------ version 1
 
@@ -313,3 +313,16 @@ def test_parse_forwarded_elements_quotes_and_malformed_ones() -> None:
     assert parse_forwarded("for, for=1.2.3.4") == [{}, {"for": "1.2.3.4"}]
     assert parse_forwarded('for="1.2.3.4') == [{}]
     assert parse_forwarded("") == []
+
+
+def test_a_peer_address_is_canonical_and_one_object_per_address() -> None:
+    first = client_address(("127.0.0.1", 50000))
+    assert first == "127.0.0.1"
+    assert client_address(("127.0.0.1", 50001)) is first  # parsed once, held once
+    assert client_address(("::ffff:10.0.0.1", 1, 0, 0)) == "10.0.0.1"  # dual-stack IPv4
+    assert client_address(("2001:DB8::1", 1, 0, 0)) == "2001:db8::1"
+    assert client_address("/run/harpy.sock") == "/run/harpy.sock"
+    assert client_address(None) == ""
+    for n in range(3000):  # many clients: the table starts afresh, the answers stay right
+        assert client_address((f"10.1.{n // 256}.{n % 256}", 1)) == f"10.1.{n // 256}.{n % 256}"
+    assert client_address(("::ffff:10.0.0.1", 1, 0, 0)) == "10.0.0.1"

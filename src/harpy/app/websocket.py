@@ -132,27 +132,21 @@ class WebSocket(Generic[T]):
     __slots__ = (
         "_admission",
         "_app",
-        "_auth_timer",
         "_conn",
-        "_cookies",
+        "_data",
         "_dispatch",
         "_gated",
-        "_groups_at_close",
-        "_handlers",
         "_holds_place",
         "_id",
         "_in_groups",
         "_messages_in",
+        "_more",
         "_on_message",
         "_opened_at",
-        "_presence",
+        "_params",
         "_queue",
         "_route",
-        "_tokens",
-        "_tokens_at",
         "auth",
-        "data",
-        "params",
         "subprotocol",
     )
 
@@ -160,7 +154,6 @@ class WebSocket(Generic[T]):
         self._app = app
         self._conn = conn
         self._route: Route | None = None
-        self._handlers: Any = None
         self._admission = Admission.PENDING
         self._dispatch = _IDLE
         # Derived from the two states above by _admit_as, for the per-message path:
@@ -169,25 +162,49 @@ class WebSocket(Generic[T]):
         self._id = ""
         self._holds_place = False  # a place under max_connections / _per_ip, until closed
         self._in_groups = False  # it joined a topic or a room: closing takes it out of them
-        self._auth_timer: Any = None
-        self._tokens = 0.0
-        self._tokens_at = 0.0
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
-        self._cookies: dict[str, str] | None = None
-        self._groups_at_close: dict[GroupKind, frozenset[str]] | None = None
         self._opened_at = 0.0
         self._messages_in = 0
-        self._presence: dict[str, Any] | None = None
-        self.params: dict[str, str] = {}
-        """The route's path parameters (``/room/:name`` gives ``{"name": ...}``)."""
-        self.data: T = None  # type: ignore[assignment]
-        """The per-connection object: the route's ``data=`` factory makes it at the upgrade."""
+        self._more: _Seldom | None = None  # what few connections need, made on first need
+        # Made on first use when the route captured none (an idle connection holds no empty
+        # dict): see ``params``.
+        self._params: dict[str, str] | None = None
+        # The route's data=, or the default dict made on first use (_DEFAULT_DATA until then):
+        # see ``data``.
+        self._data: Any = None
         self.auth: Any = None
         """What authentication kept: the ``authenticate`` hook's result, the JWT claims, the
         session, or the first message verifier's result."""
         self.subprotocol: str | None = None
         """The subprotocol agreed in the upgrade, or None."""
         conn.bind(self._handle_message, self._handle_event)
+
+    @property
+    def data(self) -> T:
+        """The per-connection object: the route's ``data=`` factory makes it at the upgrade;
+        without one, a dict of ``url`` and ``cookies``, made on first use."""
+        data = self._data
+        if data is _DEFAULT_DATA:
+            route = self._route
+            assert route is not None
+            data = self._data = route.make_data(self)
+        return data  # type: ignore[no-any-return]
+
+    @data.setter
+    def data(self, value: T) -> None:
+        self._data = value
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The route's path parameters (``/room/:name`` gives ``{"name": ...}``)."""
+        params = self._params
+        if params is None:
+            params = self._params = {}
+        return params
+
+    @params.setter
+    def params(self, value: dict[str, str]) -> None:
+        self._params = value
 
     # ----------------------------------------------------------------- request facts
 
@@ -300,18 +317,20 @@ class WebSocket(Generic[T]):
 
     @property
     def headers(self) -> Headers:
-        """The upgrade request's headers."""
+        """The upgrade request's headers (once the upgrade is over, read from the request's raw
+        bytes on each call: keep the result to read it often)."""
         request = self._conn.request
         return Headers(request.headers if request is not None else [])
 
     @property
     def cookies(self) -> dict[str, str]:
         """The upgrade request's cookies."""
-        if self._cookies is None:
+        more = self._seldom()
+        if more.cookies is None:
             request = self._conn.request
             header = "; ".join(request.get_all("cookie")) if request else ""
-            self._cookies = parse_cookies(header)
-        return self._cookies
+            more.cookies = parse_cookies(header)
+        return more.cookies
 
     @property
     def url(self) -> str:
@@ -433,9 +452,10 @@ class WebSocket(Generic[T]):
         """What ``app.present(...)`` shows of this connection on every node (a small
         JSON-serialisable dict; ``{}`` by default).  Set it before joining to have it in the
         ``join`` event; setting it later updates every topic and room it is in."""
-        if self._presence is None:
-            self._presence = {}
-        return self._presence
+        more = self._seldom()
+        if more.presence is None:
+            more.presence = {}
+        return more.presence
 
     @presence.setter
     def presence(self, info: dict[str, Any]) -> None:
@@ -445,7 +465,7 @@ class WebSocket(Generic[T]):
             json.dumps(info)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"ws.presence must be JSON-serialisable: {exc}") from None
-        self._presence = info
+        self._seldom().presence = info
         presence = self._app.presence
         if presence is not None and self._in_groups:
             presence.update(self.id, info)
@@ -490,14 +510,25 @@ class WebSocket(Generic[T]):
 
     def _groups(self, kind: GroupKind) -> frozenset[str]:
         """Its topics or rooms; after close, those it was in."""
-        if self._groups_at_close is not None:
-            return self._groups_at_close[kind]
+        if self._admission is Admission.LEFT:
+            return self._groups_at_close()[kind]
         return self._app.hub.groups(kind).of(self)
 
     def _is_in(self, kind: GroupKind, name: str) -> bool:
-        if self._groups_at_close is not None:
-            return name in self._groups_at_close[kind]
+        if self._admission is Admission.LEFT:
+            return name in self._groups_at_close()[kind]
         return self._app.hub.groups(kind).has(self, name)
+
+    def _groups_at_close(self) -> dict[GroupKind, frozenset[str]]:
+        more = self._more
+        at_close = more.groups_at_close if more is not None else None
+        return at_close if at_close is not None else _NO_GROUPS
+
+    def _seldom(self) -> _Seldom:
+        more = self._more
+        if more is None:
+            more = self._more = _Seldom()
+        return more
 
     def _require_open(self, action: str) -> None:
         if self.ready_state is not _OPEN:
@@ -538,7 +569,9 @@ class WebSocket(Generic[T]):
         """The route's handler ``name``; none runs for a connection that never was a member."""
         if self._admission is not _MEMBER and self._admission is not Admission.LEFT:
             return None
-        fn: Callable[..., Any] | None = getattr(self._handlers, name)
+        route = self._route
+        assert route is not None
+        fn: Callable[..., Any] | None = getattr(route.handlers, name)
         return fn
 
     # ----------------------------------------------------------------- the upgrade
@@ -582,9 +615,9 @@ class WebSocket(Generic[T]):
         except HandshakeError as exc:
             conn.refuse(exc.status, exc.reason, exc.headers)
             return
-        self.params = params
+        if params:
+            self._params = params
         self._route = route
-        self._handlers = route.handlers
         if app.max_connections or app.max_connections_per_ip:
             # A place is taken now, before any authenticate hook awaits, so upgrades waiting
             # at the same time cannot all pass the limit; it is given back when the socket
@@ -671,12 +704,15 @@ class WebSocket(Generic[T]):
         if self.ready_state is not ReadyState.CONNECTING:
             return  # answered meanwhile (408 after a slow hook, or shutting down)
         if deny is None:
-            try:
-                self.data = route.make_data(self)
-            except Exception:
-                logger.exception("harpy: data factory of route %s failed", route.pattern)
-                conn.refuse(500, "Internal Server Error")
-                return
+            if route.data_factory is None:
+                self._data = _DEFAULT_DATA  # the default dict: made on first use
+            else:
+                try:
+                    self._data = route.make_data(self)
+                except Exception:
+                    logger.exception("harpy: data factory of route %s failed", route.pattern)
+                    conn.refuse(500, "Internal Server Error")
+                    return
         else:
             self._admit_as(Admission.DENIED)
         headers: list[tuple[str, str]] = []
@@ -691,6 +727,9 @@ class WebSocket(Generic[T]):
                     headers.append(("Sec-WebSocket-Extensions", agreed[0]))
                     codec = agreed[1]
         conn.accept(headers, route.options, codec)
+        # The upgrade is decided (and a synchronous open handler ran): the request's headers
+        # are kept from now on as the bytes they came in, parsed again when asked for.
+        request.compact()
         if deny is not None:
             self.close(deny.code, deny.reason)
 
@@ -721,17 +760,20 @@ class WebSocket(Generic[T]):
         if self._admission is Admission.DENIED:
             return  # denied by authenticate: closing at once
         if route.options.rate_limit > 0:
-            self._tokens = route.rate_burst
-            self._tokens_at = self._opened_at
+            more = self._seldom()
+            more.tokens = route.rate_burst
+            more.tokens_at = self._opened_at
         verifier = route.first_message_auth
         if verifier is not None:
             # Not a member of anything (connections, rooms, broadcasts) until authenticated;
             # open() runs then.
             self._admit_as(Admission.AUTHENTICATING)
-            self._auth_timer = self._conn.loop.call_later(verifier.timeout, self._auth_timeout)
+            self._seldom().auth_timer = self._conn.loop.call_later(
+                verifier.timeout, self._auth_timeout
+            )
             return
         self._become_member()
-        fn = self._handlers.open
+        fn = route.handlers.open
         if fn is not None:
             self._call(fn, ())
 
@@ -770,22 +812,26 @@ class WebSocket(Generic[T]):
         if rate > 0:
             # Token bucket: rate_limit tokens a second, at most rate_burst saved up.
             now = self._conn.last_seen
-            refill = (now - self._tokens_at) * rate
-            tokens = min(route.rate_burst, self._tokens + refill)
-            self._tokens_at = now
+            more = self._seldom()
+            refill = (now - more.tokens_at) * rate
+            tokens = min(route.rate_burst, more.tokens + refill)
+            more.tokens_at = now
             if tokens < 1.0:
                 self.close(1008, "Rate limit exceeded")
                 return False
-            self._tokens = tokens - 1.0
-        if self._admission is Admission.AUTHENTICATING and self._auth_timer is not None:
-            self._auth_timer.cancel()
-            self._auth_timer = None
+            more.tokens = tokens - 1.0
+        if self._admission is Admission.AUTHENTICATING:
+            more = self._seldom()
+            if more.auth_timer is None:
+                return True
+            more.auth_timer.cancel()
+            more.auth_timer = None
             self._run(self._verify, (message,))
             return False
         return True
 
     def _auth_timeout(self) -> None:
-        self._auth_timer = None
+        self._seldom().auth_timer = None
         self._deny(1008, "Auth Timeout")
 
     def _deny(self, code: int, reason: str) -> None:
@@ -798,9 +844,10 @@ class WebSocket(Generic[T]):
         if self._holds_place:
             self._holds_place = False
             self._app.release(self._conn.remote_address)
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
-            self._auth_timer = None
+        more = self._more
+        if more is not None and more.auth_timer is not None:
+            more.auth_timer.cancel()
+            more.auth_timer = None
         if self._opened_at:  # upgraded (a refused or plain HTTP request also ends here)
             stats = self._app.stats
             stats.closes[code] = stats.closes.get(code, 0) + 1
@@ -809,27 +856,28 @@ class WebSocket(Generic[T]):
                 self._log_close(code)
         if self._admission is not _MEMBER:
             return  # never opened (denied, or first-message auth never passed)
-        fn = self._handlers.close
+        route = self._route
+        assert route is not None
+        fn = route.handlers.close
         self._admit_as(Admission.LEFT)
         app = self._app
         app.hub.connections.discard(self)
         # Out of every group now; the close handler still reads what they were.
         if self._in_groups:
-            self._groups_at_close = {
+            self._seldom().groups_at_close = {
                 _TOPIC: app.hub.topics.remove_all(self),
                 _ROOM: app.hub.rooms.remove_all(self),
             }
-        else:
-            self._groups_at_close = _NO_GROUPS
         if fn is not None:
             self._call(fn, (code, reason))
 
     def _transport_failed(self, exc: Exception) -> None:
         """The transport failed (connection reset, broken pipe: a send or a read the OS
         refused): a member's ``error(ws, exc)`` hears of it, before ``close(ws, 1006, "")``."""
-        if self._admission is not _MEMBER:
+        route = self._route
+        if self._admission is not _MEMBER or route is None:
             return
-        fn = self._handlers.error
+        fn = route.handlers.error
         if fn is not None:
             self._call(fn, (exc,))
 
@@ -946,7 +994,7 @@ class WebSocket(Generic[T]):
             # open() runs here, in this queue slot, so messages queued behind the token wait
             # for it.
             self._become_member()
-            fn = self._handlers.open
+            fn = route.handlers.open
             if fn is not None:
                 try:
                     opened = fn(self)
@@ -964,6 +1012,22 @@ class WebSocket(Generic[T]):
     def __repr__(self) -> str:
         state = ReadyState(self.ready_state).name
         return f"<WebSocket {self.id} {self.path or '-'} {state}>"
+
+
+class _Seldom:
+    """What few connections need: one slot on every ``WebSocket``, not six."""
+
+    __slots__ = ("auth_timer", "cookies", "groups_at_close", "presence", "tokens", "tokens_at")
+
+    def __init__(self) -> None:
+        self.auth_timer: Any = None  # first-message authentication's deadline
+        self.cookies: dict[str, str] | None = None  # parsed on first use
+        self.presence: dict[str, Any] | None = None
+        # The topics and rooms a member was in when it closed (None: none).
+        self.groups_at_close: dict[GroupKind, frozenset[str]] | None = None
+        # The rate limit's token bucket.
+        self.tokens = 0.0
+        self.tokens_at = 0.0
 
 
 def auto_broadcasting(handler: Callable[..., Any] | None) -> Callable[..., Any]:
@@ -985,6 +1049,8 @@ async def _await_then_broadcast(ws: WebSocket[Any], awaitable: Any, message: str
     ws.app.broadcast(message, exclude=ws)
 
 
+#: ``ws.data`` without a ``data=`` factory, until first used.
+_DEFAULT_DATA: Any = object()
 _TOPIC = GroupKind.TOPIC
 _ROOM = GroupKind.ROOM
 _NO_GROUPS: dict[GroupKind, frozenset[str]] = {_TOPIC: frozenset(), _ROOM: frozenset()}

@@ -34,7 +34,7 @@ cdef class FrameReader:
                    pstart=Py_ssize_t, fin=int, rsv=int, compressed=bint, max_size=Py_ssize_t,
                    events=list, payload=bytes, arrived=bytes, op_text=int, op_binary=int,
                    op_cont=int, op_close=int, client=bint, keylen=Py_ssize_t,
-                   done=Py_ssize_t, checked=Py_ssize_t, skip=Py_ssize_t)
+                   done=Py_ssize_t, checked=Py_ssize_t, skip=Py_ssize_t, buf=list, parts=list)
     cpdef list feed(self, bytes data)
     cpdef bytes send_close(self, int code=*, str reason=*)
     cpdef bytes data_to_send(self)

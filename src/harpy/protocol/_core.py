@@ -186,12 +186,14 @@ class FrameReader:
         self.close_code = 1006
         self.close_reason = ""
         self._out = b""
-        self._buf: list[bytes] = []
+        # The chunks of an incomplete frame, and the frames of a fragmented message: None
+        # while there are none (an idle connection holds no empty lists).
+        self._buf: list[bytes] | None = None
         self._have = 0
         self._need = 0
         self._failed = False
         self._frag_opcode = -1
-        self._frag_parts: list[bytes] = []
+        self._frag_parts: list[bytes] | None = None
         self._frag_size = 0
         self._frag_compressed = False
         self._frag_decoder: Any = None
@@ -251,17 +253,18 @@ class FrameReader:
             data = data[skip:]
             self._skip = 0
             self._failed = False
-        if self._buf:
+        buf = self._buf
+        if buf:
             # A frame is incomplete: collect chunks until it can be whole, then join once, so a
             # large message arriving in many reads is copied a bounded number of times.
-            self._buf.append(data)
+            buf.append(data)
             self._have += len(data)
             if self._have < self._need:
                 if self._part_done >= 0 and not self.close_sent and not self._check_part(data):
                     return self._bad_part(events, self._need - self._have)
                 return events
-            data = b"".join(self._buf)
-            self._buf = []
+            data = b"".join(buf)
+            self._buf = None
         # The first frame may be a text frame whose start was checked already (-1: none).
         done = self._part_done
         self._part_done = -1
@@ -383,7 +386,9 @@ class FrameReader:
                         return self._fail(events, "invalid UTF-8 in a text message", 1007)
             elif opcode == op_cont:
                 self._frag_size += length
-                self._frag_parts.append(payload)
+                parts = self._frag_parts
+                assert parts is not None  # a message is being continued: checked above
+                parts.append(payload)
                 if self._frag_decoder is not None:
                     try:
                         self._frag_decoder.decode(
@@ -392,11 +397,11 @@ class FrameReader:
                     except UnicodeDecodeError:
                         return self._fail(events, "invalid UTF-8 in a text message", 1007)
                 if fin:
-                    whole = b"".join(self._frag_parts)
+                    whole = b"".join(parts)
                     opcode = self._frag_opcode
                     compressed = self._frag_compressed
                     self._frag_opcode = -1
-                    self._frag_parts = []
+                    self._frag_parts = None
                     self._frag_decoder = None
                     if compressed:
                         try:
@@ -518,11 +523,11 @@ class FrameReader:
     def _stop(self) -> None:
         """Forget the partial frame and message; read nothing more until reset by ``_error``."""
         self._failed = True
-        self._buf = []
+        self._buf = None
         self._have = 0
         self._need = 0
         self._frag_opcode = -1
-        self._frag_parts = []
+        self._frag_parts = None
         self._frag_decoder = None
         self._part_done = -1
         self._part_key = b""

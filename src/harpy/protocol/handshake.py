@@ -29,6 +29,7 @@ __all__ = [
     "parse_cookies",
     "parse_request",
     "refusal",
+    "shared_text",
 ]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -44,28 +45,50 @@ class Request:
     """An HTTP/1.1 upgrade request: method, target split into path and query, headers.
 
     Header names are lower-cased; values are decoded as Latin-1 (RFC 9110 5.5) and stripped.
+    Once the upgrade is decided, :meth:`compact` keeps the headers as the bytes they came in
+    (a long-lived connection holds one ``bytes`` instead of a list of tuples of strings):
+    they are parsed again on each use after that.
     """
 
-    __slots__ = ("headers", "method", "path", "query_string", "target")
+    __slots__ = ("_fields", "_head", "method", "path", "query_string", "target")
 
-    def __init__(self, method: str, target: str, headers: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, method: str, target: str, headers: list[tuple[str, str]], head: bytes = b""
+    ) -> None:
         self.method = method
         self.target = target
         path, _, query = target.partition("?")
         self.path = path
         self.query_string = query
-        self.headers = headers
+        self._fields: list[tuple[str, str]] | None = headers
+        # The request as it came (the request line and the header lines), when parsed from
+        # bytes: what compact() keeps instead of the list.
+        self._head = head
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The (lower-case name, value) pairs, in order (after :meth:`compact`: a new list,
+        parsed from the raw request, on each use)."""
+        fields = self._fields
+        return fields if fields is not None else _fields(self._head.split(b"\r\n")[1:])
+
+    def compact(self) -> None:
+        """Keep the headers as the raw bytes they were parsed from only (when there are
+        such bytes): what a connection holds for its lifetime."""
+        if self._head:
+            self._fields = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (lower case), or ``default``."""
-        for key, value in self.headers:
+        for key, value in self._fields if self._fields is not None else self.headers:
             if key == name:
                 return value
         return default
 
     def get_all(self, name: str) -> list[str]:
         """Every value of header ``name`` (lower case), in order."""
-        return [value for key, value in self.headers if key == name]
+        fields = self._fields if self._fields is not None else self.headers
+        return [value for key, value in fields if key == name]
 
     def tokens(self, name: str) -> list[str]:
         """The comma-separated, lower-cased tokens of every ``name`` header (Connection...)."""
@@ -73,7 +96,7 @@ class Request:
 
     def tokens_cased(self, name: str) -> list[str]:
         """The comma-separated tokens of every ``name`` header, case kept (subprotocols)."""
-        return _tokens_cased(self.headers, name)
+        return _tokens_cased(self._fields if self._fields is not None else self.headers, name)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target}>"
@@ -85,6 +108,45 @@ def _tokens_cased(items: list[tuple[str, str]], name: str) -> list[str]:
         if key == name:
             out.extend(t.strip() for t in value.split(",") if t.strip())
     return out
+
+
+#: The methods' names, shared by every request instead of decoded for each.
+_METHOD_NAMES = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE")}
+#: At most this many distinct targets and Host values, of at most ``_SHARED_LONGEST``
+#: characters, are shared between requests.
+_SHARED_MAX = 256
+_SHARED_LONGEST = 256
+_shared: dict[str, str] = {}
+
+
+def shared_text(text: str) -> str:
+    """One string object for equal values that many connections keep (a route's path, the
+    ``Host`` a server is reached by): the first one seen of at most :data:`_SHARED_MAX`
+    values (the table starts afresh when full, so unique values from many clients cannot
+    grow it; a long value, likely unique, is not kept)."""
+    if len(text) > _SHARED_LONGEST:
+        return text
+    found = _shared.get(text)
+    if found is None:
+        if len(_shared) >= _SHARED_MAX:
+            _shared.clear()
+        _shared[text] = found = text
+    return found
+
+
+def _fields(lines: list[bytes], check: bool = False) -> list[tuple[str, str]]:
+    """The (name, value) pairs of header lines; ``check``: raise HandshakeError(400) for a
+    malformed one (once, when the request is parsed: after that they are known good)."""
+    fields: list[tuple[str, str]] = []
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if check and (not sep or not name or name.translate(None, _TOKEN_CHARS)):
+            raise HandshakeError(400, "Malformed header")
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        # Host is kept by the connection for its lifetime: one object for every connection.
+        fields.append((key, shared_text(text) if key == "host" else text))
+    return fields
 
 
 def parse_request(head: bytes) -> Request:
@@ -116,13 +178,12 @@ def parse_request(head: bytes) -> Request:
     # RFC 6455 3 and 4.2.1: the origin form (a path, then an optional query) only.
     if not target.startswith(b"/") or target.translate(None, _VCHAR):
         raise HandshakeError(400, "Malformed request target")
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name.translate(None, _TOKEN_CHARS):
-            raise HandshakeError(400, "Malformed header")
-        headers.append((name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1")))
-    return Request(method.decode("ascii"), target.decode("latin-1"), headers)
+    return Request(
+        _METHOD_NAMES.get(method) or method.decode("ascii"),
+        shared_text(target.decode("latin-1")),
+        _fields(lines[1:], True),
+        head,
+    )
 
 
 def check_upgrade(request: Request) -> str:

@@ -160,10 +160,23 @@ class ProxyTrust:
         return f"<ProxyTrust {allowed} headers={self.headers} protocol={self.protocol}>"
 
 
+#: The canonical form of the peer addresses seen lately (at most ``_ADDRESSES_MAX``): an
+#: address that connects again (a proxy, a NAT, a load generator) is neither parsed again nor
+#: held once per connection.
+_ADDRESSES_MAX = 1024
+_addresses: dict[str, str] = {}
+
+
 def client_address(peer: object) -> str:
     """The IP address (or socket path) of a transport's ``peername``."""
     if isinstance(peer, tuple):
-        return _canonical(str(peer[0]))
+        host = peer[0]
+        found = _addresses.get(host)
+        if found is None:
+            if len(_addresses) >= _ADDRESSES_MAX:
+                _addresses.clear()
+            found = _addresses[host] = _canonical(str(host))
+        return found
     return str(peer) if peer else ""
 
 
