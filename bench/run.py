@@ -927,6 +927,11 @@ def case_label(key: str) -> str:
         return f"{IDLE_CONNS:,} idle, heartbeat every {HEARTBEAT_INTERVAL:g} s"
     if key == "heartbeat_off":
         return f"{IDLE_CONNS:,} idle, no heartbeat"
+    if key.startswith("jsonecho_"):
+        return f"JSON echo, {JSON_ECHO[0]} B, {JSON_ECHO[1]} conns, {key.rsplit('_', 1)[1]}"
+    if key.startswith("jsonfanout_"):
+        return (f"JSON fan-out, {JSON_FANOUT[0]:,} subs x {JSON_FANOUT[1]} msgs, "
+                f"{key.rsplit('_', 1)[1]}")
     if key == "idle_10k_state":
         return f"{IDLE_CONNS:,} idle connections, each with a data= object and a topic"
     if key.startswith("idle"):
