@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per echo message, per fan-out delivery and per handshake, in process.
 
-    python bench/hotpath.py [--baseline /path/to/other/checkout]
+    python bench/hotpath.py [--baseline /path/to/other/checkout] [--json]
 
 The server's Python glue is driven through a fake transport (no sockets, no syscalls) and run
 under ``valgrind --tool=callgrind``, which counts instructions: the same count for the same
@@ -9,17 +9,25 @@ code and inputs whatever else the machine is doing, so a change of a few percent
 path shows up where a wall-clock benchmark on a shared machine cannot see it. Each figure is
 (instructions for N units - instructions for 0 units) / N. ``--baseline`` runs another
 checkout's harpy (with its own ``.venv``) on the same driver, for a before/after table.
+``--json`` prints the counts as one JSON object instead of the table (bench/run.py puts them in
+bench/RESULTS.md). The valgrind runs go in parallel, one per CPU: instruction counts do not
+depend on what else runs. Where ``callgrind_control`` is installed (it comes with valgrind),
+callgrind starts uninstrumented and the driver turns instrumentation on once the interpreter
+and harpy are imported: a run takes a third of the time, and the difference of two runs, all
+that is counted here, is the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +103,10 @@ async def drive(mode: str, n: int) -> None:
     if mode.endswith("-log"):
         log_to_file()
         mode = mode[: -len("-log")]
+    if os.environ.get(INSTR_ON):
+        # everything from here on is counted, in the run of N units as in the run of 0
+        subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())],
+                       check=True, capture_output=True, timeout=60)
 
     app = harpy.App()
     app.ws("/echo", {"message": lambda ws, m: ws.send(m)})
@@ -132,26 +144,39 @@ async def drive(mode: str, n: int) -> None:
             connect("/echo").connection_lost(None)
 
 
+INSTR_ON = "HARPY_HOTPATH_INSTR_ON"   # set: the driver turns callgrind's instrumentation on
+
+
 def instructions(python: str, mode: str, n: int) -> int:
+    lazy = shutil.which("callgrind_control") is not None
     out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python,
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         *(["--instr-atstart=no"] if lazy else []), python,
          str(Path(__file__).resolve()), "--drive", mode, str(n)],
         capture_output=True, text=True, check=True, cwd=ROOT,
-        env={**os.environ, "PYTHONHASHSEED": "0"})  # the same dict layouts every run
+        # the same dict layouts every run
+        env={**os.environ, "PYTHONHASHSEED": "0", INSTR_ON: "1" if lazy else ""})
     found = re.search(r"Collected : (\d+)", out.stderr)
     if not found:
         raise SystemExit(f"no callgrind total for {python} {mode}: {out.stderr[-500:]}")
     return int(found.group(1))
 
 
-def per_unit(python: str, mode: str, n: int, units: int) -> int:
-    return (instructions(python, mode, n) - instructions(python, mode, 0)) // (n * units)
+def per_unit(pythons: dict[str, str]) -> dict[tuple[str, str], int]:
+    """(instructions for N units - for 0) / units, by (mode, python's name), for every case."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        counts = {(mode, name, k): pool.submit(instructions, py, mode, k)
+                  for mode, n, _, _ in CASES for name, py in pythons.items() for k in (n, 0)}
+        return {(mode, name): (counts[mode, name, n].result() - counts[mode, name, 0].result())
+                // (n * units)
+                for mode, n, units, _ in CASES for name in pythons}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", help="another harpy checkout with its own .venv")
+    ap.add_argument("--json", action="store_true", help="print the counts as JSON")
     ap.add_argument("--drive", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.drive:
@@ -162,10 +187,17 @@ def main() -> int:
     pythons = {"harpy": sys.executable}
     if args.baseline:
         pythons["baseline"] = str(Path(args.baseline) / ".venv" / "bin" / "python")
+    per = per_unit(pythons)
+    if args.json:
+        print(json.dumps({"cases": [
+            {"mode": mode, "label": label, "units": n * units,
+             **{name: per[mode, name] for name in pythons}}
+            for mode, n, units, label in CASES]}))
+        return 0
     print("| case | " + " | ".join(pythons) + (" | harpy/baseline |" if args.baseline else " |"))
     print("|---|" + "---:|" * (len(pythons) + (1 if args.baseline else 0)))
-    for mode, n, units, label in CASES:
-        counts = {name: per_unit(py, mode, n, units) for name, py in pythons.items()}
+    for mode, _, _, label in CASES:
+        counts = {name: per[mode, name] for name in pythons}
         row = f"| {label} | " + " | ".join(f"{c:,}" for c in counts.values())
         if args.baseline:
             row += f" | {counts['harpy'] / counts['baseline']:.3f}x"

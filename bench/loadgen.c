@@ -13,7 +13,7 @@
  *   handshake --concurrency C --duration SEC
  *   idle      --conns N --hold SEC
  *   fanout    --subs N --messages M --size S [--timeout SEC] [--sync]
- *             [--payload x|text|json] [--verify K] [--deflate]
+ *             [--payload x|text|json] [--verify K] [--deflate] [--rounds R]
  * Common: --host H --port P --path /echo [--inflight K] [--hs-timeout SEC]
  *
  * --deflate: every upgrade offers permessage-deflate
@@ -32,6 +32,10 @@
  * re-serialises it compactly sends back byte for byte.
  * --verify K: the first K subscribers keep every message and compare it with
  * what was published (after inflating it when compressed).
+ * --rounds R (fanout): the publisher sends its M messages R times to the same
+ * subscribers, each round a measured window of its own (MARK start/end), the
+ * next starting once every subscriber has the previous one's M; "rounds" in
+ * the JSON has each window's figures, the top-level ones are for all rounds.
  *
  * handshake: each cycle is connect, upgrade, masked close (1000), then the
  * socket is closed as soon as the server's close frame arrives, so the server
@@ -74,6 +78,8 @@
 #ifdef HAVE_ZLIB
 #include <zlib.h>
 #endif
+
+#include "wsaccept.h"
 
 enum { M_ECHO, M_HANDSHAKE, M_IDLE, M_FANOUT };
 enum { S_FREE, S_CONNECTING, S_UPGRADING, S_OPEN, S_CLOSING };
@@ -123,13 +129,13 @@ static struct {
     int mode;
     const char *host, *path, *sub_path, *pub_path;
     int port, conns, size, concurrency, subs, messages, inflight, sync;
-    int deflate, text, json, verify;
+    int deflate, text, json, verify, rounds;
     double duration, warmup, hold, timeout, hs_timeout;
 } opt = {
     .host = "127.0.0.1", .path = "/echo", .sub_path = "/sub", .pub_path = "/pub",
     .port = 0, .conns = 1, .size = 32, .concurrency = 16, .subs = 100,
     .messages = 10, .inflight = 256, .duration = 5, .warmup = 1, .hold = 10,
-    .timeout = 60, .hs_timeout = 10,
+    .timeout = 60, .hs_timeout = 10, .rounds = 1,
 };
 
 static struct {
@@ -241,75 +247,6 @@ static double hist_pct(double p)
             return (double)i;
     }
     return (double)HIST_US;
-}
-
-/* ------------------------------------------------------- sha1 and base64 */
-
-typedef struct { uint32_t h[5]; unsigned char blk[64]; uint64_t len; } sha1_t;
-
-#define ROL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
-
-static void sha1_block(sha1_t *s, const unsigned char *p)
-{
-    uint32_t w[80], a, b, c, d, e, t;
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 80; i++)
-        w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    a = s->h[0]; b = s->h[1]; c = s->h[2]; d = s->h[3]; e = s->h[4];
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20)      { f = (b & c) | (~b & d);           k = 0x5A827999; }
-        else if (i < 40) { f = b ^ c ^ d;                    k = 0x6ED9EBA1; }
-        else if (i < 60) { f = (b & c) | (b & d) | (c & d);  k = 0x8F1BBCDC; }
-        else             { f = b ^ c ^ d;                    k = 0xCA62C1D6; }
-        t = ROL(a, 5) + f + e + k + w[i];
-        e = d; d = c; c = ROL(b, 30); b = a; a = t;
-    }
-    s->h[0] += a; s->h[1] += b; s->h[2] += c; s->h[3] += d; s->h[4] += e;
-}
-
-static void sha1(const unsigned char *data, size_t n, unsigned char out[20])
-{
-    sha1_t s = {{0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0}, {0}, 0};
-    size_t i = 0;
-    for (; i + 64 <= n; i += 64)
-        sha1_block(&s, data + i);
-    unsigned char tail[128] = {0};
-    size_t r = n - i;
-    memcpy(tail, data + i, r);
-    tail[r] = 0x80;
-    size_t tl = (r + 9 <= 64) ? 64 : 128;
-    uint64_t bits = (uint64_t)n * 8;
-    for (int j = 0; j < 8; j++)
-        tail[tl - 1 - j] = (unsigned char)(bits >> (8 * j));
-    sha1_block(&s, tail);
-    if (tl == 128)
-        sha1_block(&s, tail + 64);
-    for (int j = 0; j < 5; j++) {
-        out[4 * j] = (unsigned char)(s.h[j] >> 24);
-        out[4 * j + 1] = (unsigned char)(s.h[j] >> 16);
-        out[4 * j + 2] = (unsigned char)(s.h[j] >> 8);
-        out[4 * j + 3] = (unsigned char)s.h[j];
-    }
-}
-
-static void b64(const unsigned char *in, size_t n, char *out)
-{
-    static const char tb[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < n) v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < n) v |= in[i + 2];
-        out[o++] = tb[(v >> 18) & 63];
-        out[o++] = tb[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? tb[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? tb[v & 63] : '=';
-    }
-    out[o] = 0;
 }
 
 /* ------------------------------------------------------------- framing */
@@ -476,11 +413,7 @@ static void send_upgrade(conn_t *c)
     memcpy(key_raw + 8, &b, 8);
     char key[32];
     b64(key_raw, 16, key);
-    char cat[128];
-    int cl = snprintf(cat, sizeof cat, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
-    unsigned char dg[20];
-    sha1((unsigned char *)cat, (size_t)cl, dg);
-    b64(dg, 20, c->accept);
+    ws_accept(key, strlen(key), c->accept);
     char req[640];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\n"
@@ -629,7 +562,8 @@ static void verify_message(conn_t *c, uint64_t idx)
         return;
 #endif
     }
-    if (n == (long)opt.size && idx < (uint64_t)opt.messages &&
+    idx %= (uint64_t)opt.messages;   /* every round publishes the same M */
+    if (n == (long)opt.size &&
         memcmp(body, payloads[idx], (size_t)opt.size) == 0)
         st.verified++;
     else
@@ -670,9 +604,9 @@ static void on_message(conn_t *c, uint64_t len, uint64_t t)
         if (c->vbuf)
             verify_message(c, c->msgs);
         c->msgs++;
-        if (c->msgs <= (uint64_t)opt.messages) {
+        if (c->msgs <= (uint64_t)opt.messages * (uint64_t)opt.rounds) {
             st.deliveries++;
-            if (c->msgs == (uint64_t)opt.messages)
+            if (c->msgs == (uint64_t)opt.messages * (uint64_t)opt.rounds)
                 st.subs_done++;
         } else {
             st.extra++;
@@ -1234,33 +1168,51 @@ static void run_fanout(uint64_t t_begin)
 
     conn_t *pub = &conns[n];
     open_batch(n, n + 1, R_PUB, deadline);
-    uint64_t expected = (uint64_t)subs_ok * (uint64_t)opt.messages;
-    double cpu0 = 0, cpu1 = 0;
-    uint64_t w0 = 0, w1 = 0, rx0 = 0, rx1 = 0;
+    uint64_t per_round = (uint64_t)subs_ok * (uint64_t)opt.messages;
+    uint64_t expected = per_round * (uint64_t)opt.rounds;
+    double cpu_all = 0, el_all = 0;
+    uint64_t rx = 0;
+    char rounds_json[4096] = "";
+    size_t rj = 0;
     int pub_ok = pub->state == S_OPEN;
     if (pub_ok) {
         size_t fmax = (size_t)opt.size + 14;
         unsigned char *buf = malloc(fmax * (size_t)opt.messages);
         if (!buf)
             die("out of memory");
-        size_t len = 0;
-        /* frames are masked before the window opens; all M go out back to back */
-        for (int i = 0; i < opt.messages; i++)
-            len += build_frame(buf + len, 0x1, payloads[i], (size_t)opt.size);
-        mark("start");
-        sync_wait();
-        cpu0 = cpu_seconds();
-        rx0 = st.rx_sub_bytes;
-        w0 = now_ns();
-        conn_send(pub, buf, len);
-        uint64_t lim = w0 + (uint64_t)(opt.timeout * 1e9);
-        while (!stop_flag && st.deliveries < expected && now_ns() < lim)
-            poll_once(10);
-        w1 = now_ns();
-        rx1 = st.rx_sub_bytes;
-        cpu1 = cpu_seconds();
-        mark("end");
-        sync_wait();
+        for (int r = 0; r < opt.rounds && !stop_flag; r++) {
+            size_t len = 0;
+            /* frames are masked before the window opens; all M go out back to back */
+            for (int i = 0; i < opt.messages; i++)
+                len += build_frame(buf + len, 0x1, payloads[i], (size_t)opt.size);
+            mark("start");
+            sync_wait();
+            double cpu0 = cpu_seconds();
+            uint64_t rx0 = st.rx_sub_bytes, d0 = st.deliveries;
+            uint64_t w0 = now_ns();
+            conn_send(pub, buf, len);
+            uint64_t lim = w0 + (uint64_t)(opt.timeout * 1e9);
+            while (!stop_flag && st.deliveries < d0 + per_round && now_ns() < lim)
+                poll_once(10);
+            uint64_t w1 = now_ns();
+            uint64_t rx1 = st.rx_sub_bytes, d1 = st.deliveries;
+            double cpu1 = cpu_seconds();
+            mark("end");
+            sync_wait();
+            double el = (w1 - w0) / 1e9;
+            cpu_all += cpu1 - cpu0;
+            el_all += el;
+            rx += rx1 - rx0;
+            if (rj < sizeof rounds_json - 200)
+                rj += (size_t)snprintf(rounds_json + rj, sizeof rounds_json - rj,
+                                       "%s{\"elapsed_s\": %.6f, \"deliveries\": %" PRIu64 ", "
+                                       "\"deliveries_per_s\": %.1f, \"loadgen_cpu_window_s\": "
+                                       "%.4f, \"rx_bytes_window\": %" PRIu64 "}",
+                                       r ? ", " : "", el, d1 - d0,
+                                       el > 0 ? (d1 - d0) / el : 0.0, cpu1 - cpu0, rx1 - rx0);
+            if (d1 < d0 + per_round)
+                break;   /* a round that did not complete: the next would mix with it */
+        }
         free(buf);
     }
     /* late frames would be "extra"; drain briefly to catch duplicates */
@@ -1272,8 +1224,7 @@ static void run_fanout(uint64_t t_begin)
         deflate_subs += conns[i].got_ok && conns[i].deflate;
     int negotiated = opt.deflate && subs_ok > 0 && deflate_subs == subs_ok && pub->deflate;
     close_all();
-    double el = (w1 - w0) / 1e9;
-    uint64_t rx = rx1 - rx0;
+    double el = el_all;
     printf("{\"mode\": \"fanout\", \"subs\": %d, \"subs_ok\": %d, \"messages\": %d, "
            "\"size\": %d, \"publisher_ok\": %s, \"subscribe_s\": %.4f, "
            "\"expected\": %" PRIu64 ", \"deliveries\": %" PRIu64 ", \"missing\": %" PRIu64 ", "
@@ -1281,8 +1232,9 @@ static void run_fanout(uint64_t t_begin)
            "\"deliveries_per_s\": %.1f, \"loadgen_cpu_window_s\": %.4f, \"errors\": %" PRIu64 ", ",
            n, subs_ok, opt.messages, opt.size, pub_ok ? "true" : "false", subscribe_s,
            expected, st.deliveries, expected > st.deliveries ? expected - st.deliveries : 0,
-           st.extra, st.subs_done, el, el > 0 ? st.deliveries / el : 0.0, cpu1 - cpu0,
+           st.extra, st.subs_done, el, el > 0 ? st.deliveries / el : 0.0, cpu_all,
            errors_total());
+    printf("\"rounds\": [%s], ", rounds_json);
     printf("\"payload\": \"%s\", \"deflate_offered\": %s, \"deflate_negotiated\": %s, "
            "\"deflate_subs\": %d, \"deflate_publisher\": %s, \"deflate_response\": \"%s\", "
            "\"compressed_msgs\": %" PRIu64 ", \"rx_bytes_window\": %" PRIu64 ", "
@@ -1379,6 +1331,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--hs-timeout")) opt.hs_timeout = atof(v);
         else if (!strcmp(a, "--inflight")) opt.inflight = atoi(v);
         else if (!strcmp(a, "--verify")) opt.verify = atoi(v);
+        else if (!strcmp(a, "--rounds")) opt.rounds = atoi(v);
         else if (!strcmp(a, "--payload")) {
             if (!strcmp(v, "text")) opt.text = 1;
             else if (!strcmp(v, "json")) opt.json = 1;
@@ -1389,6 +1342,7 @@ int main(int argc, char **argv)
     }
     if (opt.port <= 0 || opt.size < 0 || opt.conns <= 0 || opt.concurrency <= 0 ||
         opt.subs <= 0 || opt.messages <= 0 || opt.inflight <= 0 || opt.verify < 0 ||
+        opt.rounds <= 0 ||
         (opt.json && (opt.text || opt.size < 8)))
         usage();
 

@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Benchmark orchestrator: WebSocket servers driven by bench/loadgen.c.
 
-    python bench/run.py [--servers harpy,picows,websockets,aiohttp]
+    python bench/run.py [--servers harpy,harpy-nolog,picows,socketify,bun,websockets,aiohttp,null]
                         [--workloads echo,handshake,memory,fanout,fanoutz,heartbeat,json]
-                        [--quick]
+                        [--quick] [--no-hotpath]
                         [--repeat N] [--write] [--merge] [--report-only]
 
 Each server runs pinned to CPU 0 and the load generator to CPU 1 (when
 taskset works and there are two CPUs), so the two never compete for a core.
-Every workload gets a freshly started server. Raw numbers go to
-bench/results.json, a Markdown summary to stdout (and bench/RESULTS.md with
---write).
+Every workload gets a freshly started server. The peers: picows, socketify.py
+and Bun (installed from npm into bench/.build/bun), websockets, aiohttp, and the
+null server (bench/nullserver.c: the kernel and the load generator alone, the
+floor). After the servers, bench/hotpath.py counts harpy's instructions per
+message, delivery and connection under callgrind (when valgrind is installed).
+Raw numbers go to bench/results.json, a Markdown summary to stdout (and
+bench/RESULTS.md with --write).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import os
 import platform
 import resource
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -40,6 +45,12 @@ BUILD = BENCH / ".build"
 LOGS = BUILD / "logs"
 LOADGEN_SRC = BENCH / "loadgen.c"
 LOADGEN = BUILD / "loadgen"
+NULLSERVER_SRC = BENCH / "nullserver.c"
+NULLSERVER = BUILD / "nullserver"
+WSACCEPT_H = BENCH / "wsaccept.h"   # included by both C programs
+# Bun from npm, pinned by bench/peers/package.json and its lock file, installed here.
+BUN_DIR = BUILD / "bun"
+BUN = BUN_DIR / "node_modules" / ".bin" / "bun"
 RESULTS_JSON = BENCH / "results.json"
 RESULTS_MD = BENCH / "RESULTS.md"
 HOST = "127.0.0.1"
@@ -53,8 +64,12 @@ SERVERS: dict[str, list[str]] = {
     # The same with the access log off (it is on by default): what the access log costs.
     "harpy-nolog": [PY, "-m", "harpy", "bench.app:app", "--no-access-log", *_ADDR],
     "picows": [PY, str(BENCH / "peers" / "picows_server.py"), *_ADDR],
+    "socketify": [PY, str(BENCH / "peers" / "socketify_server.py"), *_ADDR],
+    "bun": [str(BUN), str(BENCH / "peers" / "bun_server.js"), *_ADDR],
     "websockets": [PY, str(BENCH / "peers" / "websockets_server.py"), *_ADDR],
     "aiohttp": [PY, str(BENCH / "peers" / "aiohttp_server.py"), *_ADDR],
+    # The floor: the kernel's loopback TCP and the load generator under a minimal server.
+    "null": [str(NULLSERVER), *_ADDR],
 }
 # HARPY_BENCH_BASELINE=/path/to/another/harpy/checkout (with its own .venv) adds the server
 # "harpy-base": that checkout's harpy serving this tree's bench/app.py, in the same run, so a
@@ -67,10 +82,15 @@ if _BASELINE:
 WORKLOADS = ["echo", "handshake", "memory", "fanout", "fanoutz", "heartbeat", "json"]
 #: Other names a workload was known by.
 WORKLOAD_ALIASES = {"idle": "memory"}
+# Servers that run only some workloads (the others show n/a): the access log is written once
+# per connection, so harpy without it is measured where connections come and go.
+ONLY: dict[str, tuple[set[str], str]] = {
+    "harpy-nolog": ({"handshake"}, "the access log is per connection: measured on churn only"),
+}
 
 ECHO_SIZES = [32, 4096]
 ECHO_CONNS = [1, 64, 512]
-HANDSHAKE_CONCURRENCY = 32   # enough in-flight upgrades to keep one core busy
+HANDSHAKE_CONCURRENCY = 64   # connections in flight (connect, upgrade, close)
 IDLE_CONNS = 10_000
 FANOUT_CASES = [(1_000, 100), (10_000, 10)]   # (subscribers, messages)
 FANOUT_SIZE = 32
@@ -79,7 +99,8 @@ FANOUT_SIZE = 32
 FANOUTZ_CASE = (1_000, 100)
 FANOUTZ_SIZE = 1024
 FANOUTZ_VERIFY = 16   # subscribers whose messages are inflated and compared
-NO_DEFLATE = {"picows": "picows has no permessage-deflate"}
+NO_DEFLATE = {"picows": "picows has no permessage-deflate",
+              "null": "the null server has no permessage-deflate"}
 # JSON mode (harpy's json=True routes), with orjson and with the standard library: an echo
 # of a JSON object parsed and serialised again, and a fan-out of one parsed and serialised
 # once for every subscriber (the loadgen's "--payload json": {"k":"xxx..."} of SIZE bytes).
@@ -88,10 +109,18 @@ JSON_FANOUT = (1_000, 100)   # (subscribers, messages)
 JSON_SIZE = 256
 JSON_LIBS = ("orjson", "stdlib")
 # Heartbeat cost: IDLE_CONNS connections held HEARTBEAT_HOLD s after the last upgrade; the
-# 1 s windows between loadgen ticks HEARTBEAT_TICKS[0] and [1] are measured.
-HEARTBEAT_INTERVAL = 5.0
-HEARTBEAT_HOLD = 14
-HEARTBEAT_TICKS = (1, 13)
+# 1 s windows between loadgen ticks HEARTBEAT_TICKS[0] and [1] are measured. Without a
+# heartbeat, the idle workload's connections are watched over IDLE_TICKS instead.
+HEARTBEAT_INTERVAL = 4.0
+HEARTBEAT_HOLD = 10
+HEARTBEAT_TICKS = (1, 9)
+IDLE_TICKS = (1, 5)
+# Measured windows (s) and warm-up before them: full run, --quick.
+WINDOW = {False: (1.0, 0.3), True: (0.5, 0.2)}
+# A load generator above this share of its core was the limit, not the server: its cells get
+# LIMIT_MARK (the figure is a lower bound of what the server can do).
+LOADGEN_LIMIT_PCT = 90.0
+LIMIT_MARK = "†"
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOISY_PCT = 25.0   # other work above this share of a core taints a window
@@ -121,17 +150,21 @@ def pinned(cpu: int, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", str(cpu), *cmd] if PIN else cmd
 
 
-def build_loadgen() -> None:
-    """Builds the loadgen, with zlib (to inflate and verify compressed messages) if present."""
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+def _fresh(out: Path, *sources: Path) -> bool:
+    return out.exists() and all(out.stat().st_mtime >= s.stat().st_mtime for s in sources)
+
+
+def build_c(src: Path, out: Path, zlib: bool = False) -> None:
+    """Compiles one of the C programs (with zlib if asked and present) unless up to date."""
+    if _fresh(out, src, WSACCEPT_H):
         return
     BUILD.mkdir(parents=True, exist_ok=True)
-    base = ["gcc", "-O2", "-o", str(LOADGEN), str(LOADGEN_SRC)]
+    base = ["gcc", "-O2", "-o", str(out), str(src)]
     cmds = [base]
-    if Path("/usr/include/zlib.h").exists():
+    if zlib and Path("/usr/include/zlib.h").exists():
         cmds.insert(0, [*base[:2], "-DHAVE_ZLIB", *base[2:], "-lz"])
     for i, cmd in enumerate(cmds):
-        print("building loadgen:", " ".join(cmd), file=sys.stderr)
+        print(f"building {out.name}:", " ".join(cmd), file=sys.stderr)
         try:
             subprocess.run(cmd, check=True, timeout=120)
             return
@@ -139,6 +172,44 @@ def build_loadgen() -> None:
             if i == len(cmds) - 1:
                 raise
             print("building without zlib instead", file=sys.stderr)
+
+
+def build_loadgen() -> None:
+    """The loadgen, with zlib (to inflate and verify compressed messages) if present."""
+    build_c(LOADGEN_SRC, LOADGEN, zlib=True)
+
+
+def install_bun() -> str:
+    """Bun from npm into bench/.build/bun, at the version of bench/peers/package-lock.json.
+    Returns "" or why it cannot run."""
+    manifest = [BENCH / "peers" / "package.json", BENCH / "peers" / "package-lock.json"]
+    stamp = BUN_DIR / "node_modules" / ".installed"
+    if BUN.exists() and _fresh(stamp, *manifest):
+        return ""
+    if shutil.which("npm") is None:
+        return "npm not found (Debian: apt-get install npm)"
+    BUN_DIR.mkdir(parents=True, exist_ok=True)
+    for f in manifest:
+        shutil.copy2(f, BUN_DIR / f.name)
+    print(f"installing bun from npm into {BUN_DIR.relative_to(ROOT)}", file=sys.stderr)
+    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BUN_DIR,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not BUN.exists():
+        return f"npm ci failed: {(done.stderr or done.stdout)[-400:]}"
+    stamp.touch()
+    return ""
+
+
+def prepare(name: str) -> str:
+    """Builds or installs what a server needs; returns "" or why it cannot run."""
+    try:
+        if name == "null":
+            build_c(NULLSERVER_SRC, NULLSERVER)
+        elif name == "bun":
+            return install_bun()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot build: {exc}"
+    return ""
 
 
 def free_port() -> int:
@@ -158,12 +229,19 @@ def machine_info() -> dict[str, Any]:
         pass
     code = ("import importlib.metadata as m, platform, json\n"
             "v = {}\n"
-            "for p in ('harpy', 'picows', 'websockets', 'aiohttp', 'uvloop'):\n"
-            "    try: v[p] = m.version(p)\n"
+            "for p, dist in (('harpy', 'harpy-ws'), ('picows', 'picows'),\n"
+            "                 ('socketify', 'socketify'), ('websockets', 'websockets'),\n"
+            "                 ('aiohttp', 'aiohttp'), ('uvloop', 'uvloop')):\n"
+            "    try: v[p] = m.version(dist)\n"
             "    except Exception: v[p] = None\n"
             "print(json.dumps({'python': platform.python_version(), 'versions': v}))")
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     info = json.loads(out.stdout) if out.returncode == 0 else {"python": None, "versions": {}}
+    if BUN.exists():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            info["versions"]["bun"] = subprocess.run(
+                [str(BUN), "--version"], capture_output=True, text=True, timeout=30
+            ).stdout.strip() or None
     try:
         rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                              capture_output=True, text=True, timeout=10).stdout.strip()
@@ -393,20 +471,22 @@ def run_loadgen(args: list[str], timeout: float,
 
 
 class Window:
-    """Samples server CPU (and system-wide busy time) at loadgen's MARK lines."""
+    """Samples server CPU (and system-wide busy time) at loadgen's MARK lines: one window per
+    start/end pair (a fanout with --rounds has several)."""
 
     def __init__(self, server: Server, sync: bool = False) -> None:
         self.server, self.sync = server, sync
-        self.cpu0: float | None = None
-        self.cpu1: float | None = None
-        self.busy0: float | None = None
-        self.busy1: float | None = None
+        self.start: tuple[float, float] | None = None
+        self.spans: list[tuple[float, float]] = []   # (server CPU s, machine busy s)
 
     def __call__(self, line: str, p: subprocess.Popen[bytes]) -> None:
         if line == "MARK start":
-            self.cpu0, self.busy0 = self.server.cpu(), system_busy_seconds()
+            self.start = (self.server.cpu(), system_busy_seconds())
         elif line == "MARK end":
-            self.cpu1, self.busy1 = self.server.cpu(), system_busy_seconds()
+            if self.start is not None:
+                cpu0, busy0 = self.start
+                self.spans.append((self.server.cpu() - cpu0, system_busy_seconds() - busy0))
+                self.start = None
         else:
             return
         if self.sync and p.stdin:
@@ -416,27 +496,24 @@ class Window:
             except BrokenPipeError:
                 pass
 
-    def server_cpu(self) -> float | None:
-        if self.cpu0 is None or self.cpu1 is None:
-            return None
-        return self.cpu1 - self.cpu0
-
-    def busy(self) -> float | None:
-        if self.busy0 is None or self.busy1 is None:
-            return None
-        return self.busy1 - self.busy0
+    def span(self, i: int = -1) -> tuple[float | None, float | None]:
+        """(server CPU s, machine busy s) of window i (the last by default), or Nones."""
+        try:
+            return self.spans[i]
+        except IndexError:
+            return None, None
 
 
-def _finish(res: dict[str, Any], win: Window, seconds: float, lg_cpu: float) -> dict[str, Any]:
-    """Adds CPU-share fields common to all windowed workloads."""
-    srv = win.server_cpu()
+def _finish(res: dict[str, Any], win: Window, seconds: float, lg_cpu: float,
+            i: int = -1) -> dict[str, Any]:
+    """Adds CPU-share fields common to all windowed workloads (of the loadgen's window i)."""
+    srv, busy = win.span(i)
     res["server_cpu_s"] = srv
     res["loadgen_cpu_s"] = lg_cpu
     res["window_s"] = seconds
     if seconds > 0:
         res["server_cpu_pct"] = None if srv is None else 100 * srv / seconds
         res["loadgen_cpu_pct"] = 100 * lg_cpu / seconds
-        busy = win.busy()
         if busy is not None and srv is not None:
             # whatever else ran on the machine during the window (noise check)
             res["background_cpu_pct"] = max(0.0, 100 * (busy - srv - lg_cpu) / seconds)
@@ -452,7 +529,7 @@ def echo_cases() -> list[tuple[str, dict[str, Any]]]:
 
 def wl_echo(srv: Server, size: int, conns: int, quick: bool,
             path: str = "/echo", payload: str = "x") -> dict[str, Any]:
-    duration, warmup = (2.0, 0.5) if quick else (5.0, 1.0)
+    duration, warmup = WINDOW[quick]
     win = Window(srv)
     res, diag = run_loadgen(
         ["echo", "--host", HOST, "--port", str(srv.port), "--path", path,
@@ -472,7 +549,7 @@ def wl_echo(srv: Server, size: int, conns: int, quick: bool,
 
 
 def wl_handshake(srv: Server, quick: bool) -> dict[str, Any]:
-    duration = 2.0 if quick else 5.0
+    duration, _ = WINDOW[quick]
     win = Window(srv)
     res, diag = run_loadgen(
         ["handshake", "--host", HOST, "--port", str(srv.port), "--path", "/echo",
@@ -488,7 +565,58 @@ def wl_handshake(srv: Server, quick: bool) -> dict[str, Any]:
     return res
 
 
+class Ticks:
+    """The loadgen's idle-mode TICK lines: server CPU and machine busy time at each second after
+    all connections are up; stops the loadgen (SIGTERM) after the tick ``stop``."""
+
+    def __init__(self, srv: Server, stop: int,
+                 on_tick: Callable[[int], None] | None = None) -> None:
+        self.srv, self.stop, self.on_tick = srv, stop, on_tick
+        self.at: dict[int, tuple[float, float, float, int]] = {}   # k: (time, cpu, busy, pings)
+
+    def __call__(self, line: str, p: subprocess.Popen[bytes]) -> None:
+        if not line.startswith("TICK"):
+            return
+        _, k, pings = line.split()
+        self.at[int(k)] = (time.monotonic(), self.srv.cpu(), system_busy_seconds(), int(pings))
+        if self.on_tick:
+            self.on_tick(int(k))
+        if int(k) >= self.stop:
+            p.send_signal(signal.SIGTERM)
+
+    def windows(self, res: dict[str, Any], first: int, last: int,
+                interval: float) -> dict[str, Any]:
+        """Server CPU per 1 s window from tick first to last, pings, and beats."""
+        out: dict[str, Any] = {}
+        if first not in self.at or last not in self.at:
+            return {"error": f"loadgen ticks {sorted(self.at)} lack {first}..{last}"}
+        windows = []
+        for k in range(first, last):
+            (t0, c0, _, p0), (t1, c1, _, p1) = self.at[k], self.at[k + 1]
+            windows.append({"s": t1 - t0, "cpu_ms": 1e3 * (c1 - c0), "pings": p1 - p0})
+        (t0, c0, b0, p0), (t1, c1, b1, p1) = self.at[first], self.at[last]
+        span, cpu, pings = t1 - t0, c1 - c0, p1 - p0
+        rates = [w["cpu_ms"] / w["s"] for w in windows]   # ms of CPU per second
+        quiet = [r for r, w in zip(rates, windows, strict=True) if not w["pings"]]
+        ok = res.get("ok") or 0
+        beats = pings / ok if ok else 0.0
+        out.update(
+            ping_interval=interval or None, window_s=span, server_cpu_s=cpu,
+            windows=windows, cpu_ms_per_s_min=min(rates),
+            cpu_ms_per_s_median=statistics.median(rates), cpu_ms_per_s_max=max(rates),
+            quiet_windows=len(quiet),
+            quiet_ms_per_s_median=statistics.median(quiet) if quiet else None,
+            pings_window=pings, beats=beats,
+            cpu_ms_per_beat=1e3 * cpu / beats if beats >= 0.5 else None,
+            us_per_ping=1e6 * cpu / pings if pings else None,
+            # everything but the server (the loadgen only answers pings here)
+            background_cpu_pct=max(0.0, 100 * ((b1 - b0) - cpu) / span) if span > 0 else None)
+        return out
+
+
 def wl_idle(srv: Server, path: str = "/echo") -> dict[str, Any]:
+    """Idle memory per connection at IDLE_CONNS on path, and on /echo (as the case
+    heartbeat_off) the server's CPU while they sit idle, over the loadgen's ticks IDLE_TICKS."""
     base = ["idle", "--host", HOST, "--port", str(srv.port), "--path", path]
     # warm-up: one-off lazy initialisation must not be billed per connection
     run_loadgen([*base, "--conns", "100", "--hold", "0"], timeout=60)
@@ -496,16 +624,15 @@ def wl_idle(srv: Server, path: str = "/echo") -> dict[str, Any]:
     rss0, cpu0 = srv.rss(), srv.cpu()
     seen: dict[str, Any] = {}
 
-    def on_line(line: str, p: subprocess.Popen[bytes]) -> None:
-        if line.startswith("READY"):
-            seen["ready"] = int(line.split()[1])
+    def on_tick(k: int) -> None:
+        if k == 0:   # all connections are up
             seen["cpu_established"] = srv.cpu() - cpu0
-            time.sleep(1.0)   # let the server finish any post-handshake work
+        elif k == 1:   # 1 s later: any post-handshake work is done
             seen["rss1"] = srv.rss()
-            p.send_signal(signal.SIGTERM)
 
+    ticks = Ticks(srv, IDLE_TICKS[1], on_tick)
     res, diag = run_loadgen([*base, "--conns", str(IDLE_CONNS), "--hold", "120"],
-                            timeout=240, on_line=on_line)
+                            timeout=240, on_line=ticks)
     if res is None:
         return {"error": diag}
     if "rss1" not in seen:
@@ -517,14 +644,21 @@ def wl_idle(srv: Server, path: str = "/echo") -> dict[str, Any]:
     if ok < IDLE_CONNS or res["still_open"] < ok:
         res["error"] = (f"{ok}/{IDLE_CONNS} established, {res['still_open']} still open "
                         f"at the end {diag}").strip()
+    if path == "/echo":
+        quiet = {**res, **ticks.windows(res, *IDLE_TICKS, 0.0), "path": path}
+        res["extra_cases"] = {"heartbeat_off": quiet}
     return res
 
 
 def wl_fanout(srv: Server, subs: int, messages: int, size: int = FANOUT_SIZE,
-              deflate: bool = False, json_mode: bool = False) -> dict[str, Any]:
+              deflate: bool = False, json_mode: bool = False,
+              rounds: int = 1) -> dict[str, Any]:
+    """One set of subscribers, rounds publications of messages each: {"runs": [one result per
+    round]} (each with the whole run's counts and errors, and its own window's figures)."""
     win = Window(srv, sync=True)
     args = ["fanout", "--host", HOST, "--port", str(srv.port), "--subs", str(subs),
-            "--messages", str(messages), "--size", str(size), "--timeout", "60", "--sync"]
+            "--messages", str(messages), "--size", str(size), "--timeout", "60", "--sync",
+            "--rounds", str(rounds)]
     if json_mode:
         args += ["--payload", "json", "--verify", str(FANOUTZ_VERIFY),
                  "--sub-path", "/subj", "--pub-path", "/pubj"]
@@ -534,67 +668,48 @@ def wl_fanout(srv: Server, subs: int, messages: int, size: int = FANOUT_SIZE,
     res, diag = run_loadgen(args, timeout=200, on_line=win)
     if res is None:
         return {"error": diag}
-    _finish(res, win, res["elapsed_s"], res["loadgen_cpu_window_s"])
-    srv_cpu = res.get("server_cpu_s")
-    if res["deliveries"] and srv_cpu is not None:
-        res["server_us_per_delivery"] = 1e6 * srv_cpu / res["deliveries"]
+    error = ""
     if res["missing"] or res["subs_ok"] < subs or not res["publisher_ok"]:
-        res["error"] = (f"{res['subs_ok']}/{subs} subscribed, publisher_ok={res['publisher_ok']}, "
-                        f"{res['missing']} deliveries missing, {res['handshake_fail']} upgrades "
-                        f"failed, {res['connect_fail']} connects failed {diag}").strip()
+        error = (f"{res['subs_ok']}/{subs} subscribed, publisher_ok={res['publisher_ok']}, "
+                 f"{res['missing']} deliveries missing, {res['handshake_fail']} upgrades "
+                 f"failed, {res['connect_fail']} connects failed {diag}").strip()
     elif deflate and not res.get("deflate_negotiated"):
-        res["error"] = (f"permessage-deflate not negotiated ({res.get('deflate_subs')}/"
-                        f"{res['subs_ok']} subscribers agreed) {diag}").strip()
+        error = (f"permessage-deflate not negotiated ({res.get('deflate_subs')}/"
+                 f"{res['subs_ok']} subscribers agreed) {diag}").strip()
     elif res.get("errors"):
-        res["error"] = (f"{res['errors']} errors (protocol {res['protocol_errors']}, "
-                        f"size {res['size_mismatch']}, content {res['content_mismatch']}) "
-                        f"{diag}").strip()
-    return res
+        error = (f"{res['errors']} errors (protocol {res['protocol_errors']}, "
+                 f"size {res['size_mismatch']}, content {res['content_mismatch']}) "
+                 f"{diag}").strip()
+    runs = []
+    for i, window in enumerate(res.pop("rounds", None) or [{}]):
+        run = {**res, **window, "round": i}
+        if error:
+            run["error"] = error
+        _finish(run, win, run["elapsed_s"], run["loadgen_cpu_window_s"], i)
+        srv_cpu = run.get("server_cpu_s")
+        if run["deliveries"]:
+            run["rx_bytes_per_delivery"] = run["rx_bytes_window"] / run["deliveries"]
+            if srv_cpu is not None:
+                run["server_us_per_delivery"] = 1e6 * srv_cpu / run["deliveries"]
+        runs.append(run)
+    return {"runs": runs}
 
 
 def wl_heartbeat(srv: Server, path: str, interval: float) -> dict[str, Any]:
     """IDLE_CONNS connections held open; server CPU read at each of the loadgen's 1 s ticks."""
-    ticks: dict[int, tuple[float, float, float, int]] = {}   # k: (time, cpu, busy, pings)
-
-    def on_line(line: str, p: subprocess.Popen[bytes]) -> None:
-        if line.startswith("TICK"):
-            _, k, pings = line.split()
-            ticks[int(k)] = (time.monotonic(), srv.cpu(), system_busy_seconds(), int(pings))
-
+    ticks = Ticks(srv, HEARTBEAT_TICKS[1])
     res, diag = run_loadgen(
         ["idle", "--host", HOST, "--port", str(srv.port), "--path", path,
          "--conns", str(IDLE_CONNS), "--hold", str(HEARTBEAT_HOLD)],
-        timeout=HEARTBEAT_HOLD + 240, on_line=on_line)
+        timeout=HEARTBEAT_HOLD + 240, on_line=ticks)
     if res is None:
         return {"error": diag}
-    first, last = HEARTBEAT_TICKS
-    if first not in ticks or last not in ticks:
-        return {**res, "error": f"loadgen ticks {sorted(ticks)} lack {first}..{last} {diag}"}
-    windows = []
-    for k in range(first, last):
-        (t0, c0, _, p0), (t1, c1, _, p1) = ticks[k], ticks[k + 1]
-        windows.append({"s": t1 - t0, "cpu_ms": 1e3 * (c1 - c0), "pings": p1 - p0})
-    (t0, c0, b0, p0), (t1, c1, b1, p1) = ticks[first], ticks[last]
-    span, cpu, pings = t1 - t0, c1 - c0, p1 - p0
-    rates = [w["cpu_ms"] / w["s"] for w in windows]   # ms of CPU per second
-    quiet = [r for r, w in zip(rates, windows, strict=True) if not w["pings"]]
+    res.update(ticks.windows(res, *HEARTBEAT_TICKS, interval), path=path)
+    problems = [res.pop("error")] if res.get("error") else []
     ok = res["ok"]
-    beats = pings / ok if ok else 0.0
-    res.update(
-        path=path, ping_interval=interval or None, window_s=span, server_cpu_s=cpu,
-        windows=windows, cpu_ms_per_s_min=min(rates),
-        cpu_ms_per_s_median=statistics.median(rates), cpu_ms_per_s_max=max(rates),
-        quiet_windows=len(quiet),
-        quiet_ms_per_s_median=statistics.median(quiet) if quiet else None,
-        pings_window=pings, beats=beats,
-        cpu_ms_per_beat=1e3 * cpu / beats if beats >= 0.5 else None,
-        us_per_ping=1e6 * cpu / pings if pings else None,
-        # everything but the server (the loadgen only answers pings here)
-        background_cpu_pct=max(0.0, 100 * ((b1 - b0) - cpu) / span) if span > 0 else None)
-    problems = []
     if ok < IDLE_CONNS or res["still_open"] < ok:
         problems.append(f"{ok}/{IDLE_CONNS} established, {res['still_open']} still open at the end")
-    if interval and not pings:
+    if interval and not res.get("pings_window"):
         problems.append("no pings received")
     if res.get("failures"):
         problems.append(f"{res['failures']} errors")
@@ -616,7 +731,8 @@ class Group:
     skip: str = ""   # reason the server cannot run these cases (reported as n/a)
 
 
-def plan(name: str, workloads: list[str], quick: bool) -> list[Group]:
+def plan(name: str, workloads: list[str], quick: bool, repeat: int = 1) -> list[Group]:
+    """The groups of cases for server name; a fan-out's repeats are rounds of one run."""
     groups: list[Group] = []
     if "echo" in workloads:
         cases: list[Case] = [
@@ -626,6 +742,7 @@ def plan(name: str, workloads: list[str], quick: bool) -> list[Group]:
     if "handshake" in workloads:
         groups.append(Group("handshake", [("handshake", partial(wl_handshake, quick=quick))]))
     if "memory" in workloads:
+        # also the case heartbeat_off: the same connections, watched while idle
         groups.append(Group("idle", [("idle_10k", wl_idle)]))
         # What a chat keeps per connection besides: bench/app.py's /state (a data= object and
         # a topic); another server keeps nothing there.
@@ -634,11 +751,13 @@ def plan(name: str, workloads: list[str], quick: bool) -> list[Group]:
     if "fanout" in workloads:
         for subs, msgs in FANOUT_CASES:
             key = f"fanout_{subs}x{msgs}"
-            groups.append(Group(key, [(key, partial(wl_fanout, subs=subs, messages=msgs))]))
+            groups.append(Group(key, [(key, partial(wl_fanout, subs=subs, messages=msgs,
+                                                    rounds=repeat))]))
     if "fanoutz" in workloads:
         subs, msgs = FANOUTZ_CASE
         key = f"fanoutz_{subs}x{msgs}"
-        fn = partial(wl_fanout, subs=subs, messages=msgs, size=FANOUTZ_SIZE, deflate=True)
+        fn = partial(wl_fanout, subs=subs, messages=msgs, size=FANOUTZ_SIZE, deflate=True,
+                     rounds=repeat)
         # websockets takes one compression setting per server: a deflate server for this one
         groups.append(Group(key, [(key, fn)],
                             args=("--compression", "deflate") if name == "websockets" else (),
@@ -653,20 +772,23 @@ def plan(name: str, workloads: list[str], quick: bool) -> list[Group]:
                 (echo_key, partial(wl_echo, size=size, conns=conns, quick=quick,
                                    path="/echoj", payload="json")),
                 (fanout_key, partial(wl_fanout, subs=subs, messages=msgs, size=JSON_SIZE,
-                                     json_mode=True)),
+                                     json_mode=True, rounds=repeat)),
             ], env={"HARPY_BENCH_JSON": lib},
                 skip="" if name.startswith("harpy") else "JSON mode is harpy's"))
     if "heartbeat" in workloads:
-        groups.append(Group("heartbeat_off", [
-            ("heartbeat_off", partial(wl_heartbeat, path="/echo", interval=0.0))]))
         every = f"{HEARTBEAT_INTERVAL:g}"
         hb = partial(wl_heartbeat, interval=HEARTBEAT_INTERVAL)
-        if name == "harpy":
+        if name.startswith("harpy"):
             groups.append(Group("heartbeat_on", [("heartbeat_on", partial(hb, path="/hb"))],
                                 env={"HARPY_BENCH_PING": every}))
         else:
             groups.append(Group("heartbeat_on", [("heartbeat_on", partial(hb, path="/echo"))],
                                 args=("--ping-interval", every)))
+    if name in ONLY:
+        allowed, why = ONLY[name]
+        for group in groups:
+            if group.tag not in allowed:
+                group.skip = group.skip or why
     return groups
 
 
@@ -682,10 +804,21 @@ def best_of(key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def run_server(name: str, workloads: list[str], quick: bool, repeat: int = 1) -> dict[str, Any]:
+def run_server(name: str, workloads: list[str], quick: bool, repeat: int = 1,
+               missing: str = "") -> dict[str, Any]:
+    """Every case of the workloads on server name; missing: why it cannot run (from prepare)."""
     out: dict[str, Any] = {"cases": {}, "errors": []}
-    for group in plan(name, workloads, quick):
+    t_server = time.monotonic()
+    groups = plan(name, workloads, quick, repeat)
+    if missing:
+        print(f"[{name}] cannot run: {missing}", file=sys.stderr)
+        out["errors"].append(missing)
+    for group in groups:
         tag, cases = group.tag, group.cases
+        if missing and not group.skip:
+            for key, _ in cases:
+                out["cases"][key] = {"error": missing}
+            continue
         if group.skip:
             for key, _ in cases:
                 out["cases"][key] = {"na": group.skip}
@@ -709,17 +842,19 @@ def run_server(name: str, workloads: list[str], quick: bool, repeat: int = 1) ->
                 # idle memory is only meaningful on the first batch of a fresh server;
                 # a heartbeat case is 15+ s of mostly nothing: once is enough
                 runs: list[dict[str, Any]] = []
-                for _ in range(1 if key.startswith(("idle", "heartbeat")) else repeat):
+                wanted = 1 if key.startswith(("idle", "heartbeat")) else repeat
+                for _ in range(wanted):
                     try:
                         res = fn(srv)
                     except Exception as exc:  # noqa: BLE001 - keep going with other cases
                         res = {"error": f"{type(exc).__name__}: {exc}"}
                     if not srv.alive():
                         res.setdefault("error", f"server died during the run: {srv.log_tail()}")
-                    runs.append(res)
-                    if not srv.alive():
+                    runs += res.pop("runs", None) or [res]   # a fan-out's rounds are runs
+                    if not srv.alive() or len(runs) >= wanted:
                         break
-                res = best_of(key, runs)
+                res = best_of(key, runs[:wanted])
+                out["cases"].update(res.pop("extra_cases", {}))
                 out["cases"][key] = res
                 status = res.get("error") or "ok"
                 bg = res.get("background_cpu_pct")
@@ -730,7 +865,8 @@ def run_server(name: str, workloads: list[str], quick: bool, repeat: int = 1) ->
                       file=sys.stderr)
         finally:
             srv.stop()
-        time.sleep(0.5)
+        time.sleep(0.2)
+    out["elapsed_s"] = time.monotonic() - t_server
     return out
 
 
@@ -791,6 +927,11 @@ def case_label(key: str) -> str:
         return f"{IDLE_CONNS:,} idle, heartbeat every {HEARTBEAT_INTERVAL:g} s"
     if key == "heartbeat_off":
         return f"{IDLE_CONNS:,} idle, no heartbeat"
+    if key.startswith("jsonecho_"):
+        return f"JSON echo, {JSON_ECHO[0]} B, {JSON_ECHO[1]} conns, {key.rsplit('_', 1)[1]}"
+    if key.startswith("jsonfanout_"):
+        return (f"JSON fan-out, {JSON_FANOUT[0]:,} subs x {JSON_FANOUT[1]} msgs, "
+                f"{key.rsplit('_', 1)[1]}")
     if key == "idle_10k_state":
         return f"{IDLE_CONNS:,} idle connections, each with a data= object and a topic"
     if key.startswith("idle"):
@@ -936,6 +1077,132 @@ def heartbeat_rows() -> list[Row]:
     ]
 
 
+def limited(res: dict[str, Any] | None) -> bool:
+    """The loadgen, not the server, was the limit: it used about all of its core."""
+    return res is not None and not res.get("na") and \
+        (res.get("loadgen_cpu_pct") or 0) >= LOADGEN_LIMIT_PCT
+
+
+def _rate(field: str) -> Cell:
+    """A throughput cell, marked where the loadgen was the limit."""
+    def cell(res: dict[str, Any] | None) -> str:
+        text = _cell(res, field)
+        return f"{text} {LIMIT_MARK}" if limited(res) and text not in ("n/a", "failed") else text
+    return cell
+
+
+def _cpu_cell(r: dict[str, Any] | None) -> str:
+    if not r or r.get("na"):
+        return "n/a"
+    if r.get("loadgen_cpu_pct") is None:
+        return "failed" if r.get("error") else "-"
+    srv = r.get("server_cpu_pct")
+    bg = r.get("background_cpu_pct")
+    cell = f"{f'{srv:.0f}' if srv is not None else '-'} / {r['loadgen_cpu_pct']:.0f}"
+    cell += f" / {bg:.0f}" if bg is not None else ""
+    return f"{cell} {LIMIT_MARK}" if limited(r) else cell
+
+
+def _with_cpu(rate: str, cpu: str) -> Cell:
+    """'rate (server CPU per unit us)', marked where the loadgen was the limit."""
+    def cell(res: dict[str, Any] | None) -> str:
+        text = _rate(rate)(res)
+        per = res.get(cpu) if res else None
+        return f"{text} ({fmt(per)} us)" if per is not None else text
+    return cell
+
+
+def summary_rows(keys: list[str]) -> list[Row]:
+    """The headline of each workload, one row each (the ratio is that of the headline)."""
+    rows: list[Row] = []
+    for key in keys:
+        field = _metric(key)[0]
+        if key.startswith("echo"):
+            rows.append((f"echo {case_label(key)}, msg/s (server CPU per message)", key,
+                         _with_cpu(field, "server_us_per_msg"), field))
+        elif key == "handshake":
+            rows.append((f"connect + upgrade + close, {HANDSHAKE_CONCURRENCY} in flight, per s "
+                         "(server CPU per connection)", key,
+                         _with_cpu(field, "server_us_per_handshake"), field))
+        elif key.startswith(("fanout_", "fanoutz_")):
+            rows.append((f"fan-out {case_label(key)}, deliveries/s (server CPU per delivery)",
+                         key, _with_cpu(field, "server_us_per_delivery"), field))
+        elif key.startswith("idle"):
+            rows.append((f"memory per connection, {case_label(key)}, KiB", key,
+                         lambda r: _cell(r, "kib_per_conn"), field))
+    return rows
+
+
+def json_rows(keys: list[str]) -> list[Row]:
+    size, conns = JSON_ECHO
+    subs, msgs = JSON_FANOUT
+    # case key prefix: (what, rate field and unit, CPU field and unit)
+    kinds = {
+        "jsonecho": (f"JSON echo, {size} B, {conns} conns", ("msgs_per_s", "msg/s"),
+                     ("server_us_per_msg", "server CPU per message, us")),
+        "jsonfanout": (f"JSON fan-out, {subs:,} subs x {msgs} msgs",
+                       ("deliveries_per_s", "deliveries/s"),
+                       ("server_us_per_delivery", "server CPU per delivery, us")),
+    }
+    rows: list[Row] = []
+    for lib in JSON_LIBS:
+        for key in keys:
+            kind = kinds.get(key.split("_", 1)[0])
+            if kind is None or not key.endswith(f"_{lib}"):
+                continue
+            what, (rate, rate_unit), (cpu, cpu_unit) = kind
+            rows += [(f"{lib}: {what}, {rate_unit}", key, _rate(rate), None),
+                     (f"{lib}: {what}, {cpu_unit}", key,
+                      lambda r, cpu=cpu: _cell(r, cpu), None)]
+    return rows
+
+
+# hotpath.py's modes: the case and field of the wall-clock run with the same unit, and the
+# harpy server configuration it matches
+HOTPATH_UNITS = {
+    "echo": ("echo_32B_64c", "server_us_per_msg", "harpy"),
+    "fanout": ("fanout_1000x100", "server_us_per_delivery", "harpy"),
+    "handshake": ("handshake", "server_us_per_handshake", "harpy-nolog"),
+    "handshake-log": ("handshake", "server_us_per_handshake", "harpy"),
+}
+
+
+def hotpath_section(data: dict[str, Any]) -> list[str]:
+    hp = data.get("hotpath")
+    if not hp:
+        return []
+    out = ["## Where the time goes: harpy per message, per delivery, per connection", ""]
+    if hp.get("error"):
+        return [*out, f"Not measured in this run: {hp['error']}", ""]
+    results = data["results"]
+
+    def us(server: str, key: str, field: str) -> float | None:
+        v: float | None = results.get(server, {}).get("cases", {}).get(key, {}).get(field)
+        return v
+
+    out += [
+        f"`bench/hotpath.py`, in this run ({hp.get('elapsed_s', 0):.0f} s): harpy's Python "
+        "glue driven in process through a fake transport (no sockets, no system calls) under "
+        "`valgrind --tool=callgrind`; instructions per unit = (instructions for N units - for "
+        "0) / N, the same for the same code whatever else the machine does. Beside it, from "
+        "the wall-clock run above: harpy's server CPU per unit (kernel included), the null "
+        "server's (the kernel's loopback TCP and a minimal C loop: the floor), and the "
+        "difference, which is the part harpy can change.",
+        "",
+        "| unit | instructions (harpy's glue) | harpy server CPU, us | null server CPU, us "
+        "| harpy above the floor, us | from the case |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for case in hp.get("cases", []):
+        key, field, server = HOTPATH_UNITS.get(case["mode"], ("", "", "harpy"))
+        h, floor = us(server, key, field), us("null", key, field)
+        above = fmt(h - floor) if h is not None and floor is not None else "-"
+        where = f"{case_label(key)} ({server})" if key else ""
+        out.append(f"| {case['label']} | {case['harpy']:,} | {fmt(h)} | {fmt(floor)} | {above} "
+                   f"| {where} |")
+    return [*out, ""]
+
+
 def markdown(data: dict[str, Any]) -> str:
     results = data["results"]
     servers = [s for s in SERVERS if s in results]
@@ -946,37 +1213,34 @@ def markdown(data: dict[str, Any]) -> str:
     fan = [k for k in keys if k.startswith("fanout_")]
     fanz = [k for k in keys if k.startswith("fanoutz_")]
     hb = [k for k in keys if k.startswith("heartbeat")]
+    js = [k for k in keys if k.startswith("json")]
     out: list[str] = []
 
-    def cpu_cell(r: dict[str, Any] | None) -> str:
-        if not r or r.get("na"):
-            return "n/a"
-        if r.get("loadgen_cpu_pct") is None:
-            return "failed" if r.get("error") else "-"
-        srv = r.get("server_cpu_pct")
-        bg = r.get("background_cpu_pct")
-        cell = f"{f'{srv:.0f}' if srv is not None else '-'} / {r['loadgen_cpu_pct']:.0f}"
-        return cell + (f" / {bg:.0f}" if bg is not None else "")
-
+    headline_keys = echo + hs + fan + fanz + idle
+    if headline_keys:
+        out += _rows_table(f"Summary: best of {data.get('repeat', 1)}; {LIMIT_MARK} = the load "
+                           "generator used about all of its core (the limit, not the server)",
+                           summary_rows(headline_keys), servers, results)
     if echo:
         out += _table("Echo throughput (messages/s, higher is better)", echo, servers, results,
-                      lambda r: _cell(r, "msgs_per_s"), "msgs_per_s")
+                      _rate("msgs_per_s"), "msgs_per_s")
         out += _table("Echo server CPU per message (us, lower is better)", echo, servers,
                       results, lambda r: _cell(r, "server_us_per_msg"), "server_us_per_msg")
         out += _table("Echo round-trip latency p50 / p99 (us, lower is better)", echo, servers,
-                      results, lambda r: "failed" if not r or "lat_p50_us" not in r else
+                      results, lambda r: "n/a" if r and r.get("na") else
+                      "failed" if not r or "lat_p50_us" not in r else
                       f"{r['lat_p50_us']:.0f} / {r['lat_p99_us']:.0f}")
     if hs:
-        out += _table("Handshakes/s (upgrade + close handshake, higher is better)", hs, servers,
-                      results, lambda r: _cell(r, "handshakes_per_s"), "handshakes_per_s")
-        out += _table("Server CPU per handshake (us, lower is better)", hs, servers, results,
+        out += _table("Connection churn: connect + upgrade + close per s (higher is better)",
+                      hs, servers, results, _rate("handshakes_per_s"), "handshakes_per_s")
+        out += _table("Server CPU per connection (us, lower is better)", hs, servers, results,
                       lambda r: _cell(r, "server_us_per_handshake"), "server_us_per_handshake")
     if idle:
         out += _table("Server RSS per idle connection (KiB, lower is better)", idle, servers,
                       results, lambda r: _cell(r, "kib_per_conn"), "kib_per_conn")
     if fan:
         out += _table("Fan-out deliveries/s (higher is better)", fan, servers, results,
-                      lambda r: _cell(r, "deliveries_per_s"), "deliveries_per_s")
+                      _rate("deliveries_per_s"), "deliveries_per_s")
         out += _table("Fan-out server CPU per delivery (us, lower is better)", fan, servers,
                       results, lambda r: _cell(r, "server_us_per_delivery"),
                       "server_us_per_delivery")
@@ -987,19 +1251,26 @@ def markdown(data: dict[str, Any]) -> str:
         out += _rows_table(title, fanoutz_rows(fanz), servers, results)
     if hb:
         out += _rows_table(f"Heartbeat cost, {IDLE_CONNS:,} idle connections, 1 s windows "
-                           f"from {HEARTBEAT_TICKS[0]} s to {HEARTBEAT_TICKS[1]} s after the "
-                           "last upgrade", heartbeat_rows(), servers, results)
-    windowed = echo + hs + fan + fanz
+                           f"after the last upgrade", heartbeat_rows(), servers, results)
+    if js:
+        json_servers = [s for s in servers if s.startswith("harpy")
+                        and any(not results[s]["cases"].get(k, {}).get("na") for k in js)]
+        out += _rows_table("JSON mode (harpy's `json=True` routes): orjson and the standard "
+                           "library", json_rows(js), json_servers, results)
+    windowed = echo + hs + fan + fanz + [k for k in js if "na" not in
+                                        results.get("harpy", {}).get("cases", {}).get(k, {})]
     if windowed:
         out += _table("CPU during the measured window, % of one core: server / loadgen / "
-                      "everything else (other processes, kernel threads)",
-                      windowed, servers, results, cpu_cell)
+                      f"everything else (other processes, kernel threads); {LIMIT_MARK}: the "
+                      f"loadgen at {LOADGEN_LIMIT_PCT:.0f} % or more of its core",
+                      windowed, servers, results, _cpu_cell)
     if idle:
-        out += _table("Idle: establishing 10,000 connections (server CPU s / loadgen CPU s)",
-                      idle, servers, results,
+        out += _table(f"Idle: establishing {IDLE_CONNS:,} connections (server CPU s / loadgen "
+                      "CPU s)", idle, servers, results,
                       lambda r: "n/a" if r and r.get("na") else
                       "failed" if not r or r.get("server_cpu_s") is None else
                       f"{r['server_cpu_s']:.2f} / {r.get('loadgen_cpu_s', 0):.2f}")
+    out += hotpath_section(data)
     errs = [(s, k, r["error"]) for s in servers for k, r in results[s]["cases"].items()
             if r.get("error")]
     errs += [(s, k, f"noisy window: {r['background_cpu_pct']:.0f}% of a core used by other work")
@@ -1012,17 +1283,27 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def results_md(data: dict[str, Any]) -> str:
+def results_md(data: dict[str, Any], keep: str = "") -> str:
+    """The whole of bench/RESULTS.md; keep: sections other tools maintain, appended as is."""
     m = data["machine"]
     v = m.get("versions", {})
-    mode = ("quick (2 s echo/handshake windows)" if data.get("quick")
-            else "full (5 s windows, 1 s warm-up)")
+    window, warmup = WINDOW[bool(data.get("quick"))]
+    mode = (f"{'quick' if data.get('quick') else 'full'} ({window:g} s windows after "
+            f"{warmup:g} s of warm-up)")
     if data.get("repeat", 1) > 1:
         mode += f", best of {data['repeat']}"
+    elapsed = data.get("elapsed_s")
+    took = f"{elapsed // 60:.0f} min {elapsed % 60:.0f} s" if elapsed else "not recorded"
+    per_server = ", ".join(f"{s} {r['elapsed_s']:.0f} s" for s, r in data["results"].items()
+                           if r.get("elapsed_s") is not None)
+    hp = data.get("hotpath") or {}
+    if hp.get("elapsed_s") is not None:
+        per_server += f", hotpath {hp['elapsed_s']:.0f} s"
     return "\n".join([
         "# WebSocket server benchmarks",
         "",
-        "Generated by `python bench/run.py --write`; raw numbers in `bench/results.json`.",
+        "Generated by `python bench/run.py --repeat 3 --write` (`make bench`); raw numbers in "
+        "`bench/results.json`.",
         "",
         "## Machine",
         "",
@@ -1030,33 +1311,62 @@ def results_md(data: dict[str, Any]) -> str:
         f"- Kernel: {m['kernel']}",
         f"- Python: {m['python']}",
         "- Versions: " + ", ".join(f"{k} {v.get(k) or 'n/a'}" for k in
-                                    ("harpy", "picows", "websockets", "aiohttp", "uvloop")),
+                                    ("harpy", "picows", "socketify", "bun", "websockets",
+                                     "aiohttp", "uvloop")),
         "- Pinning: " + ("server on CPU 0, load generator on CPU 1 (taskset)" if m.get("pinned")
                           else "none (taskset unavailable or a single CPU)"),
         f"- Run: {mode}, {data.get('date', '')}, tree {m.get('git') or 'unknown'}",
+        f"- Time for the whole run: {took} ({per_server})",
         "- Load average (1, 5, 15 min) at the start and the end of the run: "
         + " / ".join(", ".join(f"{x:.2f}" for x in data.get("loadavg", {}).get(k, ()))
                      for k in ("start", "end")),
+        "",
+        "## Servers",
+        "",
+        "- harpy: `python -m harpy bench.app:app` with its defaults (access log on); "
+        "harpy-nolog: the same with `--no-access-log`, measured on connection churn only (the "
+        "access log is written once per connection).",
+        "- picows: `bench/peers/picows_server.py`, raw listener callbacks on uvloop.",
+        "- socketify: `bench/peers/socketify_server.py`, socketify.py (uWebSockets in C++ "
+        "under Python callbacks): upgrade, framing, close and pub/sub in C++, Python once per "
+        "message and per open; fan-out with `App.publish`.",
+        "- bun: `bench/peers/bun_server.js` on Bun from npm (`bench/peers/package.json`, "
+        "installed into `bench/.build/bun` by this script), `Bun.serve` WebSocket handlers, "
+        "fan-out with `server.publish`.",
+        "- websockets, aiohttp: `bench/peers/websockets_server.py`, "
+        "`bench/peers/aiohttp_server.py` on uvloop.",
+        "- null: `bench/nullserver.c`, the floor: one epoll loop in C that does the upgrade, "
+        "unmasks, echoes, publishes (one write per subscriber per loop iteration) and answers "
+        "close and ping, with no UTF-8 check, limit or timer. What it costs is the kernel's "
+        "loopback TCP; no WebSocket server can do with less, so a server's CPU per unit minus "
+        "the null server's is what that server adds.",
         "",
         "## Method",
         "",
         "- Load generator: `bench/loadgen.c`, one thread, epoll, non-blocking sockets; "
         "every client frame masked with a random key, the upgrade response's "
         "`Sec-WebSocket-Accept` is verified.",
+        f"- Each windowed figure is the best of {data.get('repeat', 1)} runs on the same "
+        "server (noise only ever makes a server look slower); `all_runs` in results.json "
+        "has every run's figure. Idle memory and the heartbeat are measured once.",
         "- Echo: each connection keeps exactly one text message of the given size in "
         "flight (send, wait for the echo, send again); latency is the round trip.",
-        "- Handshakes: "
+        "- Connection churn: "
         f"{HANDSHAKE_CONCURRENCY} concurrent loops of connect, upgrade, masked close "
         "(1000), wait for the server's close frame, close the socket. One cycle = one "
-        "handshake. Closing right after the close frame leaves no per-connection "
+        "connection. Closing right after the close frame leaves no per-connection "
         "state in the server process (any TIME_WAIT is the kernel's).",
         "- Idle memory: server VmRSS (all its processes) before and 1 s after "
         f"{IDLE_CONNS:,} connections completed their upgrade, divided by the count "
-        "(after a 100-connection warm-up). Kernel socket buffers are not included.",
+        "(after a 100-connection warm-up). Kernel socket buffers are not included. harpy "
+        "also on `/state` (bench/app.py): each connection with a `data=` object and a topic, "
+        "what a chat keeps per connection (the peers have no such route: n/a).",
         f"- Fan-out: N subscribers on `/sub` (each waits for `ok`), then one publisher "
         f"on `/pub` sends M {FANOUT_SIZE}-byte text messages back to back; measured from "
         "the first publish byte until every subscriber has received all M. Server CPU "
-        "is sampled exactly at the window edges.",
+        "is sampled exactly at the window edges. A fan-out's repeats are rounds on the same "
+        "subscribers (the loadgen's `--rounds`): the publisher sends its M messages again "
+        "once every subscriber has all of the previous round's, each round its own window.",
         f"- Fan-out with compression: as fan-out, on `/subz` and `/pubz`, "
         f"{FANOUTZ_CASE[0]:,} subscribers x {FANOUTZ_CASE[1]} distinct messages of "
         f"{FANOUTZ_SIZE:,} bytes of JSON-like text (generated by the loadgen, the same bytes "
@@ -1068,46 +1378,50 @@ def results_md(data: dict[str, Any]) -> str:
         "in the window divided by the deliveries; the first "
         f"{FANOUTZ_VERIFY} subscribers inflate every message and compare it with what was "
         "published. harpy: `compression=True` (its default `server_no_context_takeover`: "
-        "each message is compressed once and the frame shared); websockets: a separate "
+        "each message is compressed once and the frame shared); socketify: "
+        "`SHARED_COMPRESSOR`, publish with `compress=True`; Bun: `perMessageDeflate: true`, "
+        "`server.publish(topic, message, true)`; websockets: a separate "
         "server started with `compression=\"deflate\"` (library defaults: context "
         "takeover, 12-bit window, one compressor per connection, so `broadcast` compresses "
         "per connection); aiohttp: its default `compress=True`, one compressor per "
-        "connection; picows has no permessage-deflate (n/a).",
-        f"- Heartbeat: {IDLE_CONNS:,} connections, held {HEARTBEAT_HOLD} s after the last "
-        "upgrade; the loadgen answers every ping with a masked pong and prints its ping "
-        "count each second, and the server's CPU is read at those instants. Reported: CPU "
-        f"per 1 s window over the {HEARTBEAT_TICKS[1] - HEARTBEAT_TICKS[0]} windows from "
-        f"{HEARTBEAT_TICKS[0]} s to {HEARTBEAT_TICKS[1]} s (min / median / max, and the "
-        "median of windows in which no ping arrived), pings received, beats = pings / "
-        "connections, CPU per beat = the whole span's server CPU / beats (idle CPU "
-        "included). 'No heartbeat': `/echo` with library defaults (websockets' default "
-        "20 s keepalive does not fire within the span). Every "
-        f"{HEARTBEAT_INTERVAL:g} s: harpy `/hb` with `ping_interval` "
-        "(`HARPY_BENCH_PING`), websockets `ping_interval`, aiohttp `heartbeat`, picows "
-        "periodic auto-ping. 'Everything else' CPU here includes the loadgen's.",
-        "- CPU: server time is utime+stime of the server process tree; loadgen time "
-        "is its own getrusage. A loadgen below 100 % of one core had headroom, so "
-        "the server was the bottleneck. 'Everything else' is CPU used by other "
-        "processes and kernel threads in the window; when it is high the throughput "
-        "numbers are noisy, while the server-CPU-per-message/handshake/delivery "
-        "numbers stay comparable.",
-        "- The load generator's CPU is mostly kernel time: on loopback, its send() "
-        "also runs the TCP receive path for the server. In the busiest echo cases it "
-        "sits around 70-80 % of a core; a value near 100 % means that server's "
-        "number is a lower bound. Fan-out windows of a few tens of milliseconds "
-        "(the fastest servers) carry more timing noise than the others.",
+        "connection; picows and the null server have no permessage-deflate (n/a).",
+        f"- Heartbeat: {IDLE_CONNS:,} connections; the loadgen answers every ping with a "
+        "masked pong and prints its ping count each second after the last upgrade, and the "
+        "server's CPU is read at those instants. Reported: CPU per 1 s window (min / median / "
+        "max, and the median of windows in which no ping arrived), pings received, beats = "
+        "pings / connections, CPU per beat = the whole span's server CPU / beats (idle CPU "
+        "included), CPU per ping. 'No heartbeat': the idle-memory connections on `/echo` "
+        f"with library defaults, windows from {IDLE_TICKS[0]} s to {IDLE_TICKS[1]} s. 'Every "
+        f"{HEARTBEAT_INTERVAL:g} s': windows from {HEARTBEAT_TICKS[0]} s to "
+        f"{HEARTBEAT_TICKS[1]} s; harpy `/hb` with `ping_interval` (`HARPY_BENCH_PING`), "
+        "websockets `ping_interval`, aiohttp `heartbeat`, picows periodic auto-ping, the null "
+        "server a ping to every connection on a timer; socketify and Bun: uWebSockets' "
+        "automatic pings (`send_pings_automatically`, `sendPings`) with the idle timeout set "
+        "from the interval (uWebSockets' timers tick every 4 s; socketify's idle timeout is "
+        "at least 8 s). CPU per ping compares servers whatever their ping counts. "
+        "'Everything else' CPU here includes the loadgen's.",
+        "- CPU: server time is utime+stime of the server process tree (all threads); loadgen "
+        "time is its own getrusage. 'Everything else' is CPU used by other processes and "
+        "kernel threads in the window; when it is high the throughput numbers are noisy, "
+        "while the server-CPU-per-message/connection/delivery numbers stay comparable.",
+        f"- {LIMIT_MARK}: the load generator used {LOADGEN_LIMIT_PCT:.0f} % or more of its "
+        "core in that window, so it (not the server) was the limit and the figure is a lower "
+        "bound of the server's. Its CPU is mostly kernel time: on loopback, its send() also "
+        "runs the TCP receive path for the server. Fan-out windows of a few tens of "
+        "milliseconds (the fastest servers) carry more timing noise than the others.",
         "- Every workload gets a freshly started server. Peers run with library "
         "defaults except where noted: websockets with `compression=None` (except the "
         "compressed fan-out) and `max_size=16 MiB` (keepalive pings left on), picows with "
-        "its default 16 KiB per-connection read buffer, aiohttp without access log.",
+        "its default 16 KiB per-connection read buffer, aiohttp without access log, Bun with "
+        "`maxPayloadLength` 16 MiB.",
         "",
         "## Running",
         "",
         "```",
-        "python bench/run.py                       # all servers, all workloads",
-        "python bench/run.py --servers harpy,picows --workloads echo --quick",
-        "python bench/run.py --servers harpy,websockets --workloads fanoutz,heartbeat",
-        "python bench/run.py --repeat 3 --write     # best of 3, rewrite this file",
+        "make bench                                # all of it, best of 3 (this file)",
+        "python bench/run.py --repeat 3 --write    # the same",
+        "python bench/run.py --servers harpy,picows --workloads echo --quick --no-hotpath",
+        "python bench/run.py --servers harpy,bun,null --workloads fanout,handshake",
         "python bench/run.py --report-only --write # re-render bench/results.json",
         "```",
         "",
@@ -1116,7 +1430,34 @@ def results_md(data: dict[str, Any]) -> str:
         "## Results",
         "",
         markdown(data),
-    ]) + "\n"
+    ]) + "\n" + keep
+
+
+def kept_sections() -> str:
+    """The parts of RESULTS.md that other scripts maintain (bench/workers_fanout.py's)."""
+    begin, end = "<!-- workers-fanout:begin -->", "<!-- workers-fanout:end -->"
+    try:
+        text = RESULTS_MD.read_text()
+    except OSError:
+        return ""
+    if begin not in text or end not in text:
+        return ""
+    return "\n" + text[text.index(begin):text.index(end) + len(end)] + "\n"
+
+
+def run_hotpath() -> dict[str, Any]:
+    """bench/hotpath.py --json: harpy's instructions per unit, or why they are missing."""
+    if shutil.which("valgrind") is None:
+        return {"error": "valgrind not found (Debian: apt-get install valgrind)"}
+    print("hotpath: callgrind on the fake transport", file=sys.stderr)
+    t0 = time.monotonic()
+    done = subprocess.run([PY, str(BENCH / "hotpath.py"), "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        return {"error": f"hotpath.py exited with {done.returncode}: {done.stderr[-400:]}"}
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["elapsed_s"] = time.monotonic() - t0
+    return out
 
 
 # --------------------------------------------------------------------- main
@@ -1126,9 +1467,12 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--servers", default=",".join(SERVERS))
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--quick", action="store_true", help="2 s echo/handshake windows")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{WINDOW[True][0]:g} s windows instead of {WINDOW[False][0]:g} s")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each windowed case N times on the same server, keep the best")
+    ap.add_argument("--no-hotpath", action="store_true",
+                    help="skip bench/hotpath.py (callgrind instruction counts)")
     ap.add_argument("--write", action="store_true", help="rewrite bench/RESULTS.md")
     ap.add_argument("--merge", action="store_true",
                     help="update an existing results.json instead of starting afresh")
@@ -1139,6 +1483,7 @@ def main() -> int:
     if args.report_only:
         data = json.loads(RESULTS_JSON.read_text())
     else:
+        t0 = time.monotonic()
         servers = [s.strip() for s in args.servers.split(",") if s.strip()]
         workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
         workloads = [WORKLOAD_ALIASES.get(w, w) for w in workloads]
@@ -1147,27 +1492,36 @@ def main() -> int:
         if unknown:
             ap.error(f"unknown: {', '.join(unknown)}")
         build_loadgen()
+        missing = {name: prepare(name) for name in servers}   # before the versions are read
         if not PIN:
             print("warning: taskset unavailable or single CPU; running unpinned", file=sys.stderr)
         data = {"machine": machine_info(), "quick": args.quick, "repeat": max(1, args.repeat),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": {},
                 # The machine is shared: its load before and after the run, with the numbers.
                 "loadavg": {"start": os.getloadavg()}}
-        if args.merge and RESULTS_JSON.exists():
-            data["results"] = json.loads(RESULTS_JSON.read_text()).get("results", {})
+        old = json.loads(RESULTS_JSON.read_text()) if args.merge and RESULTS_JSON.exists() \
+            else {}
+        data["results"] = old.get("results", {})
         for name in servers:
-            fresh = run_server(name, workloads, args.quick, max(1, args.repeat))
+            fresh = run_server(name, workloads, args.quick, max(1, args.repeat), missing[name])
             entry = data["results"].setdefault(name, {"cases": {}, "errors": []})
             entry["cases"].update(fresh["cases"])   # --merge keeps cases not re-run
             entry["errors"] = fresh["errors"]
+            entry["elapsed_s"] = fresh["elapsed_s"]
+        if args.no_hotpath:
+            if old.get("hotpath"):
+                data["hotpath"] = old["hotpath"]
+        else:
+            data["hotpath"] = run_hotpath()
         data["loadavg"]["end"] = os.getloadavg()
+        data["elapsed_s"] = time.monotonic() - t0
         print(f"load average (1, 5, 15 min): start {data['loadavg']['start']}, "
-              f"end {data['loadavg']['end']}", file=sys.stderr)
+              f"end {data['loadavg']['end']}; took {data['elapsed_s']:.0f} s", file=sys.stderr)
         RESULTS_JSON.write_text(json.dumps(data, indent=2) + "\n")
 
     print(markdown(data))
     if args.write:
-        RESULTS_MD.write_text(results_md(data))
+        RESULTS_MD.write_text(results_md(data, kept_sections()))
         print(f"wrote {RESULTS_MD.relative_to(ROOT)}", file=sys.stderr)
     return 0
 
