@@ -153,3 +153,31 @@ async def test_local_delivery_goes_on_while_the_broker_is_down(
                 break
         else:
             raise AssertionError("what a publishes after the restart never reached b")
+
+
+async def test_a_confirmation_given_up_leaves_the_nats_client_reading(nats_url: str) -> None:
+    """A sender that stops waiting for its flush (cancelled at shutdown, or disconnected)
+    must not cancel nats-py's PONG future: the PONG would then stop the client's reader, and
+    the backplane would receive nothing more."""
+    import nats
+
+    from harpy.pubsub.backplane.nats import _flush
+
+    nc = await nats.connect(nats_url)
+    try:
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_msg(msg: Any) -> None:
+            got.put_nowait(msg.data)
+
+        subject = f"confirm-{uuid.uuid4().hex[:8]}"
+        await nc.subscribe(subject, cb=on_msg)
+        for _ in range(20):  # waiters given up at once, their PONGs still to come
+            waiter = asyncio.ensure_future(asyncio.shield(_flush(nc, TIMEOUT)))
+            await asyncio.sleep(0)
+            waiter.cancel()
+        await _flush(nc, TIMEOUT)  # every PONG before this one has been read
+        await nc.publish(subject, b"still reading")
+        assert await asyncio.wait_for(got.get(), TIMEOUT) == b"still reading"
+    finally:
+        await nc.close()

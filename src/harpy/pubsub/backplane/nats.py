@@ -36,6 +36,30 @@ def escape_topic(topic: str) -> str:
     return "".join(chr(b) if b in _SAFE else f"~{b:02X}" for b in topic.encode("utf-8")) or "~"
 
 
+# Flushes in flight that nobody awaits any more: held until they end (they end by their own
+# timeout at the latest), so that they are not collected while running.
+_flushing: set[asyncio.Task[None]] = set()
+
+
+def _flush_done(task: asyncio.Task[None]) -> None:
+    _flushing.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: an unconfirmed batch was counted by its sender already
+
+
+def _flush(nc: Any, timeout: float) -> asyncio.Task[None]:
+    """nats-py's ``flush`` (a PING, done when its PONG comes) in a task of its own, never
+    cancelled by harpy.  Cancelling a flush leaves its cancelled future in nats-py's list of
+    PONGs awaited, and the PONG that comes for it then stops nats-py's reader (an
+    ``InvalidStateError`` in ``_process_pong``): the client would read nothing more.  So a
+    sender that stops waiting (disconnected, or itself cancelled at shutdown) leaves the flush
+    running to its PONG or its timeout."""
+    task = asyncio.get_running_loop().create_task(nc.flush(timeout=timeout))
+    _flushing.add(task)
+    task.add_done_callback(_flush_done)
+    return task
+
+
 def _still_buffered(pending: int, batch: list[tuple[str, bytes]], subject: Any) -> int:
     """How many messages at the end of ``batch`` are still in nats-py's buffer (``pending``
     bytes, its flush PING included) after a disconnection: nats-py sends those after it
@@ -173,20 +197,15 @@ class NatsBackplane(Backplane):
         # message before it.  Without the answer (the server went away) the batch is counted
         # as lost, rather than lost without a trace in a dead socket's buffer.
         # The answer to a PING sent before a disconnection never comes: stop waiting then.
-        loop = asyncio.get_running_loop()
-        flush = loop.create_task(nc.flush(timeout=self.subscribe_timeout))
-        gone = loop.create_task(self._gone.wait())
+        flush = _flush(nc, self.subscribe_timeout)
+        gone = asyncio.get_running_loop().create_task(self._gone.wait())
         try:
             await asyncio.wait({flush, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
-            if not flush.done():
-                flush.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await flush
         # nats-py's flush also returns at once, unconfirmed, once its reader has stopped: a
         # disconnection in between, or a client not connected now, means no confirmation.
-        if flush.cancelled() or disconnects != self._disconnects or not nc.is_connected:
+        if not flush.done() or disconnects != self._disconnects or not nc.is_connected:
             lost = sent - _still_buffered(nc.pending_data_size, batch, subject)
             if lost:
                 self._drop(lost, "the server did not confirm them: disconnected")
@@ -211,7 +230,7 @@ class NatsBackplane(Backplane):
         deadline = loop.time() + self.subscribe_timeout
         try:
             for _ in range(2):
-                await nc.flush(timeout=max(deadline - loop.time(), 0.001))
+                await asyncio.shield(_flush(nc, max(deadline - loop.time(), 0.001)))
         except Exception as exc:
             raise BackplaneError(f"NATS did not confirm the subscription to {topic!r}") from exc
 
