@@ -16,7 +16,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 
-CORE_SOURCES := pyproject.toml setup.py src/harpy/protocol/_core.py src/harpy/protocol/_ccore.pxd
+CORE_SOURCES := pyproject.toml setup.py src/harpy/protocol/_core.py src/harpy/protocol/_ccore.pxd \
+	$(foreach m,server/connection server/framed pubsub/groups,src/harpy/$(m).py src/harpy/$(m).pxd)
 
 # What running needs: harpy alone (editable), with its compiled core.
 $(RUN_STAMP): $(PY) $(CORE_SOURCES)
@@ -94,4 +95,5 @@ $(NODE_TESTS)/node_modules/.installed: $(NODE_TESTS)/package.json $(NODE_TESTS)/
 	@touch $@
 
 clean:
-	rm -rf $(VENV) $(NODE_TESTS)/node_modules build dist src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so
+	rm -rf $(VENV) $(NODE_TESTS)/node_modules build dist src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so \
+	src/harpy/server/*.so src/harpy/server/*.c src/harpy/pubsub/*.so src/harpy/pubsub/*.c

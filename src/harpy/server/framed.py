@@ -528,7 +528,7 @@ class MeteredConnection(FramedConnection):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        super().data_received(data)
+        FramedConnection.data_received(self, data)  # not super(): a compiled cpdef
 
     def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
         status = super().send_message(opcode, payload, compress)
@@ -537,7 +537,7 @@ class MeteredConnection(FramedConnection):
         return status
 
     def queue_message(self, message: Message) -> bool:
-        queued = super().queue_message(message)
+        queued = FramedConnection.queue_message(self, message)
         if queued:
             self.bytes_out += len(message.payload)
         return queued
