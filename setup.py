@@ -6,7 +6,8 @@ same file is compiled as ``harpy.protocol._ccore`` (typed by ``_ccore.pxd``); ot
 
 The connection glue and the fan-out loop are compiled the same way, each from its own source:
 ``server/connection.py`` as ``harpy.server._cconnection`` (typed by a copy of
-``connection.pxd``), ``server/framed.py`` as ``_cframed``, ``pubsub/groups.py`` as ``_cgroups``;
+``connection.pxd``), ``server/framed.py`` as ``_cframed``, ``server/listener.py`` as ``_clistener``,
+``protocol/handshake.py`` (the upgrade's parser) as ``_chandshake``, ``pubsub/groups.py`` as ``_cgroups``;
 their package puts the compiled module under the source's name when it was built
 (``harpy/_compiled.py``), so a compiled module cimports another by its source's name.
 """
@@ -27,6 +28,8 @@ HARPY = HERE / "src" / "harpy"
 #: Source -> the module Cython compiles it as (the copy's name), under src/harpy.
 SOURCES = {
     "protocol/_core.py": "protocol/_ccore.py",
+    "protocol/handshake.py": "protocol/_chandshake.py",
+    "server/listener.py": "server/_clistener.py",
     "server/connection.py": "server/_cconnection.py",
     "server/framed.py": "server/_cframed.py",
     "pubsub/groups.py": "pubsub/_cgroups.py",
@@ -84,7 +87,7 @@ def extensions() -> list[object]:
     for source, copy in SOURCES.items():
         shutil.copyfile(HARPY / source, HARPY / copy)
         types = (HARPY / source).with_suffix(".pxd")
-        if source != "protocol/_core.py":  # _ccore.pxd has the copy's name already
+        if source != "protocol/_core.py" and types.exists():  # _ccore.pxd: the copy's name
             shutil.copyfile(types, (HARPY / copy).with_suffix(".pxd"))
     try:
         return _cythonize(cythonize)

@@ -19,8 +19,15 @@ from types import ModuleType
 
 __all__ = ["MODULES", "compiled_name", "is_compiled", "pure_requested", "use_compiled"]
 
-#: Compiled from the same source as the pure-Python module, each as ``_c`` + its name.
-MODULES = ("harpy.server.connection", "harpy.server.framed", "harpy.pubsub.groups")
+#: Compiled from the same source as the pure-Python module, each as ``_c`` + its name; a
+#: compiled module cimports only those before it.
+MODULES = (
+    "harpy.protocol.handshake",
+    "harpy.server.listener",
+    "harpy.server.connection",
+    "harpy.server.framed",
+    "harpy.pubsub.groups",
+)
 
 
 def pure_requested() -> bool:

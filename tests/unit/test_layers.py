@@ -30,7 +30,8 @@ LAYERS = [
 ]
 RANK = {prefix: rank for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
 #: What a build copies for Cython to compile (setup.py): not modules of their own.
-COPIES = {"_ccore.py", "_cconnection.py", "_cframed.py", "_cgroups.py"}
+COPIES = {"_ccore.py", "_cconnection.py", "_cframed.py", "_clistener.py", "_cgroups.py",
+    "_chandshake.py"}
 
 
 def _layer(module: str) -> int:

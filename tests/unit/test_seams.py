@@ -20,7 +20,8 @@ SRC = ROOT / "src" / "harpy"
 REFERENCE = ROOT / "docs" / "reference" / "websocket.md"
 TRANSPORTS = (FramedConnection, ASGIConnection)
 #: What a build copies for Cython to compile (setup.py): not sources of their own.
-COPIES = {"_ccore.py", "_cconnection.py", "_cframed.py", "_cgroups.py"}
+COPIES = {"_ccore.py", "_cconnection.py", "_cframed.py", "_clistener.py", "_cgroups.py",
+    "_chandshake.py"}
 
 
 def documented_members() -> list[str]:

@@ -7,7 +7,7 @@ import sys
 from .._compiled import use_compiled
 
 # The compiled modules stand under their sources' names (harpy/_compiled.py), imported first.
-use_compiled(sys.modules[__name__], ("connection", "framed"))
+use_compiled(sys.modules[__name__], ("listener", "connection", "framed"))
 
 from .connection import (  # noqa: E402  (after use_compiled)
     BUDGET_POLICIES,

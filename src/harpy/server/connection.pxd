@@ -4,8 +4,10 @@
 # use the protected members of SUBCLASS_INTERFACE, as the pure-Python source lets them.
 import cython
 
+from harpy.server.listener cimport Host
+
 cdef class Connection:
-    cdef public object _server
+    cdef public Host _server
     cdef public object ready_state
     cdef public object request
     cdef public Py_ssize_t dropped
@@ -37,11 +39,10 @@ cdef class Connection:
     cpdef Py_ssize_t _transport_buffer(self) except? -1
     cpdef _start_close(self, int code, str reason)
     cpdef _give_up(self)
-    @cython.locals(server=object)
     cpdef Py_ssize_t _write(self, object item, Py_ssize_t size) except? -9
-    @cython.locals(server=object, out=list)
+    @cython.locals(server=Host, out=list)
     cpdef bint _enqueue(self, object item, Py_ssize_t size) except -1
-    @cython.locals(server=object)
+    @cython.locals(server=Host)
     cpdef bint _past_limit(self, Py_ssize_t size) except -1
     cpdef bint _over_budget(self, Py_ssize_t size) except -1
     @cython.locals(held=Py_ssize_t)
@@ -50,7 +51,7 @@ cdef class Connection:
     cpdef _drop_at_limit(self)
     cpdef _drop(self, str reason)
     cpdef int _drop_closing(self) except -1
-    @cython.locals(out=list, size=Py_ssize_t, held=Py_ssize_t, server=object)
+    @cython.locals(out=list, size=Py_ssize_t, held=Py_ssize_t, server=Host)
     cpdef _flush(self)
     @cython.locals(due=double)
     cdef double _next_deadline(self, double now) except? -1.0

@@ -2,6 +2,7 @@
 import cython
 
 from harpy.server.connection cimport Connection
+from harpy.server.listener cimport Host
 
 cdef class FramedConnection(Connection):
     cdef public object transport
@@ -29,7 +30,7 @@ cdef class FramedConnection(Connection):
     cpdef _transmit_all(self, list items)
     cpdef Py_ssize_t _transport_buffer(self) except? -1
     cpdef _give_up(self)
-    @cython.locals(size=Py_ssize_t, out_size=Py_ssize_t, queued=Py_ssize_t, out=list)
+    @cython.locals(size=Py_ssize_t, out_size=Py_ssize_t, queued=Py_ssize_t, out=list, server=Host)
     cpdef bint queue_message(self, object message) except -1
     cpdef Py_ssize_t _write_message(self, bytes frame) except? -9
 
