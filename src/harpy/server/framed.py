@@ -236,6 +236,7 @@ class FramedConnection(Connection, asyncio.Protocol):
         if self.ready_state is not _CONNECTING or transport is None or transport.is_closing():
             return
         transport.write(build_accept(self._key, headers))
+        self._key = ""  # answered: nothing to keep it for
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
         self._reader = FrameReader(limits.max_message_size, codec)
         self.codec = codec
