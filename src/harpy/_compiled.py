@@ -17,7 +17,14 @@ import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from types import ModuleType
 
-__all__ = ["MODULES", "compiled_name", "is_compiled", "pure_requested", "use_compiled"]
+__all__ = [
+    "MODULES",
+    "build_copies",
+    "compiled_name",
+    "is_compiled",
+    "pure_requested",
+    "use_compiled",
+]
 
 #: Compiled from the same source as the pure-Python module, each as ``_c`` + its name; a
 #: compiled module cimports only those before it.
@@ -44,6 +51,17 @@ def compiled_name(name: str) -> str:
     """The compiled module of ``harpy.x.name``: ``harpy.x._cname``."""
     package, _, module = name.rpartition(".")
     return f"{package}._c{module}"
+
+
+def build_copies() -> frozenset[str]:
+    """The names of the files a build copies for Cython (setup.py): the frame codec's source,
+    and each module's source and types under its compiled name.  They are no modules of their
+    own, and no part of the source distribution."""
+    names = {"_ccore.py"}
+    for name in MODULES:
+        stem = compiled_name(name).rpartition(".")[2]
+        names |= {stem + ".py", stem + ".pxd"}
+    return frozenset(names)
 
 
 def use_compiled(package: ModuleType, names: tuple[str, ...]) -> None:

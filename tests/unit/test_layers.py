@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import harpy
+from harpy._compiled import build_copies
 
 SRC = Path(harpy.__file__).parent
 
@@ -30,8 +31,7 @@ LAYERS = [
 ]
 RANK = {prefix: rank for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
 #: What a build copies for Cython to compile (setup.py): not modules of their own.
-COPIES = {"_ccore.py", "_cconnection.py", "_cframed.py", "_clistener.py", "_cgroups.py",
-    "_chandshake.py"}
+COPIES = build_copies()
 
 
 def _layer(module: str) -> int:

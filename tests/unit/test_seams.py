@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import harpy
-from harpy._compiled import is_compiled
+from harpy._compiled import build_copies, is_compiled
 from harpy.asgi import ASGIConnection
 from harpy.server import Connection, FramedConnection, MeteredConnection
 from harpy.server.connection import SUBCLASS_INTERFACE, TRANSPORT_INTERFACE
@@ -20,8 +20,7 @@ SRC = ROOT / "src" / "harpy"
 REFERENCE = ROOT / "docs" / "reference" / "websocket.md"
 TRANSPORTS = (FramedConnection, ASGIConnection)
 #: What a build copies for Cython to compile (setup.py): not sources of their own.
-COPIES = {"_ccore.py", "_cconnection.py", "_cframed.py", "_clistener.py", "_cgroups.py",
-    "_chandshake.py"}
+COPIES = build_copies()
 
 
 def documented_members() -> list[str]:
