@@ -3,6 +3,8 @@ import cython
 
 from harpy.server.connection cimport Connection
 from harpy.server.listener cimport Host
+# The compiled frame reader, called in C (the pure one never meets a compiled connection).
+from harpy.protocol._ccore cimport FrameReader as CFrameReader
 
 cdef class FramedConnection(Connection):
     cdef public object transport
@@ -19,12 +21,13 @@ cdef class FramedConnection(Connection):
     cdef public object _host
     cdef public bint _awaiting_proxy
 
-    @cython.locals(events=list, kind=int, now=double)
+    @cython.locals(reader=CFrameReader, events=list, kind=int, now=double)
     cpdef data_received(self, object data)
     @cython.locals(kind=int)
     cpdef _handle_events(self, list events)
-    @cython.locals(state=int)
+    @cython.locals(reader=CFrameReader, state=int)
     cpdef _follow_reader(self)
+    @cython.locals(reader=CFrameReader)
     cpdef _start_close(self, int code, str reason)
     cpdef _transmit(self, object item)
     cpdef _transmit_all(self, list items)
