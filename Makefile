@@ -16,7 +16,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 
-CORE_SOURCES := pyproject.toml setup.py src/harpy/protocol/_core.py src/harpy/protocol/_ccore.pxd
+CORE_SOURCES := pyproject.toml setup.py src/harpy/protocol/_core.py src/harpy/protocol/_ccore.pxd \
+	$(foreach m,server/listener server/connection server/framed pubsub/groups,src/harpy/$(m).py src/harpy/$(m).pxd) \
+	src/harpy/protocol/handshake.py
 
 # What running needs: harpy alone (editable), with its compiled core.
 $(RUN_STAMP): $(PY) $(CORE_SOURCES)
@@ -105,4 +107,7 @@ $(NODE_TESTS)/node_modules/.installed: $(NODE_TESTS)/package.json $(NODE_TESTS)/
 	@touch $@
 
 clean:
-	rm -rf $(VENV) $(NODE_TESTS)/node_modules build dist src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so
+	rm -rf $(VENV) $(NODE_TESTS)/node_modules build dist src/*.egg-info src/harpy/protocol/_ccore.c src/harpy/protocol/_ccore.py src/harpy/protocol/*.so \
+	src/harpy/server/*.so src/harpy/server/*.c src/harpy/pubsub/*.so src/harpy/pubsub/*.c \
+	src/harpy/protocol/_chandshake.py src/harpy/protocol/_chandshake.c src/harpy/server/_c*.py src/harpy/server/_c*.pxd \
+	src/harpy/pubsub/_c*.py src/harpy/pubsub/_c*.pxd

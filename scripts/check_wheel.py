@@ -1,4 +1,5 @@
-"""Check an installed harpy wheel: its compiled core loads, and an app serves a message.
+"""Check an installed harpy wheel: its compiled core and compiled connection glue load, and an
+app serves a message.
 
 cibuildwheel runs it on every wheel it builds (``test-command`` in pyproject.toml), and the
 install test runs it in a fresh environment.  Standard library and harpy only.
@@ -7,10 +8,12 @@ install test runs it in a fresh environment.  Standard library and harpy only.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 
 import harpy
 import harpy.protocol
+from harpy._compiled import MODULES, is_compiled
 from harpy.testing import TestServer
 
 app = harpy.App()
@@ -31,6 +34,9 @@ async def echo_once() -> str | bytes:
 def main() -> None:
     if not harpy.protocol.COMPILED:
         sys.exit(f"check_wheel: {harpy.__file__} runs without its compiled core")
+    pure = [name for name in MODULES if not is_compiled(importlib.import_module(name))]
+    if pure:
+        sys.exit(f"check_wheel: {harpy.__file__} runs {', '.join(pure)} as pure Python")
     reply = asyncio.run(echo_once())
     if reply != "from the wheel":
         sys.exit(f"check_wheel: echo answered {reply!r}")

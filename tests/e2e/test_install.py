@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 from websockets.asyncio.client import connect
 
+from harpy._compiled import MODULES, build_copies, compiled_name
 from tests.e2e.test_cli import harpy_process, stopped
 from tests.timing import TIMEOUT, scaled
 
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOP_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "CHANGELOG.md")
 
 #: What a build leaves in the tree and never belongs in the sdist.
-GENERATED = ("_ccore.c", "_ccore.py", "*.so", "*.pyd", "__pycache__", "*.egg-info", "build")
+GENERATED = (*build_copies(), "*.c", "*.so", "*.pyd", "__pycache__", "*.egg-info", "build")
 
 
 def source_copy(into: Path) -> Path:
@@ -78,7 +79,9 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -
     for needed in ("setup.py", "src/harpy/protocol/_core.py", "src/harpy/protocol/_ccore.pxd",
                    "LICENSE", "src/harpy/cli.py"):
         assert needed in names, f"{needed} missing from the sdist"
-    generated = [n for n in names if re.search(r"_ccore\.(c|py)$|\.(so|pyd)$", n)]
+    generated = [
+        n for n in names if n.rpartition("/")[2] in build_copies() or re.search(r"\.(c|so|pyd)$", n)
+    ]
     assert generated == [], f"build output in the sdist: {generated}"
 
     (wheel,) = dist.glob("harpy_ws-*.whl")  # the repaired one only
@@ -90,8 +93,12 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -
                for p in platforms.group(1).split(".")), wheel.name
     with zipfile.ZipFile(wheel) as whl:
         members = whl.namelist()
-    assert any(re.fullmatch(r"harpy/protocol/_ccore\..*\.so", m) for m in members), members
-    assert "harpy/protocol/_ccore.py" not in members  # Cython's input, not a module
+    for module in ("harpy.protocol._ccore", *map(compiled_name, MODULES)):
+        path = module.replace(".", "/")
+        assert any(re.fullmatch(rf"{path}\..*\.so", m) for m in members), (module, members)
+        assert f"{path}.py" not in members  # Cython's input, not a module
+    for module in map(compiled_name, MODULES):  # a copy of the source's .pxd
+        assert module.replace(".", "/") + ".pxd" not in members
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv)

@@ -4,7 +4,6 @@ connection within one loop tick leaves in one write."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ from websockets.asyncio.client import connect
 
 import harpy
 from harpy.protocol import message as pubsub
-from harpy.server.connection import Connection
 from tests.helpers import serve
 from tests.timing import TIMEOUT
 
@@ -80,35 +78,46 @@ async def test_a_published_message_is_compressed_once(monkeypatch: pytest.Monkey
     assert compressed == [len(text)]
 
 
-async def test_deliveries_of_one_tick_leave_in_one_write_per_connection(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    flushed: Counter[int] = Counter()
-    frames_per_flush: list[int] = []
-    real = Connection._flush
-
-    def counting(self: Connection) -> None:
-        if self._out:
-            flushed[id(self)] += 1
-            frames_per_flush.append(len(self._out))
-        real(self)
-
+async def test_deliveries_of_one_tick_leave_in_one_write_per_connection() -> None:
     app = subscriber_app()
     async with serve(app) as url:
         clients = [await connect(f"{url}/sub") for _ in range(SUBSCRIBERS)]
         try:
             for c in clients:
                 assert await asyncio.wait_for(c.recv(), TIMEOUT) == "ready"
-            monkeypatch.setattr(Connection, "_flush", counting)
-            for i in range(10):  # ten publishes in one tick: no await in between
-                app.publish("news", f"m{i}")
-            for c in clients:
-                got = [await asyncio.wait_for(c.recv(), TIMEOUT) for _ in range(10)]
-                assert got == [f"m{i}" for i in range(10)]
-            monkeypatch.setattr(Connection, "_flush", real)
+            server = app._server
+            assert server is not None
+            conns = list(server.connections)
+            counters = [CountingTransport(conn.transport) for conn in conns]
+            for conn, counter in zip(conns, counters, strict=True):
+                conn.transport = counter
+            try:
+                for i in range(10):  # ten publishes in one tick: no await in between
+                    app.publish("news", f"m{i}")
+                for c in clients:
+                    got = [await asyncio.wait_for(c.recv(), TIMEOUT) for _ in range(10)]
+                    assert got == [f"m{i}" for i in range(10)]
+            finally:
+                for conn, counter in zip(conns, counters, strict=True):
+                    conn.transport = counter.inner
         finally:
             for c in clients:
                 await c.close()
-    assert len(flushed) == SUBSCRIBERS
-    assert set(flushed.values()) == {1}
-    assert frames_per_flush == [10] * SUBSCRIBERS
+    assert len(conns) == SUBSCRIBERS
+    # One write per connection, holding the ten frames (2 bytes of header + "mN" each).
+    assert [counter.writes for counter in counters] == [[40]] * SUBSCRIBERS
+
+
+class CountingTransport:
+    """A connection's transport that records the size of each write, then passes it on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes: list[int] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(len(data))
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

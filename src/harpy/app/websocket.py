@@ -801,7 +801,8 @@ class WebSocket(Generic[T]):
             except Exception as exc:  # noqa: BLE001
                 self._handler_failed(exc)
                 return
-            if result is not None and inspect.isawaitable(result):
+            # (An int, what ws.send returns, is never awaitable: no ABC check per message.)
+            if result is not None and type(result) is not int and inspect.isawaitable(result):
                 self._start_async(result)
 
     def _pass_gate(self, message: str | bytes) -> bool:

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from typing import TYPE_CHECKING
 
-from .handshake import (
+from .._compiled import use_compiled
+
+# The upgrade's parser, compiled, stands under its source's name (harpy/_compiled.py).
+use_compiled(sys.modules[__name__], ("handshake",))
+
+from .handshake import (  # noqa: E402
     Headers,
     Request,
     accept_key,

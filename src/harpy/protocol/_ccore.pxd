@@ -6,6 +6,12 @@ import cython
                d8="unsigned long long*", s8="unsigned long long*")
 cdef bytes _unmask(bytes data, Py_ssize_t start, Py_ssize_t end)
 
+cdef dict _SHORT_HEADERS
+
+@cython.locals(b0=int, short=tuple)
+cpdef bytes frame_header(int opcode, Py_ssize_t length, bint rsv1=*)
+cpdef bytes build_frame(int opcode, bytes payload, bint rsv1=*)
+
 cdef class FrameReader:
     cdef public object inflater
     cdef public Py_ssize_t max_message_size

@@ -114,11 +114,19 @@ def _unmask(data: bytes, start: int, end: int) -> bytes:
     ).to_bytes(n, "little")
 
 
+#: The headers of the frames under 126 bytes, by first byte: made once for each kind of frame,
+#: so that a small message's header is a lookup.
+_SHORT_HEADERS: dict[int, tuple[bytes, ...]] = {}
+
+
 def frame_header(opcode: int, length: int, rsv1: bool = False) -> bytes:
     """The header of a final, unmasked (server to client) frame of ``length`` bytes."""
     b0 = 0x80 | opcode | (0x40 if rsv1 else 0)
     if length < 126:
-        return bytes((b0, length))
+        short = _SHORT_HEADERS.get(b0)
+        if short is None:
+            short = _SHORT_HEADERS[b0] = tuple([bytes((b0, n)) for n in range(126)])
+        return short[length]
     if length < 65536:
         return bytes((b0, 126, length >> 8, length & 0xFF))
     return bytes((b0, 127)) + length.to_bytes(8, "big")

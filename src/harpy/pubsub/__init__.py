@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
-from ..protocol import Message
-from .groups import Connections, GroupKind, Groups, Member, Receiver, TrackedGroups, fan_out
-from .hub import Hub
-from .presence import Presence, PresenceEvent
+import sys
+
+from .._compiled import use_compiled
+
+# The compiled modules stand under their sources' names (harpy/_compiled.py), imported first.
+use_compiled(sys.modules[__name__], ("groups",))
+
+from ..protocol import Message  # noqa: E402
+from .groups import Connections, GroupKind, Groups, Member, Receiver, TrackedGroups, fan_out  # noqa: E402
+from .hub import Hub  # noqa: E402
+from .presence import Presence, PresenceEvent  # noqa: E402
 
 __all__ = [
     "Connections",

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .connection import (
+import sys
+
+from .._compiled import use_compiled
+
+# The compiled modules stand under their sources' names (harpy/_compiled.py), imported first.
+use_compiled(sys.modules[__name__], ("listener", "connection", "framed"))
+
+from .connection import (  # noqa: E402  (after use_compiled)
     BUDGET_POLICIES,
     EV_CLOSED,
     EV_DRAIN,
@@ -18,9 +25,9 @@ from .connection import (
     Limits,
     ReadyState,
 )
-from .framed import FramedConnection, MeteredConnection
-from .listener import DROP_REASONS, Host, Server, default_output_budget, make_ssl_context
-from .timers import TimerWheel
+from .framed import FramedConnection, MeteredConnection  # noqa: E402
+from .listener import DROP_REASONS, Host, Server, default_output_budget, make_ssl_context  # noqa: E402
+from .timers import TimerWheel  # noqa: E402
 
 __all__ = [
     "BUDGET_POLICIES",

@@ -236,6 +236,7 @@ class FramedConnection(Connection, asyncio.Protocol):
         if self.ready_state is not _CONNECTING or transport is None or transport.is_closing():
             return
         transport.write(build_accept(self._key, headers))
+        self._key = ""  # answered: nothing to keep it for
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
         self._reader = FrameReader(limits.max_message_size, codec)
         self.codec = codec
@@ -528,7 +529,7 @@ class MeteredConnection(FramedConnection):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        super().data_received(data)
+        FramedConnection.data_received(self, data)  # not super(): a compiled cpdef
 
     def send_message(self, opcode: int, payload: bytes, compress: bool | None = None) -> int:
         status = super().send_message(opcode, payload, compress)
@@ -537,7 +538,7 @@ class MeteredConnection(FramedConnection):
         return status
 
     def queue_message(self, message: Message) -> bool:
-        queued = super().queue_message(message)
+        queued = FramedConnection.queue_message(self, message)
         if queued:
             self.bytes_out += len(message.payload)
         return queued
